@@ -1,0 +1,1 @@
+"""Pure analysis of forktrace recordings: frames, the maple tree model, attribution, reports."""

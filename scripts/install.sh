@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Install forktrace on Debian/Ubuntu as root: system packages (bcc, kernel headers,
+# a C compiler for the spawn workload) and a venv in .venv that can import Debian's
+# bcc (made from /usr/bin/python3 with --system-site-packages).
+# Idempotent: a second run only checks.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ "$(id -u)" -ne 0 ]; then
+    echo "install.sh: run as root (apt-get and BPF need it)" >&2
+    exit 1
+fi
+
+need=()
+for pkg in python3-bpfcc python3-venv gcc libc6-dev; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || need+=("$pkg")
+done
+# Headers for bcc: the running kernel's if the distribution has them, else the
+# distribution's default flavour (tracer falls back to those; see README).
+release=$(uname -r)
+if [ ! -e "/lib/modules/$release/build" ] && ! ls -d /usr/src/linux-headers-*-common >/dev/null 2>&1; then
+    need+=("HEADERS")
+fi
+if [ ${#need[@]} -gt 0 ]; then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    pkgs=()
+    for p in "${need[@]}"; do
+        if [ "$p" = HEADERS ]; then
+            if apt-cache show "linux-headers-$release" >/dev/null 2>&1; then
+                pkgs+=("linux-headers-$release")
+            else
+                pkgs+=("linux-headers-amd64")
+            fi
+        else
+            pkgs+=("$p")
+        fi
+    done
+    echo "install.sh: apt-get install ${pkgs[*]}"
+    apt-get install -y -qq "${pkgs[@]}" >/dev/null
+fi
+
+if [ ! -x .venv/bin/python ]; then
+    /usr/bin/python3 -m venv --system-site-packages .venv
+fi
+.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]'
+.venv/bin/python -c 'import bcc' 2>/dev/null || { echo "install.sh: .venv cannot import bcc" >&2; exit 1; }
+echo "install.sh: ready: $(pwd)/.venv/bin/tracer"

@@ -1,0 +1,1 @@
+"""Facts about the running kernel: symbols, BTF, tracepoints, headers, lockdown."""

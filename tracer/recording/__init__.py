@@ -1,0 +1,1 @@
+"""Recordings: one Parquet file per `tracer record` run, self-describing."""

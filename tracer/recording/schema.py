@@ -1,0 +1,63 @@
+"""The recording format: one Parquet file, one row per dup_mmap call.
+
+The file is what `pandas.read_parquet()` reads directly. Its rows hold the raw
+bracket timestamps (CLOCK_MONOTONIC ns, as bpf_ktime_get_ns() gives them) and
+in-kernel counters; derived phases are computed by analysis.frame so that a
+better correction never needs a new recording. Everything else -- kernel,
+backend, method per phase, lost events, workload, VMA layouts, sampled stacks --
+lives in one JSON document under the Parquet key/value metadata key `forktrace`.
+
+Bump FORMAT_VERSION on any incompatible change; readers refuse newer versions.
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+FORMAT_VERSION = 1
+METADATA_KEY = b"forktrace"
+
+# One row per traced dup_mmap() call, in the order the bracket closed.
+# ts_* are the six bracket points; 0 means "not seen" for first/last store.
+FORK_COLUMNS: list[tuple[str, pa.DataType, str]] = [
+    ("ts_parent_lock", pa.uint64(), "mmap_lock acquired (write) on the parent mm: dup_mmap starts"),
+    ("ts_child_lock", pa.uint64(), "mmap_lock acquired (write) on the child mm: __mt_dup follows"),
+    ("ts_first_store", pa.uint64(), "first ma_write 'mas_store' on the child tree (0: none)"),
+    ("ts_last_store", pa.uint64(), "last ma_write 'mas_store' on the child tree (0: none)"),
+    ("ts_child_unlock", pa.uint64(), "mmap_lock released on the child mm"),
+    ("ts_parent_unlock", pa.uint64(), "mmap_lock released on the parent mm: dup_mmap ends"),
+    ("pid", pa.uint32(), "forking process (tgid)"),
+    ("tid", pa.uint32(), "forking thread"),
+    ("comm", pa.string(), "forking thread's comm"),
+    ("cpu", pa.uint16(), "CPU at the end of dup_mmap"),
+    ("child_pid", pa.int64(), "child pid from sched_process_fork (-1: fork did not complete)"),
+    ("stores", pa.uint32(), "ma_write 'mas_store' of a VMA: VMAs copied"),
+    ("null_stores", pa.uint32(), "'mas_store' of NULL: VM_DONTCOPY VMAs dropped"),
+    ("zero_stores", pa.uint32(), "'mas_store' of XA_ZERO_ENTRY: dup_mmap failed at that VMA"),
+    ("other_writes", pa.uint32(), "ma_write events from other functions inside the bracket"),
+    ("leaves", pa.uint32(), "distinct child leaf nodes written by the replace loop"),
+    ("parent_map_count", pa.int64(), "parent mm->map_count at the child lock (-1: not readable)"),
+    ("failed", pa.bool_(), "dup_mmap failed (XA_ZERO_ENTRY stored) or fork did not complete"),
+]
+
+FORK_SCHEMA = pa.schema([pa.field(name, dtype, metadata={"doc": doc}) for name, dtype, doc in FORK_COLUMNS])
+
+# Top-level keys of the metadata document, with what they hold.
+METADATA_FIELDS = {
+    "format_version": "int: FORMAT_VERSION of the writer",
+    "tool_version": "str: forktrace version",
+    "kernel": "{release, version, machine}: uname of the traced host",
+    "host": "{hostname, cpus, cpu_model, lockdown}",
+    "backend": "str: 'raw_tracepoint' or 'tracepoint' (how the bracket was attached)",
+    "methods": "{phase: method}: how each phase was obtained (bracket, bracket-corrected, sampled, unavailable)",
+    "probes": "doctor's findings: per symbol and per tracepoint availability",
+    "headers": "str: kernel headers bcc compiled against",
+    "targets": "{mode: system|pid|command|spawn, pids, command}",
+    "workload": "{kind, extra_vmas, forks, cpu, vmas_total} for --spawn, else null",
+    "start": "{wall: ISO-8601 UTC, mono_ns}",
+    "end": "{wall, mono_ns}",
+    "lost": "{ringbuf: records dropped in the kernel, unpaired: bracket state anomalies}",
+    "events": "{ma_write, lock_events, forks}: event counts seen by the probes",
+    "sample": "{hz, stacks: [{stack: 'a;b;c', phase, count}], lost} or null",
+    "maps": "[{pid, comm, ts_mono_ns, maps: /proc/PID/maps text}]: parent VMA layouts",
+}

@@ -1,0 +1,65 @@
+"""Write a recording atomically: a reader sees the whole file or none of it."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from tracer.errors import TracerError
+from tracer.recording.schema import FORK_SCHEMA, FORMAT_VERSION, METADATA_KEY
+
+__all__ = ["check_writable", "write_recording"]
+
+
+def check_writable(path: Path) -> Path:
+    """Fail before tracing starts, not after, if `path` cannot be written."""
+    path = Path(path)
+    if path.is_dir():
+        raise TracerError(f"output {path} is a directory; give a file name")
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise TracerError(f"cannot write {path}: directory {parent} does not exist")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise TracerError(f"cannot write {path}: directory {parent} is not writable")
+    if path.exists() and not os.access(path, os.W_OK):
+        raise TracerError(f"cannot write {path}: file is not writable")
+    return path
+
+
+def write_recording(path: Path, rows: Iterable[Mapping[str, Any]], metadata: Mapping[str, Any]) -> None:
+    """Write fork rows and the metadata document to `path`, atomically.
+
+    The table goes to a temporary file in the same directory, is fsync'd, then
+    renamed over `path`; an interrupted write leaves any previous file intact.
+    """
+    path = check_writable(Path(path))
+    table = pa.Table.from_pylist(list(rows), schema=FORK_SCHEMA)
+    doc = {"format_version": FORMAT_VERSION, **metadata}
+    table = table.replace_schema_metadata({METADATA_KEY: json.dumps(doc, default=str).encode()})
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
+    try:
+        with os.fdopen(fd, "wb") as out:
+            pq.write_table(table, out, compression="zstd")
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    try:
+        dirfd = os.open(path.parent or ".", os.O_RDONLY)
+        try:
+            os.fsync(dirfd)
+        finally:
+            os.close(dirfd)
+    except OSError:
+        pass
