@@ -42,6 +42,31 @@ def doctor(json_out: bool = typer.Option(False, "--json", help="Machine-readable
 
 
 @app.command()
+def record(
+    command: Optional[List[str]] = typer.Argument(None, metavar="[-- CMD [ARGS]...]", help="Run CMD and trace it and its descendants."),
+    pid: List[int] = typer.Option([], "-p", "--pid", help="Trace this process (repeatable)."),
+    spawn: Optional[int] = typer.Option(None, "--spawn", metavar="VMAS", help="Built-in workload: fork+exit+wait loop in a process with VMAS extra VMAs."),
+    forks: Optional[int] = typer.Option(None, "--forks", "-n", help="With --spawn: forks to run (default 1000)."),
+    duration: Optional[float] = typer.Option(None, "-d", "--duration", metavar="SECS", help="Stop after SECS seconds."),
+    cpu: Optional[int] = typer.Option(None, "--cpu", help="With --spawn: pin the workload to this CPU."),
+    touch: bool = typer.Option(False, "--touch", help="With --spawn: touch each extra VMA's page, so fork copies page tables."),
+    output: Optional[Path] = typer.Option(None, "-o", "--output", help="Recording file (default forktrace-<target>-<kernel>-<time>.parquet)."),
+    sample: int = typer.Option(0, "--sample", metavar="HZ", help="Also sample kernel stacks at HZ inside dup_mmap (perf cpu-clock)."),
+    backend: Optional[str] = typer.Option(None, "--backend", help="Force raw_tracepoint or tracepoint (default: what doctor chooses)."),
+    quiet: bool = typer.Option(False, "-q", "--quiet", help="No progress line."),
+) -> None:
+    """Trace dup_mmap per fork (system-wide, -p PID, --spawn VMAS, or -- CMD) into a recording."""
+    from tracer.record import RecordOptions
+    from tracer.record import record as run_record
+
+    opts = RecordOptions(
+        pids=pid, command=command or [], spawn_vmas=spawn, forks=forks, duration=duration, cpu=cpu,
+        touch=touch, output=output, sample_hz=sample, backend=backend, quiet=quiet,
+    )
+    run_record(opts)
+
+
+@app.command()
 def report(
     recording: Path = typer.Argument(..., help="A recording written by `tracer record`."),
     fmt: str = typer.Option("text", "--format", "-f", help="text or json."),

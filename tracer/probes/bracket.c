@@ -1,0 +1,397 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * bracket.c - time dup_mmap() per fork from tracepoints alone.
+ *
+ * Kernels built without kprobes, or whose lib/ has no ftrace hooks, still
+ * emit these events in the forking thread, in this order (kernel v6.8+):
+ *
+ *   mmap_lock_acquire_returned  write, parent mm   dup_mmap() has started
+ *   mmap_lock_acquire_returned  write, child mm    __mt_dup() follows
+ *   ma_write "mas_store"        once per VMA       the replace loop
+ *   mmap_lock_released          child mm
+ *   mmap_lock_released          parent mm          dup_mmap() returns
+ *
+ * A write lock taken on a second mm while the first is held happens only in
+ * dup_mmap(), so a per-thread state machine recognises the bracket. The
+ * per-VMA events are aggregated here (counts, first/last time, distinct
+ * leaves); user space gets one record per dup_mmap() call.
+ *
+ * Two entry-point sets share the logic: raw tracepoints (RAW_TP defined; the
+ * cheaper ones, which read ma_state and task_struct through offsets the
+ * loader takes from the running kernel's BTF) and classic tracepoints.
+ *
+ * Macros set by the loader:
+ *   RAW_TP                   use raw tracepoints
+ *   MA_STATE_NODE_OFF        offsetof(struct ma_state, node)       (RAW_TP)
+ *   TASK_PID_OFF             offsetof(struct task_struct, pid)     (RAW_TP)
+ *   MM_MAP_COUNT_OFF         offsetof(struct mm_struct, map_count) (-1: unknown)
+ *   FILTER_TGIDS             only trace processes in the `targets` map
+ *   FOLLOW_CHILDREN          add children of targets to `targets`
+ *   SAMPLE                   build the perf_event sampling program
+ *   RINGBUF_PAGES            ring buffer size, in pages
+ */
+
+#include <uapi/linux/ptrace.h>
+#include <uapi/linux/bpf_perf_event.h>
+
+#define COMM_LEN 16
+
+/* xa_mk_internal(257): what dup_mmap() stores where it failed (v6.8+). */
+#define DUP_FAILED_MARK 0x406UL
+
+enum bracket_state {
+	IDLE = 0,
+	PARENT_LOCKED,	/* holds one mm for write: maybe dup_mmap(), maybe mmap() */
+	IN_DUP,		/* holds a second mm for write: inside dup_mmap() */
+	CHILD_UNLOCKED,	/* child released, parent not yet: the last steps */
+};
+
+enum event_kind {
+	EVENT_DUP = 1,	/* one dup_mmap() call */
+	EVENT_CHILD,	/* sched_process_fork after it: the child's pid */
+};
+
+/* Counters user space reads at the end; indices shared with bracket.py. */
+enum counter {
+	C_LOST_RINGBUF = 0,	/* records dropped: ring buffer full */
+	C_MA_WRITE,		/* ma_write events inside a bracket */
+	C_LOCK_EVENTS,		/* mmap_lock events that moved the state */
+	C_DUPS,			/* brackets closed */
+	C_REENTRY,		/* bracket restarted before it closed */
+	C_STORAGE_FAIL,		/* no per-thread storage could be had */
+	C_SAMPLES,		/* perf samples taken inside dup_mmap() */
+	C_SAMPLE_LOST,		/* samples whose stack could not be saved */
+	NR_COUNTERS,
+};
+
+struct dup_event {
+	u64 ts_parent_lock;
+	u64 ts_child_lock;
+	u64 ts_first_store;
+	u64 ts_last_store;
+	u64 ts_child_unlock;
+	u64 ts_parent_unlock;
+	u64 seq;		/* per-thread dup_mmap() count, pairs EVENT_CHILD */
+	u32 kind;
+	u32 pid;
+	u32 tid;
+	u32 cpu;
+	u32 stores;
+	u32 null_stores;
+	u32 zero_stores;
+	u32 other_writes;
+	u32 leaves;
+	s32 parent_map_count;
+	u32 child_pid;
+	u32 _pad;
+	char comm[COMM_LEN];
+};
+
+struct thread_state {
+	u32 state;
+	u32 _pad;
+	u64 parent_mm;
+	u64 child_mm;
+	u64 last_leaf;
+	u64 seq;
+	struct dup_event ev;
+};
+
+struct sample_key {
+	s32 stackid;
+	u32 phase;	/* 1: child lock -> first store, 2: stores, 3: after child unlock */
+};
+
+BPF_TASK_STORAGE(threads, struct thread_state);
+BPF_RINGBUF_OUTPUT(events, RINGBUF_PAGES);
+BPF_PERCPU_ARRAY(counters, u64, NR_COUNTERS);
+BPF_ARRAY(mas_store_fn, u64, 1);	/* address of the "mas_store" string, once seen */
+
+#ifdef FILTER_TGIDS
+BPF_HASH(targets, u32, u8, 10240);
+#endif
+
+#ifdef SAMPLE
+BPF_STACK_TRACE(stacks, 16384);
+BPF_HASH(samples, struct sample_key, u64, 16384);
+#endif
+
+static __always_inline void count(int idx)
+{
+	u64 *c = counters.lookup(&idx);
+
+	if (c)
+		(*c)++;
+}
+
+static __always_inline int traced_tgid(u32 tgid)
+{
+#ifdef FILTER_TGIDS
+	return targets.lookup(&tgid) != NULL;
+#else
+	return 1;
+#endif
+}
+
+static __always_inline struct thread_state *current_state(int create)
+{
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task_btf();
+
+	return threads.task_storage_get(task, 0, create ? BPF_LOCAL_STORAGE_GET_F_CREATE : 0);
+}
+
+static __always_inline s32 read_map_count(u64 mm)
+{
+#if MM_MAP_COUNT_OFF >= 0
+	s32 n = -1;
+
+	bpf_probe_read_kernel(&n, sizeof(n), (void *)(mm + MM_MAP_COUNT_OFF));
+	return n;
+#else
+	return -1;
+#endif
+}
+
+static __always_inline void on_lock_acquired(u64 mm, int write, int success)
+{
+	struct thread_state *s;
+	u64 now;
+
+	if (!write || !success)
+		return;
+	s = current_state(0);
+	if (!s || s->state == IDLE) {
+		u64 id = bpf_get_current_pid_tgid();
+
+		if (!traced_tgid(id >> 32))
+			return;
+		if (!s)
+			s = current_state(1);
+		if (!s) {
+			count(C_STORAGE_FAIL);
+			return;
+		}
+		s->state = PARENT_LOCKED;
+		s->parent_mm = mm;
+		s->ev.ts_parent_lock = bpf_ktime_get_ns();
+		return;
+	}
+	now = bpf_ktime_get_ns();
+	count(C_LOCK_EVENTS);
+	if (s->state == PARENT_LOCKED && mm != s->parent_mm) {
+		u64 id = bpf_get_current_pid_tgid();
+		u64 start = s->ev.ts_parent_lock;
+
+		__builtin_memset(&s->ev, 0, sizeof(s->ev));
+		s->ev.ts_parent_lock = start;
+		s->ev.ts_child_lock = now;
+		s->ev.pid = id >> 32;
+		s->ev.tid = (u32)id;
+		s->ev.parent_map_count = read_map_count(s->parent_mm);
+		s->child_mm = mm;
+		s->last_leaf = 0;
+		s->state = IN_DUP;
+		return;
+	}
+	/* A bracket that never closed (should not happen): start over here. */
+	count(C_REENTRY);
+	s->state = PARENT_LOCKED;
+	s->parent_mm = mm;
+	s->ev.ts_parent_lock = now;
+}
+
+static __always_inline void on_lock_released(u64 mm)
+{
+	struct thread_state *s = current_state(0);
+
+	if (!s || s->state == IDLE)
+		return;
+	if (s->state == PARENT_LOCKED) {
+		if (mm == s->parent_mm)
+			s->state = IDLE;	/* an ordinary write section, not a fork */
+		return;
+	}
+	count(C_LOCK_EVENTS);
+	if (mm == s->child_mm && s->state == IN_DUP) {
+		s->ev.ts_child_unlock = bpf_ktime_get_ns();
+		s->state = CHILD_UNLOCKED;
+		return;
+	}
+	if (mm != s->parent_mm)
+		return;
+	s->ev.ts_parent_unlock = bpf_ktime_get_ns();
+	if (!s->ev.ts_child_unlock)
+		s->ev.ts_child_unlock = s->ev.ts_parent_unlock;
+	s->ev.kind = EVENT_DUP;
+	s->ev.cpu = bpf_get_smp_processor_id();
+	s->ev.seq = ++s->seq;
+	bpf_get_current_comm(&s->ev.comm, sizeof(s->ev.comm));
+	if (events.ringbuf_output(&s->ev, sizeof(s->ev), 0) < 0)
+		count(C_LOST_RINGBUF);
+	count(C_DUPS);
+	s->state = IDLE;
+}
+
+static __always_inline int is_mas_store(u64 fn)
+{
+	int zero = 0;
+	u64 *known = mas_store_fn.lookup(&zero);
+	char name[10] = {};
+
+	if (known && *known)
+		return fn == *known;
+	bpf_probe_read_kernel(name, sizeof(name), (void *)fn);
+	if (name[0] != 'm' || name[1] != 'a' || name[2] != 's' || name[3] != '_' ||
+	    name[4] != 's' || name[5] != 't' || name[6] != 'o' || name[7] != 'r' ||
+	    name[8] != 'e' || name[9] != 0)
+		return 0;
+	if (known)
+		*known = fn;
+	return 1;
+}
+
+static __always_inline void on_ma_write(u64 fn, u64 leaf, u64 val)
+{
+	struct thread_state *s = current_state(0);
+	u64 now;
+
+	if (!s || s->state != IN_DUP)
+		return;
+	count(C_MA_WRITE);
+	if (!is_mas_store(fn)) {
+		s->ev.other_writes++;
+		return;
+	}
+	now = bpf_ktime_get_ns();
+	if (!s->ev.ts_first_store)
+		s->ev.ts_first_store = now;
+	s->ev.ts_last_store = now;
+	if (val == 0)
+		s->ev.null_stores++;
+	else if (val == DUP_FAILED_MARK)
+		s->ev.zero_stores++;
+	else
+		s->ev.stores++;
+	/* The replace loop walks leaves in order: a change of node is a new leaf. */
+	if (leaf != s->last_leaf) {
+		s->ev.leaves++;
+		s->last_leaf = leaf;
+	}
+}
+
+static __always_inline void on_fork(u32 child_pid)
+{
+	struct thread_state *s = current_state(0);
+	struct dup_event ev = {};
+	u64 id;
+
+#ifdef FOLLOW_CHILDREN
+	{
+		u8 one = 1;
+
+		id = bpf_get_current_pid_tgid();
+		if (traced_tgid(id >> 32))
+			targets.update(&child_pid, &one);
+	}
+#endif
+	if (!s || !s->seq || s->ev.seq != s->seq || s->ev.child_pid)
+		return;
+	s->ev.child_pid = child_pid;
+	id = bpf_get_current_pid_tgid();
+	ev.kind = EVENT_CHILD;
+	ev.pid = id >> 32;
+	ev.tid = (u32)id;
+	ev.seq = s->seq;
+	ev.child_pid = child_pid;
+	if (events.ringbuf_output(&ev, sizeof(ev), 0) < 0)
+		count(C_LOST_RINGBUF);
+}
+
+#ifdef RAW_TP
+/* Arguments as the tracepoints' C prototypes (include/trace/events/). */
+
+RAW_TRACEPOINT_PROBE(mmap_lock_acquire_returned)
+{
+	/* (struct mm_struct *mm, bool write, bool success) */
+	on_lock_acquired(ctx->args[0], (u8)ctx->args[1], (u8)ctx->args[2]);
+	return 0;
+}
+
+RAW_TRACEPOINT_PROBE(mmap_lock_released)
+{
+	/* (struct mm_struct *mm, bool write) */
+	on_lock_released(ctx->args[0]);
+	return 0;
+}
+
+RAW_TRACEPOINT_PROBE(ma_write)
+{
+	/* (const char *fn, struct ma_state *mas, unsigned long piv, void *val) */
+	u64 leaf = 0;
+
+	bpf_probe_read_kernel(&leaf, sizeof(leaf), (void *)(ctx->args[1] + MA_STATE_NODE_OFF));
+	on_ma_write(ctx->args[0], leaf, ctx->args[3]);
+	return 0;
+}
+
+RAW_TRACEPOINT_PROBE(sched_process_fork)
+{
+	/* (struct task_struct *parent, struct task_struct *child) */
+	u32 child_pid = 0;
+
+	bpf_probe_read_kernel(&child_pid, sizeof(child_pid), (void *)(ctx->args[1] + TASK_PID_OFF));
+	on_fork(child_pid);
+	return 0;
+}
+
+#else /* classic tracepoints: fields as in events/<sys>/<name>/format */
+
+TRACEPOINT_PROBE(mmap_lock, mmap_lock_acquire_returned)
+{
+	on_lock_acquired((u64)args->mm, args->write, args->success);
+	return 0;
+}
+
+TRACEPOINT_PROBE(mmap_lock, mmap_lock_released)
+{
+	on_lock_released((u64)args->mm);
+	return 0;
+}
+
+TRACEPOINT_PROBE(maple_tree, ma_write)
+{
+	on_ma_write((u64)args->fn, (u64)args->node, (u64)args->val);
+	return 0;
+}
+
+TRACEPOINT_PROBE(sched, sched_process_fork)
+{
+	on_fork(args->child_pid);
+	return 0;
+}
+
+#endif /* RAW_TP */
+
+#ifdef SAMPLE
+/* cpu-clock samples, kept only while the sampled thread is inside dup_mmap(). */
+int on_sample(struct bpf_perf_event_data *ctx)
+{
+	struct thread_state *s = current_state(0);
+	struct sample_key key = {};
+
+	if (!s || s->state < IN_DUP)
+		return 0;
+	if (s->state == CHILD_UNLOCKED)
+		key.phase = 3;
+	else
+		key.phase = s->ev.ts_first_store ? 2 : 1;
+	key.stackid = stacks.get_stackid(ctx, 0);
+	if (key.stackid < 0) {
+		count(C_SAMPLE_LOST);
+		return 0;
+	}
+	count(C_SAMPLES);
+	samples.increment(key);
+	return 0;
+}
+#endif

@@ -1,0 +1,248 @@
+"""Load bracket.c with bcc and turn its ring buffer into per-fork rows.
+
+The loader's job is everything bracket.c cannot know by itself: which
+backend this kernel allows, the struct offsets of the running kernel (from
+BTF, since bcc compiles against whatever headers exist, which may be older),
+which processes to trace, and the decoding of the records it emits.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable
+
+from tracer.errors import TracerError
+
+__all__ = [
+    "BACKENDS",
+    "BracketConfig",
+    "BracketProbe",
+    "DupEvent",
+    "EVENT_CHILD",
+    "EVENT_DUP",
+    "SAMPLE_PHASES",
+    "COUNTER_NAMES",
+    "cflags_for",
+]
+
+SOURCE = Path(__file__).with_name("bracket.c")
+BACKENDS = ("raw_tracepoint", "tracepoint")
+
+EVENT_DUP = 1
+EVENT_CHILD = 2
+
+# enum counter in bracket.c, in order.
+COUNTER_NAMES = (
+    "lost_ringbuf",
+    "ma_write",
+    "lock_events",
+    "dups",
+    "reentry",
+    "storage_fail",
+    "samples",
+    "sample_lost",
+)
+
+# struct sample_key.phase in bracket.c.
+SAMPLE_PHASES = {1: "mt_dup", 2: "vma_loop", 3: "tail"}
+
+# Tracepoints each backend attaches to (category, event).
+TRACEPOINTS = (
+    ("mmap_lock", "mmap_lock_acquire_returned"),
+    ("mmap_lock", "mmap_lock_released"),
+    ("maple_tree", "ma_write"),
+    ("sched", "sched_process_fork"),
+)
+
+
+class DupEvent(ctypes.Structure):
+    """struct dup_event in bracket.c (120 bytes; a test checks the layout)."""
+
+    _fields_ = [
+        ("ts_parent_lock", ctypes.c_uint64),
+        ("ts_child_lock", ctypes.c_uint64),
+        ("ts_first_store", ctypes.c_uint64),
+        ("ts_last_store", ctypes.c_uint64),
+        ("ts_child_unlock", ctypes.c_uint64),
+        ("ts_parent_unlock", ctypes.c_uint64),
+        ("seq", ctypes.c_uint64),
+        ("kind", ctypes.c_uint32),
+        ("pid", ctypes.c_uint32),
+        ("tid", ctypes.c_uint32),
+        ("cpu", ctypes.c_uint32),
+        ("stores", ctypes.c_uint32),
+        ("null_stores", ctypes.c_uint32),
+        ("zero_stores", ctypes.c_uint32),
+        ("other_writes", ctypes.c_uint32),
+        ("leaves", ctypes.c_uint32),
+        ("parent_map_count", ctypes.c_int32),
+        ("child_pid", ctypes.c_uint32),
+        ("_pad", ctypes.c_uint32),
+        ("comm", ctypes.c_char * 16),
+    ]
+
+
+@dataclass(frozen=True)
+class BracketConfig:
+    """What to build: backend, offsets from BTF, filtering and sampling."""
+
+    backend: str = "raw_tracepoint"
+    ma_state_node_off: int | None = None
+    task_pid_off: int | None = None
+    mm_map_count_off: int | None = None
+    filter_tgids: bool = False
+    follow_children: bool = False
+    sample_hz: int = 0
+    ringbuf_pages: int = 256
+    empty: bool = False  # programs attached but doing nothing: the overhead floor
+
+
+def cflags_for(config: BracketConfig) -> list[str]:
+    """The -D flags that select bracket.c's variant; pure, so it is testable."""
+    if config.backend not in BACKENDS:
+        raise TracerError(f"unknown backend {config.backend!r} (known: {', '.join(BACKENDS)})")
+    pages = config.ringbuf_pages
+    if pages <= 0 or pages & (pages - 1):
+        raise TracerError(f"ring buffer pages must be a power of two, not {pages}")
+    flags = [f"-DRINGBUF_PAGES={pages}"]
+    flags.append(f"-DMM_MAP_COUNT_OFF={config.mm_map_count_off if config.mm_map_count_off is not None else -1}")
+    if config.backend == "raw_tracepoint":
+        if config.ma_state_node_off is None or config.task_pid_off is None:
+            raise TracerError("raw tracepoints need struct offsets from BTF (ma_state.node, task_struct.pid)")
+        flags += [
+            "-DRAW_TP",
+            f"-DMA_STATE_NODE_OFF={config.ma_state_node_off}",
+            f"-DTASK_PID_OFF={config.task_pid_off}",
+        ]
+    if config.filter_tgids:
+        flags.append("-DFILTER_TGIDS")
+    if config.follow_children:
+        flags.append("-DFOLLOW_CHILDREN")
+    if config.sample_hz:
+        flags.append("-DSAMPLE")
+    return flags
+
+
+def _empty_source(backend: str) -> str:
+    """Programs on the same tracepoints that do nothing: the cost of attaching at all."""
+    if backend == "raw_tracepoint":
+        bodies = [f"RAW_TRACEPOINT_PROBE({event}) {{ return 0; }}" for _, event in TRACEPOINTS]
+    else:
+        bodies = [f"TRACEPOINT_PROBE({cat}, {event}) {{ return 0; }}" for cat, event in TRACEPOINTS]
+    return "\n".join(bodies) + "\n"
+
+
+@dataclass
+class BracketProbe:
+    """bracket.c loaded into the kernel; feed it targets, poll it, read it out."""
+
+    config: BracketConfig
+    on_dup: Callable[[DupEvent], None] | None = None
+    on_child: Callable[[int, int, int], None] | None = None
+    _bpf: object = field(default=None, init=False, repr=False)
+
+    def load(self) -> "BracketProbe":
+        try:
+            from bcc import BPF, PerfSWConfig, PerfType
+        except ImportError:
+            raise TracerError(
+                "bcc is not importable: install python3-bpfcc (Debian) and run from a venv made "
+                "with --system-site-packages (scripts/install.sh does both)"
+            ) from None
+        if self.config.empty:
+            text = _empty_source(self.config.backend)
+        else:
+            text = SOURCE.read_text()
+        try:
+            self._bpf = BPF(text=text, cflags=cflags_for(self.config))
+        except Exception as err:  # bcc raises plain Exception for compile/load failures
+            raise TracerError(f"BPF programs failed to load ({self.config.backend}): {_one_line(err)}") from None
+        if self.config.empty:
+            return self
+        if self.config.sample_hz:
+            try:
+                self._bpf.attach_perf_event(
+                    ev_type=PerfType.SOFTWARE,
+                    ev_config=PerfSWConfig.CPU_CLOCK,
+                    fn_name="on_sample",
+                    sample_freq=self.config.sample_hz,
+                )
+            except Exception as err:
+                raise TracerError(f"perf_event sampling could not be attached: {_one_line(err)}") from None
+        self._bpf["events"].open_ring_buffer(self._on_event)
+        return self
+
+    def add_targets(self, tgids: Iterable[int]) -> None:
+        table = self._bpf["targets"]
+        for tgid in tgids:
+            table[ctypes.c_uint32(tgid)] = ctypes.c_uint8(1)
+
+    def poll(self, timeout_ms: int = 100) -> None:
+        if not self.config.empty:
+            self._bpf.ring_buffer_poll(timeout_ms)
+
+    def counters(self) -> dict[str, int]:
+        """Sum of the per-CPU counters, by name."""
+        if self.config.empty:
+            return {name: 0 for name in COUNTER_NAMES}
+        table = self._bpf["counters"]
+        return {name: int(sum(table[ctypes.c_int(i)])) for i, name in enumerate(COUNTER_NAMES)}
+
+    def sampled_stacks(self) -> list[dict]:
+        """Sampled kernel stacks as folded strings (root first), with phase and count."""
+        if not self.config.sample_hz:
+            return []
+        stacks = self._bpf["stacks"]
+        out = []
+        for key, value in self._bpf["samples"].items():
+            try:
+                addrs = list(stacks.walk(key.stackid))
+            except KeyError:
+                continue
+            frames = [self._bpf.ksym(addr).decode("utf-8", "replace") for addr in reversed(addrs)]
+            out.append({"stack": ";".join(frames), "phase": SAMPLE_PHASES.get(key.phase, "?"), "count": int(value.value)})
+        out.sort(key=lambda s: -s["count"])
+        return out
+
+    def close(self) -> None:
+        if self._bpf is not None:
+            self._bpf.cleanup()
+            self._bpf = None
+
+    def __enter__(self) -> "BracketProbe":
+        return self.load()
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _on_event(self, ctx, data, size) -> None:
+        event = ctypes.cast(data, ctypes.POINTER(DupEvent)).contents
+        if event.kind == EVENT_DUP:
+            if self.on_dup:
+                # Copy out: the ring buffer slot is reused after the callback.
+                self.on_dup(DupEvent.from_buffer_copy(event))
+        elif event.kind == EVENT_CHILD and self.on_child:
+            self.on_child(event.tid, event.seq, event.child_pid)
+
+
+def _one_line(err: BaseException) -> str:
+    text = " ".join(str(err).split())
+    return text[:300] + ("..." if len(text) > 300 else "")
+
+
+def offsets_from_btf() -> dict[str, int]:
+    """The struct offsets bracket.c needs, from the running kernel's BTF."""
+    from tracer.host import btf
+
+    return {
+        "ma_state_node_off": btf.member_offset("ma_state", "node"),
+        "task_pid_off": btf.member_offset("task_struct", "pid"),
+        "mm_map_count_off": btf.member_offset("mm_struct", "map_count"),
+    }
+
+
+def running_as_root() -> bool:
+    return os.geteuid() == 0

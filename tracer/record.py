@@ -1,0 +1,396 @@
+"""`tracer record`: attach the bracket, run or follow the targets, write one recording.
+
+Order matters here and is the point of this module: everything that can fail
+on bad input is checked before any BPF is loaded; the targets are known to
+the kernel filter before they fork; the recording is written once, atomically,
+whatever ends the run (count reached, -d elapsed, command exited, Ctrl-C).
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import shutil
+import signal
+import socket
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable
+
+from tracer import __version__
+from tracer.errors import TracerError, UsageError
+from tracer.probes.bracket import BracketConfig, BracketProbe, DupEvent
+from tracer.recording.writer import check_writable, write_recording
+
+__all__ = ["RecordOptions", "record", "default_output"]
+
+# System-wide and command mode: /proc/PID/maps snapshots of forking processes,
+# taken when a process is first seen forking. Bounded so a fork storm cannot
+# turn the tracer into the load.
+MAPS_MAX_PROCESSES = 64
+MAPS_MIN_INTERVAL_S = 0.1
+
+
+@dataclass
+class RecordOptions:
+    pids: list[int] = field(default_factory=list)
+    command: list[str] = field(default_factory=list)
+    spawn_vmas: int | None = None
+    forks: int | None = None
+    duration: float | None = None
+    cpu: int | None = None
+    touch: bool = False
+    output: Path | None = None
+    sample_hz: int = 0
+    backend: str | None = None
+    quiet: bool = False
+
+    @property
+    def mode(self) -> str:
+        if self.spawn_vmas is not None:
+            return "spawn"
+        if self.command:
+            return "command"
+        if self.pids:
+            return "pid"
+        return "system"
+
+
+def default_output(opts: RecordOptions, now: datetime | None = None) -> Path:
+    """forktrace-<mode>[-<vmas>]-<kernel>-<time>.parquet in the current directory."""
+    now = now or datetime.now()
+    tag = opts.mode if opts.spawn_vmas is None else f"spawn{opts.spawn_vmas}"
+    return Path(f"forktrace-{tag}-{platform.release()}-{now:%Y%m%d-%H%M%S}.parquet")
+
+
+def validate(opts: RecordOptions) -> None:
+    """Every check that needs no BPF, so bad input fails in well under a second."""
+    modes = [bool(opts.pids), bool(opts.command), opts.spawn_vmas is not None]
+    if sum(modes) > 1:
+        raise UsageError("choose one target: -p PID, --spawn VMAS, or -- CMD")
+    if opts.forks is not None and opts.spawn_vmas is None:
+        raise UsageError("--forks applies to the built-in workload (--spawn VMAS)")
+    if opts.forks is not None and opts.forks <= 0:
+        raise UsageError("--forks must be positive")
+    if opts.duration is not None and opts.duration <= 0:
+        raise UsageError("-d/--duration must be positive")
+    if opts.spawn_vmas is not None:
+        if opts.spawn_vmas < 0:
+            raise UsageError("--spawn VMAS must be >= 0")
+        if opts.forks is None and opts.duration is None:
+            opts.forks = 1000
+    if opts.cpu is not None and opts.cpu not in os.sched_getaffinity(0):
+        raise UsageError(f"--cpu {opts.cpu}: not a CPU this process may run on")
+    if opts.cpu is not None and opts.spawn_vmas is None:
+        raise UsageError("--cpu applies to the built-in workload (--spawn VMAS)")
+    if opts.sample_hz < 0 or opts.sample_hz > 100_000:
+        raise UsageError("--sample HZ must be between 1 and 100000")
+    for pid in opts.pids:
+        if pid <= 0 or not Path(f"/proc/{pid}").is_dir():
+            raise TracerError(f"no such process: {pid}")
+    if opts.command and shutil.which(opts.command[0]) is None:
+        raise TracerError(f"command not found: {opts.command[0]}")
+    if os.geteuid() != 0:
+        raise TracerError("tracer record loads BPF programs and needs root: run it with sudo")
+    opts.output = check_writable(opts.output or default_output(opts))
+
+
+def record(opts: RecordOptions, log: Callable[[str], None] | None = None) -> Path:
+    """Run one recording to completion and return the path written."""
+    log = log or (lambda msg: print(msg, file=sys.stderr))
+    validate(opts)
+    from tracer.host import capabilities, headers, kernel
+
+    caps = capabilities.probe_capabilities(try_load=False)
+    methods = capabilities.choose_methods(caps)
+    backend = opts.backend or methods["backend"]
+    config = _bracket_config(opts, backend)
+    hdrs = headers.resolve_headers()
+    headers.apply(hdrs)
+    log(hdrs.description)
+
+    session = _Session(opts, log)
+    probe = BracketProbe(config, on_dup=session.on_dup, on_child=session.on_child)
+    log(f"loading BPF ({backend}{', sampling %d Hz' % opts.sample_hz if opts.sample_hz else ''}) ...")
+    probe.load()
+    try:
+        session.run(probe)
+    finally:
+        probe.close()
+
+    rows = session.rows()
+    meta = {
+        "tool_version": __version__,
+        "kernel": {"release": platform.release(), "version": platform.version(), "machine": platform.machine()},
+        "host": {
+            "hostname": socket.gethostname(),
+            "cpus": os.cpu_count(),
+            "cpu_model": _cpu_model(),
+            "lockdown": kernel.lockdown_mode(),
+        },
+        "backend": backend,
+        "methods": {k: v for k, v in methods.items() if k != "backend"},
+        "probes": caps,
+        "headers": hdrs.description,
+        "targets": {"mode": opts.mode, "pids": opts.pids, "command": opts.command},
+        "workload": session.workload,
+        "start": session.start,
+        "end": session.end,
+        "lost": {"ringbuf": session.counters.get("lost_ringbuf", 0), "unpaired": session.counters.get("reentry", 0)},
+        "events": session.counters,
+        "sample": (
+            {"hz": opts.sample_hz, "stacks": session.stacks, "lost": session.counters.get("sample_lost", 0)}
+            if opts.sample_hz
+            else None
+        ),
+        "maps": session.maps,
+    }
+    write_recording(opts.output, rows, meta)
+    lost = meta["lost"]["ringbuf"]
+    log(f"wrote {len(rows)} forks to {opts.output}" + (f" (LOST {lost} records)" if lost else " (no events lost)"))
+    return opts.output
+
+
+def _bracket_config(opts: RecordOptions, backend: str) -> BracketConfig:
+    from tracer.probes.bracket import offsets_from_btf
+
+    offsets: dict[str, int | None] = {"ma_state_node_off": None, "task_pid_off": None, "mm_map_count_off": None}
+    try:
+        offsets.update(offsets_from_btf())
+    except TracerError:
+        if backend == "raw_tracepoint":
+            raise
+    return BracketConfig(
+        backend=backend,
+        filter_tgids=opts.mode != "system",
+        follow_children=opts.mode == "command",
+        sample_hz=opts.sample_hz,
+        **offsets,
+    )
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def _wall_mono() -> dict:
+    return {"wall": datetime.now(timezone.utc).isoformat(), "mono_ns": time.monotonic_ns()}
+
+
+class _Session:
+    """One run: targets, the polling loop, and what it collected."""
+
+    def __init__(self, opts: RecordOptions, log: Callable[[str], None]):
+        self.opts = opts
+        self.log = log
+        self.events: list[DupEvent] = []
+        self.children: dict[tuple[int, int], int] = {}
+        self.maps: list[dict] = []
+        self._maps_seen: set[int] = set()
+        self._maps_last = 0.0
+        self.workload: dict | None = None
+        self.counters: dict[str, int] = {}
+        self.stacks: list[dict] = []
+        self.start: dict = {}
+        self.end: dict = {}
+        self._stop = False
+
+    # -- ring buffer callbacks -------------------------------------------
+    def on_dup(self, event: DupEvent) -> None:
+        self.events.append(event)
+        if self.opts.mode in ("system", "command") and event.pid not in self._maps_seen:
+            self._snapshot_rate_limited(event.pid)
+
+    def on_child(self, tid: int, seq: int, child_pid: int) -> None:
+        self.children[(tid, seq)] = child_pid
+
+    # -- maps ----------------------------------------------------------------
+    def snapshot(self, pid: int) -> None:
+        from tracer.host.procmaps import comm_of, read_maps
+
+        self._maps_seen.add(pid)
+        try:
+            text = read_maps(pid)
+            comm = comm_of(pid)
+        except TracerError:
+            return  # the process is gone: best effort
+        self.maps.append({"pid": pid, "comm": comm, "ts_mono_ns": time.monotonic_ns(), "maps": text})
+
+    def _snapshot_rate_limited(self, pid: int) -> None:
+        now = time.monotonic()
+        if len(self.maps) >= MAPS_MAX_PROCESSES or now - self._maps_last < MAPS_MIN_INTERVAL_S:
+            return
+        self._maps_last = now
+        self.snapshot(pid)
+
+    # -- the loop -------------------------------------------------------------
+    def run(self, probe: BracketProbe) -> None:
+        previous = signal.signal(signal.SIGTERM, self._on_sigterm)
+        try:
+            if self.opts.mode == "spawn":
+                self._run_spawn(probe)
+            elif self.opts.mode == "command":
+                self._run_command(probe)
+            else:
+                if self.opts.mode == "pid":
+                    probe.add_targets(self.opts.pids)
+                    for pid in self.opts.pids:
+                        self.snapshot(pid)
+                self._loop(probe, done=lambda: False)
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+            # Let the last sched_process_fork records arrive before reading out.
+            for _ in range(3):
+                probe.poll(20)
+            self.end = _wall_mono()
+            self.counters = probe.counters()
+            self.stacks = probe.sampled_stacks()
+            self._progress(final=True)
+
+    def _on_sigterm(self, signum, frame) -> None:
+        self._stop = True
+
+    def _loop(self, probe: BracketProbe, done: Callable[[], bool]) -> None:
+        self.start = self.start or _wall_mono()
+        t0 = time.monotonic()
+        next_progress = t0 + 1.0
+        if self.opts.mode != "spawn" or self.opts.duration is None:
+            deadline = t0 + self.opts.duration if self.opts.duration else None
+        else:
+            deadline = None  # the workload stops itself after -d
+        if not self.opts.quiet:
+            how = f"for {self.opts.duration:g} s" if deadline else "until the target ends" if self.opts.mode in ("spawn", "command") else "until Ctrl-C"
+            self.log(f"tracing {self.opts.mode} {how} ...")
+        try:
+            while not self._stop and not done():
+                probe.poll(100)
+                now = time.monotonic()
+                if deadline and now >= deadline:
+                    break
+                if now >= next_progress:
+                    self.counters = probe.counters()
+                    self._progress()
+                    next_progress = now + 1.0
+        except KeyboardInterrupt:
+            pass
+
+    def _progress(self, final: bool = False) -> None:
+        if self.opts.quiet:
+            return
+        lost = self.counters.get("lost_ringbuf", 0)
+        line = (
+            f"forks {len(self.events)}  ma_write {self.counters.get('ma_write', 0)}  "
+            f"lost {lost}{'  (!)' if lost else ''}"
+        )
+        if sys.stderr.isatty():
+            sys.stderr.write("\r" + line + ("\n" if final else ""))
+            sys.stderr.flush()
+        elif final:
+            self.log(line)
+
+    def _run_spawn(self, probe: BracketProbe) -> None:
+        from tracer.workload.spawn import SpawnWorkload
+
+        opts = self.opts
+        with SpawnWorkload(
+            vmas=opts.spawn_vmas, forks=opts.forks, seconds=opts.duration, cpu=opts.cpu, touch=opts.touch
+        ) as work:
+            pid, vmas_total = work.start()
+            probe.add_targets([pid])
+            self.snapshot(pid)
+            self.start = _wall_mono()
+            work.go()
+            self._loop(probe, done=lambda: work.poll() is not None)
+            result = work.wait(timeout=60)
+        self.workload = {
+            "kind": "spawn",
+            "pid": pid,
+            "extra_vmas": opts.spawn_vmas,
+            "forks_requested": opts.forks,
+            "seconds_requested": opts.duration,
+            "cpu": opts.cpu,
+            "touch": opts.touch,
+            "vmas_total": vmas_total,
+            "result": result.__dict__ if result is not None else None,
+        }
+
+    def _run_command(self, probe: BracketProbe) -> None:
+        # fork + wait-on-pipe + exec, so the pid is in the filter before the
+        # command can fork (subprocess would exec before we know the pid).
+        read_fd, write_fd = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            os.close(write_fd)
+            os.read(read_fd, 1)
+            try:
+                os.execvp(self.opts.command[0], self.opts.command)
+            except OSError as err:
+                os.write(2, f"tracer: error: cannot run {self.opts.command[0]}: {err.strerror}\n".encode())
+            os._exit(127)
+        os.close(read_fd)
+        probe.add_targets([pid])
+        self.start = _wall_mono()
+        os.write(write_fd, b"g")
+        os.close(write_fd)
+        status: list[int] = []
+
+        def exited() -> bool:
+            if not status:
+                done, code = os.waitpid(pid, os.WNOHANG)
+                if done:
+                    status.append(code)
+            return bool(status)
+
+        try:
+            self._loop(probe, done=exited)
+        finally:
+            if not status:
+                try:
+                    os.kill(pid, signal.SIGTERM)
+                    os.waitpid(pid, 0)
+                except ChildProcessError:
+                    pass
+        self.workload = {
+            "kind": "command",
+            "command": self.opts.command,
+            "pid": pid,
+            "exit_status": os.waitstatus_to_exitcode(status[0]) if status else None,
+        }
+
+    # -- results ------------------------------------------------------------
+    def rows(self) -> list[dict]:
+        rows = []
+        for ev in self.events:
+            child = self.children.get((ev.tid, ev.seq))
+            rows.append(
+                {
+                    "ts_parent_lock": ev.ts_parent_lock,
+                    "ts_child_lock": ev.ts_child_lock,
+                    "ts_first_store": ev.ts_first_store,
+                    "ts_last_store": ev.ts_last_store,
+                    "ts_child_unlock": ev.ts_child_unlock,
+                    "ts_parent_unlock": ev.ts_parent_unlock,
+                    "pid": ev.pid,
+                    "tid": ev.tid,
+                    "comm": ev.comm.decode("utf-8", "replace"),
+                    "cpu": ev.cpu,
+                    "child_pid": child if child is not None else -1,
+                    "stores": ev.stores,
+                    "null_stores": ev.null_stores,
+                    "zero_stores": ev.zero_stores,
+                    "other_writes": ev.other_writes,
+                    "leaves": ev.leaves,
+                    "parent_map_count": ev.parent_map_count,
+                    "failed": bool(ev.zero_stores) or child is None,
+                }
+            )
+        return rows
