@@ -1,0 +1,301 @@
+"""The `tracer report` summary: computed once as plain data, rendered as text or JSON.
+
+summarize() turns a Recording into a JSON-ready dict (pyperf style: results are
+data; rendering is separate). Latency figures use only `usable` rows (fork
+completed, bracket in order); failed and out-of-order forks are counted, and
+every phase carries its n and the method the recording says produced it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections import Counter, defaultdict
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+from analysis.frame import PHASES, Recording, load_recording
+from analysis.stats import Log2Histogram, choose_unit, format_log2_histogram, log2_histogram, percentiles
+from tracer.errors import TracerError
+
+__all__ = ["summarize", "render_text", "render_json", "render_report"]
+
+PHASE_DOC: dict[str, str] = {
+    "dup_mmap": "parent lock -> parent unlock",
+    "mt_dup": "child lock -> first mas_store, less one mean VMA step",
+    "vma_loop": "first -> last mas_store",
+    "vma_step": "vma_loop / (stores - 1)",
+    "tail": "last mas_store -> parent unlock",
+}
+
+TOP_FUNCTIONS = 5
+SMALL_N = 100  # below this, p99 sits between the two largest values
+
+
+def summarize(rec: Recording) -> dict[str, Any]:
+    """Everything the report shows, as plain JSON-ready data (None where unknown)."""
+    meta, df = rec.meta, rec.forks
+    usable = df[df["usable"]]
+    failed = int(df["failed"].sum())
+    unordered = int((~df["bracket_ok"] & ~df["failed"]).sum())
+    copied = usable[usable["stores"] > 0]
+    methods = meta.get("methods") if isinstance(meta.get("methods"), dict) else {}
+
+    phases: dict[str, Any] = {}
+    histograms: dict[str, Any] = {}
+    for phase in PHASES:
+        values = usable[f"{phase}_ns"].to_numpy(dtype="float64")
+        entry = percentiles(values).as_dict("_ns")
+        method = methods.get(phase) or (methods.get("vma_loop") if phase == "vma_step" else None)
+        entry["method"] = method or "unknown"
+        phases[phase] = entry
+        hist = log2_histogram(values, choose_unit(values))
+        histograms[phase] = {"unit": hist.unit, "buckets": [list(b) for b in hist.buckets()]}
+
+    lost = meta.get("lost") if isinstance(meta.get("lost"), dict) else {}
+    lost_counts = {k: lost.get(k) for k in ("ringbuf", "unpaired")}
+    known = [v for v in lost_counts.values() if isinstance(v, int)]
+
+    return {
+        "recording": str(rec.path),
+        "format_version": meta.get("format_version"),
+        "tool_version": meta.get("tool_version"),
+        "kernel": _field(meta, "kernel", "release"),
+        "kernel_version": _field(meta, "kernel", "version"),
+        "machine": _field(meta, "kernel", "machine"),
+        "host": meta.get("host") if isinstance(meta.get("host"), dict) else None,
+        "backend": meta.get("backend"),
+        "targets": meta.get("targets"),
+        "workload": meta.get("workload"),
+        "start": _field(meta, "start", "wall"),
+        "duration_s": _duration_s(meta),
+        "forks": int(len(df)),
+        "failed": failed,
+        "unordered": unordered,
+        "usable": int(len(usable)),
+        "lost_events": sum(known) if known else None,
+        "lost": {**lost_counts, "samples": _field(meta, "sample", "lost")},
+        "vmas": _spread(copied["stores"]),
+        "leaves": _spread(copied["leaves"]),
+        "no_stores": int((usable["stores"] == 0).sum()),
+        "null_stores": int(usable["null_stores"].sum()),
+        "mt_dup_clamped": int(usable["mt_dup_clamped"].sum()),
+        "phases": phases,
+        "histograms": histograms,
+        "samples": _top_functions(rec),
+    }
+
+
+def _field(meta: Mapping[str, Any], key: str, sub: str) -> Any:
+    value = meta.get(key)
+    return value.get(sub) if isinstance(value, dict) else None
+
+
+def _duration_s(meta: Mapping[str, Any]) -> float | None:
+    start, end = _field(meta, "start", "mono_ns"), _field(meta, "end", "mono_ns")
+    if isinstance(start, int) and isinstance(end, int) and end >= start:
+        return (end - start) / 1e9
+    return None
+
+
+def _spread(column: Any) -> dict[str, float | int | None]:
+    values = column.to_numpy(dtype="float64")
+    if values.size == 0:
+        return {"min": None, "median": None, "max": None}
+    median = float(np.median(values))
+    return {
+        "min": int(values.min()),
+        "median": int(median) if median.is_integer() else median,
+        "max": int(values.max()),
+    }
+
+
+_OFFSET = re.compile(r"\+0x[0-9a-f]+(/0x[0-9a-f]+)?$")
+
+
+def _top_functions(rec: Recording) -> dict[str, Any] | None:
+    """Self samples per kernel function and phase, from folded stacks (root first, leaf last)."""
+    sample = rec.meta.get("sample")
+    if not isinstance(sample, dict):
+        return None
+    per_phase: dict[str, Counter[str]] = defaultdict(Counter)
+    for i, entry in enumerate(sample.get("stacks") or []):
+        try:
+            frames, phase, count = str(entry["stack"]).split(";"), str(entry["phase"]), int(entry["count"])
+        except (KeyError, TypeError, ValueError):
+            raise TracerError(f"{rec.path}: sampled stack entry {i} lacks stack, phase or count") from None
+        leaf = _OFFSET.sub("", frames[-1].strip()) or "[unknown]"
+        per_phase[phase][leaf] += count
+    order = [p for p in PHASES if p in per_phase] + sorted(p for p in per_phase if p not in PHASES)
+    top = {}
+    for phase in order:
+        counts = per_phase[phase]
+        total = sum(counts.values())
+        top[phase] = {
+            "samples": total,
+            "top": [
+                {"function": fn, "self": n, "share": n / total if total else None}
+                for fn, n in counts.most_common(TOP_FUNCTIONS)
+            ],
+        }
+    return {"hz": sample.get("hz"), "lost": sample.get("lost"), "phases": top}
+
+
+# ---------------------------------------------------------------- rendering
+
+
+def format_ns(value: float | None) -> str:
+    """A latency with a unit that keeps 3 significant digits; '-' when not measured."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    if value < 1e3:
+        return f"{value:.0f} ns"
+    if value < 1e6:
+        return f"{value / 1e3:.3g} us" if value < 1e5 else f"{value / 1e3:.0f} us"
+    if value < 1e9:
+        return f"{value / 1e6:.3g} ms" if value < 1e8 else f"{value / 1e6:.0f} ms"
+    return f"{value / 1e9:.3g} s"
+
+
+def _or_unknown(value: Any) -> str:
+    return "unknown" if value in (None, "") else str(value)
+
+
+def _header(s: Mapping[str, Any]) -> list[str]:
+    host = s["host"] or {}
+    kernel = " ".join(str(x) for x in (s["kernel"], s["machine"]) if x) or "unknown"
+    host_line = ", ".join(
+        x
+        for x in (
+            host.get("hostname"),
+            f"{host['cpus']} CPUs" if host.get("cpus") else None,
+            host.get("cpu_model"),
+            f"lockdown={host['lockdown']}" if host.get("lockdown") else None,
+        )
+        if x
+    )
+    workload = s["workload"]
+    if isinstance(workload, dict):
+        wl = f"{workload.get('kind', '?')}: {workload.get('extra_vmas', '?')} extra VMAs, cpu {workload.get('cpu', '?')}"
+    else:
+        targets = s["targets"] if isinstance(s["targets"], dict) else {}
+        wl = f"{targets.get('mode', 'unknown')} (no synthetic workload)"
+    duration = f"{s['duration_s']:.2f} s" if s["duration_s"] is not None else "unknown"
+    if s["start"]:
+        duration += f" from {s['start']}"
+    lost = s["lost"]
+    lost_line = (
+        f"{_or_unknown(lost['ringbuf'])} ring buffer records dropped, "
+        f"{_or_unknown(lost['unpaired'])} unpaired brackets"
+    )
+    if lost["samples"] is not None:
+        lost_line += f", {lost['samples']} stack samples"
+    if s["lost_events"]:
+        lost_line += "  (!) forks are missing from these figures"
+    forks = f"{s['forks']} traced, {s['usable']} used for latencies"
+    failed = f"{s['failed']} (excluded from latencies)" if s["failed"] else "0"
+    lines = [
+        f"forktrace report: {s['recording']}",
+        f"  kernel    {kernel}",
+        f"  backend   {_or_unknown(s['backend'])}",
+        f"  host      {host_line or 'unknown'}",
+        f"  workload  {wl}",
+        f"  duration  {duration}",
+        f"  forks     {forks}",
+        f"  failed    {failed}",
+        f"  lost      {lost_line}",
+    ]
+    if s["unordered"]:
+        lines.append(f"  anomaly   {s['unordered']} forks with out-of-order bracket timestamps (excluded)")
+    if s["vmas"]["median"] is not None:
+        v, lv = s["vmas"], s["leaves"]
+        lines.append(f"  VMAs      copied per fork: min {v['min']}, median {v['median']}, max {v['max']}")
+        lines.append(f"  leaves    distinct child leaves written: median {lv['median']}")
+    return lines
+
+
+def _phase_table(s: Mapping[str, Any]) -> list[str]:
+    cols = ("phase", "p50", "p90", "p99", "mean", "n", "method")
+    rows = []
+    small = False
+    for phase, p in s["phases"].items():
+        p99 = format_ns(p["p99_ns"])
+        if 0 < p["n"] < SMALL_N:
+            p99 += "*"
+            small = True
+        rows.append(
+            (phase, format_ns(p["p50_ns"]), format_ns(p["p90_ns"]), p99, format_ns(p["mean_ns"]), str(p["n"]), p["method"])
+        )
+    widths = [max(len(r[i]) for r in (cols, *rows)) for i in range(len(cols))]
+    right = {1, 2, 3, 4, 5}
+
+    def line(r: tuple[str, ...]) -> str:
+        return "  ".join(c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))).rstrip()
+
+    out = [line(cols)] + [line(r) for r in rows]
+    notes = [f"{name}: {doc}" for name, doc in PHASE_DOC.items()]
+    out.append("")
+    out.extend("  " + n for n in notes)
+    if s["mt_dup_clamped"]:
+        out.append(f"  mt_dup clamped to 0 in {s['mt_dup_clamped']} forks (first VMA cost more than the mean step)")
+    if s["no_stores"]:
+        out.append(f"  {s['no_stores']} forks stored no VMA: no store-based phases for them")
+    if small:
+        out.append(f"  * fewer than {SMALL_N} values: p99 is interpolated between the largest ones")
+    return out
+
+
+def _histograms(s: Mapping[str, Any]) -> list[str]:
+    out = []
+    for phase, h in s["histograms"].items():
+        if not h["buckets"]:
+            continue
+        p = s["phases"][phase]
+        out.append("")
+        out.append(f"{phase} ({PHASE_DOC[phase]}), n={p['n']}, method {p['method']}:")
+        out.append(format_log2_histogram(Log2Histogram.from_buckets(h["unit"], h["buckets"])))
+    return out
+
+
+def _samples(s: Mapping[str, Any]) -> list[str]:
+    samples = s["samples"]
+    if not samples or not samples["phases"]:
+        return []
+    out = ["", f"top kernel functions by self samples ({_or_unknown(samples['hz'])} Hz):"]
+    for phase, entry in samples["phases"].items():
+        out.append(f"  {phase} ({entry['samples']} samples):")
+        for f in entry["top"]:
+            out.append(f"    {f['self']:>8}  {100 * f['share']:5.1f}%  {f['function']}")
+    return out
+
+
+def render_text(summary: Mapping[str, Any]) -> str:
+    """The human report: header, phase table, log2 histograms, sampled functions."""
+    lines = _header(summary)
+    lines.append("")
+    if summary["forks"] == 0:
+        lines.append("no forks were traced: nothing to report")
+        return "\n".join(lines)
+    if summary["usable"] == 0:
+        lines.append(f"no usable forks: all {summary['forks']} traced forks failed or were out of order")
+        return "\n".join(lines + _samples(summary))
+    lines += _phase_table(summary)
+    lines += _histograms(summary)
+    lines += _samples(summary)
+    return "\n".join(lines)
+
+
+def render_json(summary: Mapping[str, Any]) -> str:
+    """The summary as JSON; NaN never appears (unmeasured values are null)."""
+    return json.dumps(summary, indent=2, allow_nan=False, default=str)
+
+
+def render_report(path: Path, fmt: str) -> str:
+    """Load `path` and render its report as `fmt` ('text' or 'json')."""
+    if fmt not in ("text", "json"):
+        raise TracerError(f"report format must be text or json, not {fmt!r}")
+    summary = summarize(load_recording(path))
+    return render_json(summary) if fmt == "json" else render_text(summary)

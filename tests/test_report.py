@@ -1,0 +1,171 @@
+"""analysis.report: the summary's figures against what the synthetic recording put in."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from analysis.frame import load_recording
+from analysis.report import render_report, summarize
+from recordings import MONO_BASE_NS, default_metadata, fork_row, fork_rows, write_synthetic
+from tracer.errors import TracerError
+
+REQUIRED_PHASE_KEYS = {"p50_ns", "p90_ns", "p99_ns", "mean_ns", "method"}
+
+
+def varied_rows() -> list[dict]:
+    """Five completed forks of 10..50 VMAs and one failed fork of 999."""
+    rows, start = [], MONO_BASE_NS
+    for vmas, failed in [(30, False), (10, False), (999, True), (50, False), (20, False), (40, False)]:
+        rows.append(fork_row(start, vmas=vmas, mt_dup_ns=7_000, vma_step_ns=400, tail_ns=9_000, failed=failed,
+                             leaves=vmas // 5))
+        start = rows[-1]["ts_parent_unlock"] + 10_000
+    return rows
+
+
+@pytest.fixture
+def varied(tmp_path):
+    rows = varied_rows()
+    meta = default_metadata(rows, lost={"ringbuf": 7, "unpaired": 2})
+    return write_synthetic(tmp_path / "varied.parquet", rows, meta)
+
+
+def test_json_has_what_consumers_rely_on(varied):
+    doc = json.loads(render_report(varied, "json"))
+    assert doc["forks"] == 6
+    assert doc["failed"] == 1
+    assert doc["kernel"] == "6.18.0-test-amd64"
+    assert doc["backend"] == "raw_tracepoint"
+    assert doc["lost_events"] == 9
+    assert doc["vmas"] == {"min": 10, "median": 30, "max": 50}  # the failed fork's 999 is excluded
+    assert doc["leaves"]["median"] == 6
+    for phase in ("dup_mmap", "mt_dup", "vma_loop", "tail"):
+        assert REQUIRED_PHASE_KEYS <= set(doc["phases"][phase]), phase
+        assert doc["phases"][phase]["n"] == 5, phase
+    assert doc["phases"]["mt_dup"]["method"] == "bracket-corrected"
+
+
+def test_phase_figures_match_the_costs_put_in(varied):
+    phases = json.loads(render_report(varied, "json"))["phases"]
+    for key in ("p50_ns", "p90_ns", "p99_ns", "mean_ns"):
+        assert phases["mt_dup"][key] == pytest.approx(7_000)
+        assert phases["vma_step"][key] == pytest.approx(400)
+        assert phases["tail"][key] == pytest.approx(9_000)
+    # vma_loop over 9, 19, 29, 39, 49 steps of 400 ns: median 29 steps.
+    assert phases["vma_loop"]["p50_ns"] == pytest.approx(29 * 400)
+    assert phases["vma_loop"]["mean_ns"] == pytest.approx(29 * 400)
+    assert phases["vma_loop"]["max_ns"] == pytest.approx(49 * 400)
+
+
+def test_text_shows_header_table_and_a_histogram_per_phase(varied):
+    text = render_report(varied, "text")
+    assert "6.18.0-test-amd64" in text
+    assert "raw_tracepoint" in text
+    assert "7 ring buffer records dropped, 2 unpaired brackets  (!)" in text
+    assert "failed    1 (excluded from latencies)" in text
+    assert "min 10, median 30, max 50" in text
+    table = {line.split()[0]: line for line in text.splitlines() if line.split()[:1] and line.split()[-1] in
+             ("bracket", "bracket-corrected")}
+    assert set(table) >= {"dup_mmap", "mt_dup", "vma_loop", "tail"}
+    assert "7 us" in table["mt_dup"]
+    for phase in ("dup_mmap", "mt_dup", "vma_loop", "tail"):
+        assert f"\n{phase} (" in text
+    assert text.count(": count     distribution") == 5
+    assert "* fewer than 100 values" in text
+
+
+def test_empty_recording_reports_cleanly(tmp_path):
+    path = write_synthetic(tmp_path / "empty.parquet", rows=[])
+    doc = json.loads(render_report(path, "json"))
+    assert doc["forks"] == 0 and doc["failed"] == 0
+    assert doc["vmas"] == {"min": None, "median": None, "max": None}
+    for phase in ("dup_mmap", "mt_dup", "vma_loop"):
+        assert doc["phases"][phase]["p50_ns"] is None
+        assert doc["phases"][phase]["n"] == 0
+    assert "no forks were traced" in render_report(path, "text")
+
+
+def test_all_failed_says_so(tmp_path):
+    path = write_synthetic(tmp_path / "failed.parquet", fork_rows(3, failed=[0, 1, 2]))
+    assert "no usable forks: all 3" in render_report(path, "text")
+    assert json.loads(render_report(path, "json"))["phases"]["dup_mmap"]["n"] == 0
+
+
+def test_unmeasured_phases_are_null_not_nan(tmp_path):
+    rows = [fork_row(MONO_BASE_NS, vmas=0, mt_dup_ns=1_000, vma_step_ns=100),
+            fork_row(MONO_BASE_NS + 10**6, vmas=1, mt_dup_ns=1_000, vma_step_ns=100)]
+    doc = json.loads(render_report(write_synthetic(tmp_path / "r.parquet", rows), "json"))
+    assert doc["phases"]["mt_dup"]["p50_ns"] is None
+    assert doc["phases"]["vma_loop"]["n"] == 1
+    assert doc["no_stores"] == 1
+
+
+def test_lost_unknown_is_not_zero(tmp_path):
+    rows = fork_rows(2)
+    meta = default_metadata(rows)
+    del meta["lost"]
+    path = write_synthetic(tmp_path / "r.parquet", rows, meta)
+    assert json.loads(render_report(path, "json"))["lost_events"] is None
+    assert "unknown ring buffer records dropped" in render_report(path, "text")
+
+
+def test_top_functions_by_self_samples(tmp_path):
+    rows = fork_rows(4)
+    stacks = [
+        {"stack": "entry_SYSCALL_64;__x64_sys_clone;copy_process;dup_mmap;__mt_dup;mas_dup_alloc", "phase": "mt_dup", "count": 5},
+        {"stack": "entry_SYSCALL_64;__x64_sys_clone;copy_process;dup_mmap;__mt_dup+0x1a/0x40", "phase": "mt_dup", "count": 3},
+        {"stack": "copy_process;dup_mmap;mas_dup_alloc+0x10/0x200", "phase": "mt_dup", "count": 4},
+        {"stack": "copy_process;dup_mmap;copy_page_range", "phase": "vma_loop", "count": 11},
+    ]
+    meta = default_metadata(rows, sample={"hz": 999, "stacks": stacks, "lost": 0})
+    path = write_synthetic(tmp_path / "r.parquet", rows, meta)
+    samples = json.loads(render_report(path, "json"))["samples"]
+    top = samples["phases"]["mt_dup"]["top"]
+    assert [(f["function"], f["self"]) for f in top] == [("mas_dup_alloc", 9), ("__mt_dup", 3)]
+    assert samples["phases"]["mt_dup"]["samples"] == 12
+    assert samples["phases"]["vma_loop"]["top"][0]["share"] == 1.0
+    text = render_report(path, "text")
+    assert "top kernel functions by self samples (999 Hz)" in text
+    assert "mas_dup_alloc" in text
+
+
+def test_malformed_sample_stacks_are_a_tracer_error(tmp_path):
+    rows = fork_rows(2)
+    meta = default_metadata(rows, sample={"hz": 99, "stacks": [{"stack": "a;b"}]})
+    rec = load_recording(write_synthetic(tmp_path / "r.parquet", rows, meta))
+    with pytest.raises(TracerError, match="entry 0"):
+        summarize(rec)
+
+
+def test_unknown_format_is_refused(varied):
+    with pytest.raises(TracerError):
+        render_report(varied, "yaml")
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "tracer.cli", "report", *args], capture_output=True, text=True,
+                          timeout=120)
+
+
+def test_cli_prints_one_line_for_a_bad_file(tmp_path):
+    bad = tmp_path / "bad.parquet"
+    bad.write_text("not parquet")
+    result = run_cli(str(bad))
+    assert result.returncode == 1
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+    assert str(bad) in result.stderr
+
+
+def test_cli_json(varied):
+    result = run_cli(str(varied), "--format", "json")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["forks"] == 6
+
+
+def test_no_warning_when_nothing_was_lost(tmp_path):
+    text = render_report(write_synthetic(tmp_path / "r.parquet", fork_rows(3)), "text")
+    assert "0 ring buffer records dropped, 0 unpaired brackets" in text
+    assert "(!)" not in text
