@@ -132,7 +132,8 @@ def record(opts: RecordOptions, log: Callable[[str], None] | None = None) -> Pat
             "lockdown": kernel.lockdown_mode(),
         },
         "backend": backend,
-        "methods": {k: v for k, v in methods.items() if k != "backend"},
+        "methods": methods["phases"],
+        "backend_reason": methods.get("backend_reason") if backend == methods["backend"] else "forced by --backend",
         "probes": caps,
         "headers": hdrs.description,
         "targets": {"mode": opts.mode, "pids": opts.pids, "command": opts.command},
@@ -304,24 +305,14 @@ class _Session:
         with SpawnWorkload(
             vmas=opts.spawn_vmas, forks=opts.forks, seconds=opts.duration, cpu=opts.cpu, touch=opts.touch
         ) as work:
-            pid, vmas_total = work.start()
+            pid, _ = work.start()
             probe.add_targets([pid])
             self.snapshot(pid)
             self.start = _wall_mono()
             work.go()
-            self._loop(probe, done=lambda: work.poll() is not None)
-            result = work.wait(timeout=60)
-        self.workload = {
-            "kind": "spawn",
-            "pid": pid,
-            "extra_vmas": opts.spawn_vmas,
-            "forks_requested": opts.forks,
-            "seconds_requested": opts.duration,
-            "cpu": opts.cpu,
-            "touch": opts.touch,
-            "vmas_total": vmas_total,
-            "result": result.__dict__ if result is not None else None,
-        }
+            self._loop(probe, done=work.finished)
+            work.wait(timeout=60)
+        self.workload = {"pid": pid, **work.metadata()}
 
     def _run_command(self, probe: BracketProbe) -> None:
         # fork + wait-on-pipe + exec, so the pid is in the filter before the

@@ -192,19 +192,25 @@ class BracketProbe:
         return {name: int(sum(table[ctypes.c_int(i)])) for i, name in enumerate(COUNTER_NAMES)}
 
     def sampled_stacks(self) -> list[dict]:
-        """Sampled kernel stacks as folded strings (root first), with phase and count."""
+        """Sampled kernel stacks as folded strings (root first), with phase and count.
+
+        Stack ids differ by return address; two ids that symbolise to the same
+        functions are one folded stack.
+        """
         if not self.config.sample_hz:
             return []
         stacks = self._bpf["stacks"]
-        out = []
+        folded: dict[tuple[str, str], int] = {}
         for key, value in self._bpf["samples"].items():
             try:
                 addrs = list(stacks.walk(key.stackid))
             except KeyError:
                 continue
             frames = [self._bpf.ksym(addr).decode("utf-8", "replace") for addr in reversed(addrs)]
-            out.append({"stack": ";".join(frames), "phase": SAMPLE_PHASES.get(key.phase, "?"), "count": int(value.value)})
-        out.sort(key=lambda s: -s["count"])
+            ident = (";".join(frames), SAMPLE_PHASES.get(key.phase, "?"))
+            folded[ident] = folded.get(ident, 0) + int(value.value)
+        out = [{"stack": stack, "phase": phase, "count": n} for (stack, phase), n in folded.items()]
+        out.sort(key=lambda s: (-s["count"], s["stack"]))
         return out
 
     def close(self) -> None:
