@@ -49,7 +49,9 @@ def summarize(rec: Recording) -> dict[str, Any]:
     for phase in PHASES:
         values = usable[f"{phase}_ns"].to_numpy(dtype="float64")
         entry = percentiles(values).as_dict("_ns")
-        method = methods.get(phase) or (methods.get("vma_loop") if phase == "vma_step" else None)
+        method = methods.get(phase)
+        if phase == "vma_step" and not method and methods.get("vma_loop"):
+            method = f"vma_loop / (stores - 1); vma_loop: {methods['vma_loop']}"
         entry["method"] = method or "unknown"
         phases[phase] = entry
         hist = log2_histogram(values, choose_unit(values))
@@ -177,12 +179,7 @@ def _header(s: Mapping[str, Any]) -> list[str]:
         )
         if x
     )
-    workload = s["workload"]
-    if isinstance(workload, dict):
-        wl = f"{workload.get('kind', '?')}: {workload.get('extra_vmas', '?')} extra VMAs, cpu {workload.get('cpu', '?')}"
-    else:
-        targets = s["targets"] if isinstance(s["targets"], dict) else {}
-        wl = f"{targets.get('mode', 'unknown')} (no synthetic workload)"
+    wl = _workload_line(s["workload"], s["targets"])
     duration = f"{s['duration_s']:.2f} s" if s["duration_s"] is not None else "unknown"
     if s["start"]:
         duration += f" from {s['start']}"
@@ -215,6 +212,26 @@ def _header(s: Mapping[str, Any]) -> list[str]:
         lines.append(f"  VMAs      copied per fork: min {v['min']}, median {v['median']}, max {v['max']}")
         lines.append(f"  leaves    distinct child leaves written: median {lv['median']}")
     return lines
+
+
+def _workload_line(workload: Any, targets: Any) -> str:
+    """One line whatever the target mode: spawn parameters, the command, or the pids."""
+    workload = workload if isinstance(workload, dict) else {}
+    targets = targets if isinstance(targets, dict) else {}
+    kind = workload.get("kind") or targets.get("mode") or "unknown"
+    if kind == "spawn":
+        parts = [f"{workload.get('extra_vmas', '?')} extra VMAs", f"{workload.get('forks', '?')} forks"]
+        if workload.get("cpu") is not None:
+            parts.append(f"cpu {workload['cpu']}")
+        return "spawn: " + ", ".join(parts)
+    command = workload.get("command") or targets.get("command")
+    if command:
+        text = " ".join(str(c) for c in command) if isinstance(command, list) else str(command)
+        text = " ".join(text.split())  # one line, even for `python3 -c '<script>'`
+        return f"{kind}: {text[:70]}{'...' if len(text) > 70 else ''}"
+    if targets.get("pids"):
+        return f"{kind}: pid {', '.join(str(p) for p in targets['pids'])}"
+    return str(kind)
 
 
 def _phase_table(s: Mapping[str, Any]) -> list[str]:
@@ -255,7 +272,7 @@ def _histograms(s: Mapping[str, Any]) -> list[str]:
             continue
         p = s["phases"][phase]
         out.append("")
-        out.append(f"{phase} ({PHASE_DOC[phase]}), n={p['n']}, method {p['method']}:")
+        out.append(f"{phase}: {PHASE_DOC[phase]} (n={p['n']})")
         out.append(format_log2_histogram(Log2Histogram.from_buckets(h["unit"], h["buckets"])))
     return out
 
@@ -264,7 +281,11 @@ def _samples(s: Mapping[str, Any]) -> list[str]:
     samples = s["samples"]
     if not samples or not samples["phases"]:
         return []
-    out = ["", f"top kernel functions by self samples ({_or_unknown(samples['hz'])} Hz):"]
+    out = [
+        "",
+        f"top kernel functions by self samples ({_or_unknown(samples['hz'])} Hz;"
+        " sample windows follow the bracket, so mt_dup here is child lock -> first mas_store):",
+    ]
     for phase, entry in samples["phases"].items():
         out.append(f"  {phase} ({entry['samples']} samples):")
         for f in entry["top"]:

@@ -72,7 +72,7 @@ def test_text_shows_header_table_and_a_histogram_per_phase(varied):
     assert set(table) >= {"dup_mmap", "mt_dup", "vma_loop", "tail"}
     assert "7 us" in table["mt_dup"]
     for phase in ("dup_mmap", "mt_dup", "vma_loop", "tail"):
-        assert f"\n{phase} (" in text
+        assert f"\n{phase}: " in text
     assert text.count(": count     distribution") == 5
     assert "* fewer than 100 values" in text
 
@@ -128,7 +128,7 @@ def test_top_functions_by_self_samples(tmp_path):
     assert samples["phases"]["mt_dup"]["samples"] == 12
     assert samples["phases"]["vma_loop"]["top"][0]["share"] == 1.0
     text = render_report(path, "text")
-    assert "top kernel functions by self samples (999 Hz)" in text
+    assert "top kernel functions by self samples (999 Hz;" in text
     assert "mas_dup_alloc" in text
 
 
@@ -169,3 +169,13 @@ def test_no_warning_when_nothing_was_lost(tmp_path):
     text = render_report(write_synthetic(tmp_path / "r.parquet", fork_rows(3)), "text")
     assert "0 ring buffer records dropped, 0 unpaired brackets" in text
     assert "(!)" not in text
+
+
+def test_command_workload_stays_on_one_header_line(tmp_path):
+    rows = fork_rows(2)
+    command = ["/usr/bin/python3", "-c", "import os\nfor i in range(9):\n    os.fork()"]
+    meta = default_metadata(rows, workload={"kind": "command", "command": command, "pid": 77},
+                            targets={"mode": "command", "pids": [], "command": command})
+    text = render_report(write_synthetic(tmp_path / "r.parquet", rows, meta), "text")
+    (line,) = [line for line in text.splitlines() if line.startswith("  workload")]
+    assert line.endswith("command: /usr/bin/python3 -c import os for i in range(9): os.fork()")
