@@ -45,7 +45,7 @@ def write_recording(path: Path, rows: Iterable[Mapping[str, Any]], metadata: Map
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
     try:
         with os.fdopen(fd, "wb") as out:
-            pq.write_table(table, out, compression="zstd")
+            pq.write_table(table, out, compression="zstd", write_page_checksum=True)
             out.flush()
             os.fsync(out.fileno())
         os.replace(tmp, path)

@@ -1,0 +1,58 @@
+"""The writer: atomic, self-describing, and documented in README."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+
+from conftest import ROOT
+from tracer.errors import TracerError
+from tracer.recording.schema import FORK_COLUMNS, FORMAT_VERSION, METADATA_FIELDS, METADATA_KEY
+from tracer.recording.writer import check_writable, write_recording
+from recordings import fork_rows
+
+
+def test_pandas_reads_rows_and_metadata(tmp_path):
+    path = tmp_path / "r.parquet"
+    rows = fork_rows(5, vmas=100, mt_dup_ns=5000, vma_step_ns=900)
+    write_recording(path, rows, {"backend": "raw_tracepoint"})
+    df = pd.read_parquet(path)
+    assert list(df.columns) == [name for name, _, _ in FORK_COLUMNS]
+    assert len(df) == 5 and (df.stores == rows[0]["stores"]).all()
+    meta = json.loads(pq.read_schema(path).metadata[METADATA_KEY])
+    assert meta["format_version"] == FORMAT_VERSION and meta["backend"] == "raw_tracepoint"
+
+
+def test_failed_write_leaves_previous_file_and_no_temp(tmp_path):
+    path = tmp_path / "r.parquet"
+    write_recording(path, fork_rows(2, vmas=10, mt_dup_ns=1000, vma_step_ns=500), {})
+    before = path.read_bytes()
+    with pytest.raises(Exception):
+        write_recording(path, [{"stores": "not a number"}], {})
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.parquet"]
+
+
+def test_unwritable_destinations_are_one_line_errors(tmp_path):
+    with pytest.raises(TracerError, match="does not exist"):
+        check_writable(tmp_path / "missing" / "r.parquet")
+    with pytest.raises(TracerError, match="directory"):
+        check_writable(tmp_path)
+    if os.geteuid() != 0:  # root may write anywhere
+        ro = tmp_path / "ro"
+        ro.mkdir(mode=0o500)
+        with pytest.raises(TracerError, match="not writable"):
+            check_writable(ro / "r.parquet")
+
+
+def test_readme_documents_every_column_and_metadata_key():
+    readme = (ROOT / "README.md").read_text()
+    for name, dtype, doc in FORK_COLUMNS:
+        assert f"| `{name}` | {dtype} | {doc} |" in readme, name
+    for key in METADATA_FIELDS:
+        assert f"`{key}`" in readme, key
