@@ -1,0 +1,391 @@
+// SPDX-License-Identifier: GPL-2.0-only
+/*
+ * spawn: unixbench's "spawn" loop (fork; the child _exit(0)s at once; the
+ * parent waitpid()s) run by a process that first gives itself --vmas extra
+ * VMAs that cannot merge, so that every fork's dup_mmap() has that many more
+ * VMAs to copy.
+ *
+ * It talks to its launcher (tracer/workload/spawn.py) in lines:
+ *
+ *   stdout  "ready <pid> <vmas_total>"  the extra VMAs exist, no fork yet
+ *   stdin   "go"                        the tracer is attached and has read
+ *                                       /proc/<pid>/maps
+ *   stdout  {"forks": ..., ...}         one JSON line when the loop ends
+ *
+ * vmas_total is mm->map_count: the lines of /proc/self/maps minus the
+ * [vsyscall] gate area, which the kernel shows there but keeps out of the
+ * mm's maple tree.
+ *
+ * Once the extra VMAs exist this program neither mallocs nor uses stdio (all
+ * output goes through write(2) from stack buffers), so the layout reported at
+ * "ready" is the layout every fork copies.
+ *
+ * Exit status: 0 after the JSON line, 2 for bad arguments, 1 for anything
+ * else (mmap/munmap failure, /proc unreadable, stdin closed before "go").
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <getopt.h>
+#include <sched.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/wait.h>
+#include <fcntl.h>
+#include <time.h>
+#include <unistd.h>
+
+#define USAGE "usage: spawn [--vmas N] [--forks N] [--seconds S] [--cpu C] [--touch]"
+
+/* Give up after this many fork() failures in a row (e.g. EAGAIN at RLIMIT_NPROC). */
+#define MAX_CONSECUTIVE_FAILURES 1000
+
+/* Check that the launcher is still alive every this many forks. */
+#define PARENT_CHECK_INTERVAL 256
+
+/* Write all of buf to fd; output is tiny, so a short write is retried, not buffered. */
+static void write_all(int fd, const char *buf, size_t len)
+{
+	while (len > 0) {
+		ssize_t n = write(fd, buf, len);
+
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			return;
+		}
+		buf += n;
+		len -= (size_t)n;
+	}
+}
+
+/* One line on stderr, "spawn: " first; formatted on the stack, no stdio buffers. */
+static void say(const char *fmt, ...)
+{
+	char line[512];
+	int len = snprintf(line, sizeof(line), "spawn: ");
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(line + len, sizeof(line) - (size_t)len - 1, fmt, ap);
+	va_end(ap);
+	len = (int)strlen(line);
+	line[len++] = '\n';
+	write_all(STDERR_FILENO, line, (size_t)len);
+}
+
+#define die(status, ...) do { say(__VA_ARGS__); exit(status); } while (0)
+#define bad_args(fmt, ...) die(2, fmt " (" USAGE ")", ##__VA_ARGS__)
+
+/*
+ * An argument as it may be echoed in a one-line message: at most 40
+ * characters, anything unprintable (a newline above all) shown as '?'.
+ */
+static const char *quoted(const char *arg)
+{
+	static char buf[48];
+	size_t i;
+
+	for (i = 0; arg[i] && i < 40; i++)
+		buf[i] = (arg[i] >= 0x20 && arg[i] < 0x7f) ? arg[i] : '?';
+	if (arg[i])
+		buf[i++] = '~';
+	buf[i] = '\0';
+	return buf;
+}
+
+/* A whole decimal number in [min, max]: digits only, no sign, no spaces. */
+static long long parse_count(const char *opt, const char *arg, long long min, long long max)
+{
+	long long value = 0;
+	const char *p;
+
+	if (!*arg)
+		bad_args("--%s needs a whole number, got an empty string", opt);
+	for (p = arg; *p; p++) {
+		int digit = *p - '0';
+
+		if (digit < 0 || digit > 9)
+			bad_args("--%s needs a whole number, got \"%s\"", opt, quoted(arg));
+		if (value > (max - digit) / 10)
+			bad_args("--%s %s is too large (at most %lld)", opt, quoted(arg), max);
+		value = value * 10 + digit;
+	}
+	if (value < min)
+		bad_args("--%s %lld is too small (at least %lld)", opt, value, min);
+	return value;
+}
+
+/* Seconds as a plain decimal ("10", "0.5"): no exponent, sign, hex, inf or nan. */
+static double parse_seconds(const char *arg)
+{
+	size_t digits = strspn(arg, "0123456789");
+	size_t len = digits;
+	double value;
+
+	if (arg[len] == '.')
+		len += 1 + strspn(arg + len + 1, "0123456789");
+	if (len == 0 || arg[len] != '\0' || (digits == 0 && len == 1))
+		bad_args("--seconds needs a decimal number, got \"%s\"", quoted(arg));
+	value = strtod(arg, NULL);
+	if (value <= 0 || value > 1e6)
+		bad_args("--seconds %s is out of range (more than 0, at most 1000000)", quoted(arg));
+	return value;
+}
+
+static uint64_t now_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+/*
+ * mm->map_count as /proc/self/maps shows it: count lines, leaving out the
+ * [vsyscall] gate area.  Streamed through a static buffer (the file is ~80
+ * bytes per VMA, several MB at vm.max_map_count), keeping the last few
+ * characters of the current line to recognise the gate area's name.
+ * Returns -1 if the file cannot be read.
+ */
+static long count_tree_vmas(void)
+{
+	static const char gate[] = "[vsyscall]";
+	static char buf[65536];
+	char tail[sizeof(gate) - 1] = { 0 };
+	long lines = 0, gates = 0;
+	ssize_t n;
+	int fd = open("/proc/self/maps", O_RDONLY | O_CLOEXEC);
+
+	if (fd < 0)
+		return -1;
+	while ((n = read(fd, buf, sizeof(buf))) != 0) {
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			close(fd);
+			return -1;
+		}
+		for (ssize_t i = 0; i < n; i++) {
+			if (buf[i] == '\n') {
+				lines++;
+				if (!memcmp(tail, gate, sizeof(tail)))
+					gates++;
+				memset(tail, 0, sizeof(tail));
+			} else {
+				memmove(tail, tail + 1, sizeof(tail) - 1);
+				tail[sizeof(tail) - 1] = buf[i];
+			}
+		}
+	}
+	close(fd);
+	return lines - gates;
+}
+
+static long read_max_map_count(void)
+{
+	char buf[32] = { 0 };
+	int fd = open("/proc/sys/vm/max_map_count", O_RDONLY | O_CLOEXEC);
+	ssize_t n;
+
+	if (fd < 0)
+		return -1;
+	n = read(fd, buf, sizeof(buf) - 1);
+	close(fd);
+	return n > 0 ? strtol(buf, NULL, 10) : -1;
+}
+
+/*
+ * Add nr extra VMAs that cannot merge: map 2*nr + 1 anonymous pages and unmap
+ * the even ones, leaving
+ *
+ *	hole | page | hole | page | ... | page | hole
+ *
+ * Every kept page is its own VMA with a hole on each side, so no neighbour can
+ * merge with it.  In mm->mm_mt the region takes 2*nr + 1 slots (nr VMA entries,
+ * nr + 1 NULL entries; the end holes join whatever free space is next to them)
+ * where the free gap it was carved from took one: two slots per extra VMA.
+ *
+ * With touch, one byte of every kept page is written before the region is cut
+ * up, so all extra VMAs share one anon_vma and hold one resident page each:
+ * fork then has anon_vma_fork() and copy_page_range() work per VMA.  Without
+ * it (unixbench's case) they have no anon_vma and copy_page_range() skips them.
+ */
+static void make_extra_vmas(long nr, int touch)
+{
+	size_t page = (size_t)sysconf(_SC_PAGESIZE);
+	size_t pages = 2 * (size_t)nr + 1;
+	char *region;
+
+	if (nr == 0)
+		return;
+	region = mmap(NULL, pages * page, PROT_READ | PROT_WRITE,
+		      MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (region == MAP_FAILED)
+		die(1, "cannot map %zu pages for %ld extra VMAs: %s", pages, nr, strerror(errno));
+	if (touch)
+		for (size_t i = 1; i < pages; i += 2)
+			region[i * page] = 1;
+	for (size_t i = 0; i < pages; i += 2) {
+		if (munmap(region + i * page, page) == 0)
+			continue;
+		if (errno == ENOMEM)
+			die(1, "cannot create %ld extra VMAs: the kernel refused a new VMA "
+			    "after %zu (ENOMEM); vm.max_map_count is %ld, counting the VMAs "
+			    "the process already had", nr, i / 2, read_max_map_count());
+		die(1, "munmap of page %zu of the extra-VMA region failed: %s", i, strerror(errno));
+	}
+}
+
+/* Block until the launcher writes "go"; EOF means it gave up, so do not fork. */
+static void wait_for_go(void)
+{
+	char line[64];
+	size_t len = 0;
+	char c;
+
+	for (;;) {
+		ssize_t n = read(STDIN_FILENO, &c, 1);
+
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0)
+			die(1, "stdin closed before \"go\"; exiting without forking");
+		if (c == '\n')
+			break;
+		if (len < sizeof(line) - 1)
+			line[len++] = c;
+	}
+	line[len] = '\0';
+	if (strcmp(line, "go") != 0)
+		die(2, "expected \"go\" on stdin, got \"%s\"", quoted(line));
+}
+
+int main(int argc, char **argv)
+{
+	static const struct option options[] = {
+		{ "vmas", required_argument, NULL, 'v' },
+		{ "forks", required_argument, NULL, 'f' },
+		{ "seconds", required_argument, NULL, 's' },
+		{ "cpu", required_argument, NULL, 'c' },
+		{ "touch", no_argument, NULL, 't' },
+		{ "help", no_argument, NULL, 'h' },
+		{ NULL, 0, NULL, 0 },
+	};
+	long vmas = 0, cpu = -1;
+	long long max_forks = 0, forks = 0, failed = 0, consecutive_failures = 0;
+	double seconds = 0;
+	int touch = 0, fork_errno = 0, opt;
+	const char *stop = "forks";
+	uint64_t start, deadline, elapsed;
+	long vmas_total;
+	pid_t launcher = getppid();
+	char line[256];
+	int len;
+
+	opterr = 0; /* report problems ourselves, as one line */
+	while ((opt = getopt_long(argc, argv, ":", options, NULL)) != -1) {
+		switch (opt) {
+		case 'v':
+			vmas = (long)parse_count("vmas", optarg, 0, 1L << 24);
+			break;
+		case 'f':
+			max_forks = parse_count("forks", optarg, 1, 1LL << 62);
+			break;
+		case 's':
+			seconds = parse_seconds(optarg);
+			break;
+		case 'c':
+			cpu = (long)parse_count("cpu", optarg, 0, CPU_SETSIZE - 1);
+			break;
+		case 't':
+			touch = 1;
+			break;
+		case 'h':
+			printf("%s\n", USAGE);
+			return 0;
+		case ':':
+			bad_args("%s needs a value", quoted(argv[optind - 1]));
+		default:
+			bad_args("unknown option \"%s\"", quoted(argv[optind - 1]));
+		}
+	}
+	if (optind < argc)
+		bad_args("unexpected argument \"%s\"", quoted(argv[optind]));
+	if (!max_forks && !seconds)
+		bad_args("give --forks, --seconds or both");
+
+	if (cpu >= 0) {
+		cpu_set_t set;
+
+		CPU_ZERO(&set);
+		CPU_SET(cpu, &set);
+		if (sched_setaffinity(0, sizeof(set), &set))
+			die(2, "--cpu %ld: cannot run there (sched_setaffinity: %s)",
+			    cpu, strerror(errno));
+	}
+
+	make_extra_vmas(vmas, touch);
+	vmas_total = count_tree_vmas();
+	if (vmas_total < 0)
+		die(1, "cannot read /proc/self/maps: %s", strerror(errno));
+
+	len = snprintf(line, sizeof(line), "ready %d %ld\n", (int)getpid(), vmas_total);
+	write_all(STDOUT_FILENO, line, (size_t)len);
+	wait_for_go();
+
+	start = now_ns();
+	deadline = seconds ? start + (uint64_t)(seconds * 1e9) : UINT64_MAX;
+	for (;;) {
+		pid_t child;
+		int status;
+
+		if (max_forks && forks >= max_forks)
+			break;
+		if (now_ns() >= deadline) {
+			stop = "seconds";
+			break;
+		}
+		child = fork();
+		if (child == 0)
+			_exit(0);
+		if (child < 0) {
+			failed++;
+			if (!fork_errno) {
+				fork_errno = errno;
+				say("fork failed: %s (errno %d); counting failures and going on",
+				    strerror(errno), errno);
+			}
+			if (++consecutive_failures >= MAX_CONSECUTIVE_FAILURES) {
+				say("stopping after %d fork failures in a row", MAX_CONSECUTIVE_FAILURES);
+				stop = "fork_failures";
+				break;
+			}
+			continue;
+		}
+		consecutive_failures = 0;
+		while (waitpid(child, &status, 0) < 0)
+			if (errno != EINTR)
+				die(1, "waitpid(%d) failed: %s", (int)child, strerror(errno));
+		forks++;
+		if (forks % PARENT_CHECK_INTERVAL == 0 && getppid() != launcher) {
+			say("launcher exited; stopping");
+			stop = "parent_exited";
+			break;
+		}
+	}
+	elapsed = now_ns() - start;
+
+	len = snprintf(line, sizeof(line),
+		       "{\"forks\": %lld, \"failed\": %lld, \"elapsed_ns\": %llu, "
+		       "\"forks_per_sec\": %.1f, \"vmas_total\": %ld, "
+		       "\"stop\": \"%s\", \"fork_errno\": %d}\n",
+		       forks, failed, (unsigned long long)elapsed,
+		       elapsed ? forks * 1e9 / (double)elapsed : 0.0, vmas_total,
+		       stop, fork_errno);
+	write_all(STDOUT_FILENO, line, (size_t)len);
+	return 0;
+}
