@@ -41,7 +41,9 @@ class BlobBuilder:
         self.strings += name.encode() + b"\0"
         return off
 
-    def _add(self, name: str, kind: int, vlen: int, size_or_type: int, trailer: bytes = b"", kflag: bool = False) -> int:
+    def _add(
+        self, name: str, kind: int, vlen: int, size_or_type: int, trailer: bytes = b"", kflag: bool = False
+    ) -> int:
         info = (int(kflag) << 31) | (kind << 24) | vlen
         self.types += struct.pack(self.order + "III", self.s(name), info, size_or_type) + trailer
         self.count += 1
@@ -60,7 +62,14 @@ class BlobBuilder:
     def array(self, elem: int, index: int, n: int) -> int:
         return self._add("", ARRAY, 0, 0, self.u32s(elem, index, n))
 
-    def composite(self, kind: int, name: str, size: int, members: list[tuple[str, int, int]], bitfields: dict[str, int] | None = None) -> int:
+    def composite(
+        self,
+        kind: int,
+        name: str,
+        size: int,
+        members: list[tuple[str, int, int]],
+        bitfields: dict[str, int] | None = None,
+    ) -> int:
         """members: (name, type id, bit offset); bitfields: name -> size, which sets kind_flag."""
         bitfields = bitfields or {}
         kflag = bool(bitfields)
@@ -124,7 +133,9 @@ def every_kind(b: BlobBuilder) -> int:
 
 # -- the running kernel --------------------------------------------------------------
 
-needs_vmlinux = pytest.mark.skipif(not os.path.exists(VMLINUX), reason="kernel has no BTF (CONFIG_DEBUG_INFO_BTF unset)")
+needs_vmlinux = pytest.mark.skipif(
+    not os.path.exists(VMLINUX), reason="kernel has no BTF (CONFIG_DEBUG_INFO_BTF unset)"
+)
 
 
 @needs_vmlinux

@@ -174,7 +174,8 @@ def test_a_foreign_directory_in_the_cache_is_replaced_not_merged(fake):
 
 
 def test_apply_exports_env(fake, monkeypatch):
-    monkeypatch.delenv("BCC_KERNEL_SOURCE", raising=False)
+    monkeypatch.setenv("BCC_KERNEL_SOURCE", "")  # so that monkeypatch restores it afterwards
+    monkeypatch.delenv("BCC_KERNEL_SOURCE")
     debian_pair(fake["src"], "6.1.0-56")
     found = resolve(fake)
     hdr.apply(found)

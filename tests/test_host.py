@@ -44,7 +44,10 @@ def test_symbols_present_exact_clones_and_modules(kallsyms):
 
 def test_symbol_names_lists_every_clone(kallsyms):
     names = symbol_names(["mas_wr_store_entry", "__mt_dup"], kallsyms)
-    assert names == {"mas_wr_store_entry": ["mas_wr_store_entry.isra.0", "mas_wr_store_entry.cold"], "__mt_dup": ["__mt_dup"]}
+    assert names == {
+        "mas_wr_store_entry": ["mas_wr_store_entry.isra.0", "mas_wr_store_entry.cold"],
+        "__mt_dup": ["__mt_dup"],
+    }
 
 
 def test_this_host_kallsyms():
@@ -87,7 +90,12 @@ def test_ensure_tracefs_without_mounting_says_how(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "text,mode", [("none [integrity] confidentiality\n", "integrity"), ("[none] integrity confidentiality", "none"), ("garbage", "unknown")]
+    "text,mode",
+    [
+        ("none [integrity] confidentiality\n", "integrity"),
+        ("[none] integrity confidentiality", "none"),
+        ("garbage", "unknown"),
+    ],
 )
 def test_lockdown_mode_reads_the_bracketed_word(tmp_path, text, mode):
     path = tmp_path / "lockdown"

@@ -107,7 +107,9 @@ def ensure_tracefs(mounts: str = "/proc/mounts", mount: bool = True) -> str:
     if not mount:
         raise TracerError(f"tracefs is not mounted; run: mount -t tracefs nodev {TRACEFS_MOUNTPOINT}")
     if not is_root():
-        raise TracerError(f"tracefs is not mounted and mounting it needs root: mount -t tracefs nodev {TRACEFS_MOUNTPOINT}")
+        raise TracerError(
+            f"tracefs is not mounted and mounting it needs root: mount -t tracefs nodev {TRACEFS_MOUNTPOINT}"
+        )
     _mount("tracefs", TRACEFS_MOUNTPOINT)
     print(f"tracer: mounted tracefs at {TRACEFS_MOUNTPOINT}", file=sys.stderr)
     return TRACEFS_MOUNTPOINT
