@@ -289,6 +289,10 @@ class SpawnWorkload:
             raise _failure(self._proc.returncode, err, "exited before go") from None
         self._started_go = True
 
+    def finished(self) -> bool:
+        """True once the process has exited: the tracer's loop polls this between ring buffer reads."""
+        return self._proc is not None and self._proc.poll() is not None
+
     def wait(self, timeout: float | None = None) -> SpawnResult:
         """Wait for the loop to end and return its result.
 
