@@ -79,6 +79,20 @@ def report(
     typer.echo(render_report(recording, fmt))
 
 
+@app.command()
+def model(
+    vmas: Optional[int] = typer.Option(None, "--vmas", help="Synthetic layout of N VMAs."),
+    gaps: bool = typer.Option(False, "--gaps", help="With --vmas: a hole between every two VMAs."),
+    maps: Optional[Path] = typer.Option(None, "--maps", help="A /proc/PID/maps snapshot."),
+    recording: Optional[Path] = typer.Option(None, "--recording", help="A recording: use its saved parent layout."),
+    json_out: bool = typer.Option(False, "--json", help="Machine-readable output."),
+) -> None:
+    """Replay model: tree shape, and dup+replace (v6.8+) vs bulk insert (before) operation counts."""
+    from analysis.model.cli import run_model
+
+    typer.echo(run_model(vmas=vmas, gaps=gaps, maps=maps, recording=recording, as_json=json_out))
+
+
 def main() -> None:
     try:
         app()
