@@ -185,4 +185,4 @@ def test_dup_event_layout_matches_bpf():
 
     headers.apply(headers.resolve_headers())
     text = SOURCE.read_text() + "\n_Static_assert(sizeof(struct dup_event) == %d, \"layout\");\n" % ctypes.sizeof(DupEvent)
-    BPF(text=text, cflags=["-DRINGBUF_PAGES=8", "-DMM_MAP_COUNT_OFF=-1"]).cleanup()
+    BPF(text=text.encode(), cflags=["-DRINGBUF_PAGES=8", "-DMM_MAP_COUNT_OFF=-1"]).cleanup()

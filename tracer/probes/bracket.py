@@ -157,7 +157,7 @@ class BracketProbe:
         else:
             text = SOURCE.read_text()
         try:
-            self._bpf = BPF(text=text, cflags=cflags_for(self.config))
+            self._bpf = BPF(text=text.encode(), cflags=cflags_for(self.config))
         except Exception as err:  # bcc raises plain Exception for compile/load failures
             raise TracerError(f"BPF programs failed to load ({self.config.backend}): {_one_line(err)}") from None
         if self.config.empty:
