@@ -246,3 +246,13 @@ def test_cli_doctor_json_is_one_document():
     doc = json.loads(out.stdout)
     assert doc["methods"]["phases"]["undo_dup_mmap"] == "unavailable (symbol absent)"
     assert "Failed to load" not in out.stderr and "bpf:" not in out.stderr  # libbpf noise is captured
+
+
+def test_without_loading_nothing_is_claimed_about_fentry():
+    caps = probe_capabilities(try_load=False)
+    dup = caps["symbols"]["dup_mmap"]
+    if dup["kallsyms"] and caps["btf"]["present"] and not dup["ftrace"].startswith("notrace"):
+        assert dup["fentry"]["available"] is None
+        assert dup["fentry"]["reason"].startswith("not tried (try_load=False")
+    assert caps["raw_tracepoint_load"] is None
+    assert "? fentry" in render_doctor(caps) or not dup["kallsyms"]
