@@ -22,7 +22,7 @@ from typing import Callable
 
 from tracer import __version__
 from tracer.errors import TracerError, UsageError
-from tracer.probes.bracket import BracketConfig, BracketProbe, DupEvent
+from tracer.probes.bracket import BACKENDS, BracketConfig, BracketProbe, DupEvent
 from tracer.recording.writer import check_writable, write_recording
 
 __all__ = ["RecordOptions", "record", "default_output"]
@@ -86,6 +86,8 @@ def validate(opts: RecordOptions) -> None:
         raise UsageError(f"--cpu {opts.cpu}: not a CPU this process may run on")
     if opts.cpu is not None and opts.spawn_vmas is None:
         raise UsageError("--cpu applies to the built-in workload (--spawn VMAS)")
+    if opts.backend is not None and opts.backend not in BACKENDS:
+        raise UsageError(f"unknown backend {opts.backend!r} (known: {', '.join(BACKENDS)})")
     if opts.sample_hz < 0 or opts.sample_hz > 100_000:
         raise UsageError("--sample HZ must be between 1 and 100000")
     for pid in opts.pids:
@@ -121,21 +123,37 @@ def record(opts: RecordOptions, log: Callable[[str], None] | None = None) -> Pat
     finally:
         probe.close()
 
-    rows = session.rows()
-    meta = {
+    # From here on the recording is only written: a second Ctrl-C must not lose it.
+    previous_sigint = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        rows = session.rows()
+        meta = _metadata(opts, session, caps, methods, backend, hdrs.description, kernel.lockdown_mode())
+        write_recording(opts.output, rows, meta)
+    finally:
+        signal.signal(signal.SIGINT, previous_sigint)
+    lost = meta["lost"]["ringbuf"]
+    log(f"wrote {len(rows)} forks to {opts.output}" + (f" (LOST {lost} records)" if lost else " (no events lost)"))
+    return opts.output
+
+
+def _metadata(
+    opts: RecordOptions, session: "_Session", caps: dict, methods: dict, backend: str, headers: str, lockdown: str
+) -> dict:
+    """The recording's self-description: enough to trust, or distrust, every number in it."""
+    return {
         "tool_version": __version__,
         "kernel": {"release": platform.release(), "version": platform.version(), "machine": platform.machine()},
         "host": {
             "hostname": socket.gethostname(),
             "cpus": os.cpu_count(),
             "cpu_model": _cpu_model(),
-            "lockdown": kernel.lockdown_mode(),
+            "lockdown": lockdown,
         },
         "backend": backend,
         "methods": methods["phases"],
         "backend_reason": methods.get("backend_reason") if backend == methods["backend"] else "forced by --backend",
         "probes": caps,
-        "headers": hdrs.description,
+        "headers": headers,
         "targets": {"mode": opts.mode, "pids": opts.pids, "command": opts.command},
         "workload": session.workload,
         "start": session.start,
@@ -149,10 +167,6 @@ def record(opts: RecordOptions, log: Callable[[str], None] | None = None) -> Pat
         ),
         "maps": session.maps,
     }
-    write_recording(opts.output, rows, meta)
-    lost = meta["lost"]["ringbuf"]
-    log(f"wrote {len(rows)} forks to {opts.output}" + (f" (LOST {lost} records)" if lost else " (no events lost)"))
-    return opts.output
 
 
 def _bracket_config(opts: RecordOptions, backend: str) -> BracketConfig:
@@ -311,6 +325,7 @@ class _Session:
             self.start = _wall_mono()
             work.go()
             self._loop(probe, done=work.finished)
+            work.stop()  # no-op if it already ended; after Ctrl-C or SIGTERM it ends the loop
             work.wait(timeout=60)
         self.workload = {"pid": pid, **work.metadata()}
 

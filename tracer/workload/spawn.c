@@ -27,6 +27,7 @@
 #include <errno.h>
 #include <getopt.h>
 #include <sched.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -253,6 +254,15 @@ static void make_extra_vmas(long nr, int touch)
 	}
 }
 
+/* SIGTERM ends the loop after the current fork; the result line is still printed. */
+static volatile sig_atomic_t stop_requested;
+
+static void request_stop(int sig)
+{
+	(void)sig;
+	stop_requested = 1;
+}
+
 /* Block until the launcher writes "go"; EOF means it gave up, so do not fork. */
 static void wait_for_go(void)
 {
@@ -350,6 +360,12 @@ int main(int argc, char **argv)
 	write_all(STDOUT_FILENO, line, (size_t)len);
 	wait_for_go();
 
+	{
+		struct sigaction sa = { .sa_handler = request_stop };
+
+		sigemptyset(&sa.sa_mask);
+		sigaction(SIGTERM, &sa, NULL);
+	}
 	start = now_ns();
 	deadline = seconds ? start + (uint64_t)(seconds * 1e9) : UINT64_MAX;
 	for (;;) {
@@ -358,6 +374,10 @@ int main(int argc, char **argv)
 
 		if (max_forks && forks >= max_forks)
 			break;
+		if (stop_requested) {
+			stop = "signal";
+			break;
+		}
 		if (now_ns() >= deadline) {
 			stop = "seconds";
 			break;

@@ -21,6 +21,7 @@ import json
 import math
 import os
 import select
+import signal
 import shlex
 import shutil
 import subprocess
@@ -126,7 +127,7 @@ class SpawnResult:
     elapsed_ns: int  # CLOCK_MONOTONIC from "go" to the end of the loop
     forks_per_sec: float
     vmas_total: int  # mm->map_count at "ready": /proc/PID/maps lines minus [vsyscall]
-    stop: str  # why the loop ended: forks, seconds, fork_failures, parent_exited
+    stop: str  # why the loop ended: forks, seconds, signal, fork_failures, parent_exited
     fork_errno: int  # errno of the first failed fork, 0 if none failed
 
     @classmethod
@@ -238,6 +239,9 @@ class SpawnWorkload:
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 bufsize=0,
+                # Its own session: a terminal's Ctrl-C reaches the tracer, which
+                # then stops the loop with stop() and still gets the result.
+                start_new_session=True,
             )
         except OSError as err:
             raise TracerError(f"cannot run the spawn workload {binary}: {err.strerror}") from None
@@ -288,6 +292,11 @@ class SpawnWorkload:
             _, err = self._proc.communicate()
             raise _failure(self._proc.returncode, err, "exited before go") from None
         self._started_go = True
+
+    def stop(self) -> None:
+        """Ask the loop to end after the current fork (SIGTERM); wait() then returns its result."""
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.send_signal(signal.SIGTERM)
 
     def finished(self) -> bool:
         """True once the process has exited: the tracer's loop polls this between ring buffer reads."""
