@@ -249,7 +249,9 @@ class _Session:
 
     # -- the loop -------------------------------------------------------------
     def run(self, probe: BracketProbe) -> None:
-        previous = signal.signal(signal.SIGTERM, self._on_sigterm)
+        # A flag, not KeyboardInterrupt: an exception raised while Python runs
+        # a ring buffer callback under ctypes would be printed and dropped.
+        previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
         try:
             if self.opts.mode == "spawn":
                 self._run_spawn(probe)
@@ -262,7 +264,8 @@ class _Session:
                         self.snapshot(pid)
                 self._loop(probe, done=lambda: False)
         finally:
-            signal.signal(signal.SIGTERM, previous)
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
             # Let the last sched_process_fork records arrive before reading out.
             for _ in range(3):
                 probe.poll(20)
@@ -271,7 +274,7 @@ class _Session:
             self.stacks = probe.sampled_stacks()
             self._progress(final=True)
 
-    def _on_sigterm(self, signum, frame) -> None:
+    def _on_signal(self, signum, frame) -> None:
         self._stop = True
 
     def _loop(self, probe: BracketProbe, done: Callable[[], bool]) -> None:
@@ -285,18 +288,15 @@ class _Session:
         if not self.opts.quiet:
             how = f"for {self.opts.duration:g} s" if deadline else "until the target ends" if self.opts.mode in ("spawn", "command") else "until Ctrl-C"
             self.log(f"tracing {self.opts.mode} {how} ...")
-        try:
-            while not self._stop and not done():
-                probe.poll(100)
-                now = time.monotonic()
-                if deadline and now >= deadline:
-                    break
-                if now >= next_progress:
-                    self.counters = probe.counters()
-                    self._progress()
-                    next_progress = now + 1.0
-        except KeyboardInterrupt:
-            pass
+        while not self._stop and not done():
+            probe.poll(100)
+            now = time.monotonic()
+            if deadline and now >= deadline:
+                break
+            if now >= next_progress:
+                self.counters = probe.counters()
+                self._progress()
+                next_progress = now + 1.0
 
     def _progress(self, final: bool = False) -> None:
         if self.opts.quiet:
