@@ -110,6 +110,8 @@ def record(opts: RecordOptions, log: Callable[[str], None] | None = None) -> Pat
     methods = capabilities.choose_methods(caps)
     backend = opts.backend or methods["backend"]
     config = _bracket_config(opts, backend)
+    if backend == "tracepoint":
+        kernel.ensure_tracefs()  # classic tracepoints: bcc reads event ids and formats there
     hdrs = headers.resolve_headers()
     headers.apply(hdrs)
     log(hdrs.description)
