@@ -12,7 +12,7 @@ import pytest
 
 from conftest import ROOT
 from tracer.errors import TracerError
-from tracer.recording.schema import FORK_COLUMNS, FORMAT_VERSION, METADATA_FIELDS, METADATA_KEY
+from tracer.recording.schema import FORK_COLUMNS, FORMAT_VERSION, METADATA_FIELDS, METADATA_KEY, PHASE_COLUMNS
 from tracer.recording.writer import check_writable, write_recording
 from recordings import fork_rows
 
@@ -22,8 +22,12 @@ def test_pandas_reads_rows_and_metadata(tmp_path):
     rows = fork_rows(5, vmas=100, mt_dup_ns=5000, vma_step_ns=900)
     write_recording(path, rows, {"backend": "raw_tracepoint"})
     df = pd.read_parquet(path)
-    assert list(df.columns) == [name for name, _, _ in FORK_COLUMNS]
+    assert list(df.columns) == [name for name, _, _ in FORK_COLUMNS + PHASE_COLUMNS]
     assert len(df) == 5 and (df.stores == rows[0]["stores"]).all()
+    # The phase copies are what the bracket timestamps say.
+    assert (df.dup_mmap_ns == (df.ts_parent_unlock.astype("int64") - df.ts_parent_lock.astype("int64"))).all()
+    assert (df.vma_loop_ns == (df.ts_last_store.astype("int64") - df.ts_first_store.astype("int64"))).all()
+    assert ((df.vma_step_ns - df.vma_loop_ns / (df.stores - 1)).abs() < 1e-6).all()
     meta = json.loads(pq.read_schema(path).metadata[METADATA_KEY])
     assert meta["format_version"] == FORMAT_VERSION and meta["backend"] == "raw_tracepoint"
 
@@ -52,7 +56,7 @@ def test_unwritable_destinations_are_one_line_errors(tmp_path):
 
 def test_readme_documents_every_column_and_metadata_key():
     readme = (ROOT / "README.md").read_text()
-    for name, dtype, doc in FORK_COLUMNS:
+    for name, dtype, doc in FORK_COLUMNS + PHASE_COLUMNS:
         assert f"| `{name}` | {dtype} | {doc} |" in readme, name
     for key in METADATA_FIELDS:
         assert f"`{key}`" in readme, key

@@ -42,6 +42,20 @@ FORK_COLUMNS: list[tuple[str, pa.DataType, str]] = [
 
 FORK_SCHEMA = pa.schema([pa.field(name, dtype, metadata={"doc": doc}) for name, dtype, doc in FORK_COLUMNS])
 
+# Phase durations, derived from the timestamps above (analysis.frame.derive_phases)
+# and written beside them so that pandas.read_parquet() alone gives them.
+# Readers re-derive them from the raw columns; these are a convenience copy.
+PHASE_COLUMNS: list[tuple[str, pa.DataType, str]] = [
+    ("dup_mmap_ns", pa.float64(), "parent lock -> parent unlock"),
+    ("mt_dup_raw_ns", pa.float64(), "child lock -> first store (__mt_dup + first VMA's pre-store work)"),
+    ("mt_dup_ns", pa.float64(), "mt_dup_raw_ns less one mean VMA step, clamped at 0 (NaN: stores < 2)"),
+    ("vma_loop_ns", pa.float64(), "first -> last store: stores - 1 VMA steps"),
+    ("vma_step_ns", pa.float64(), "vma_loop_ns / (stores - 1)"),
+    ("tail_ns", pa.float64(), "last store -> parent unlock"),
+]
+
+PHASE_SCHEMA = pa.schema([pa.field(name, dtype, metadata={"doc": doc}) for name, dtype, doc in PHASE_COLUMNS])
+
 # Top-level keys of the metadata document, with what they hold.
 METADATA_FIELDS = {
     "format_version": "int: FORMAT_VERSION of the writer",

@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from tracer.errors import TracerError
-from tracer.recording.schema import FORK_SCHEMA, FORMAT_VERSION, METADATA_KEY
+from tracer.recording.schema import FORK_SCHEMA, FORMAT_VERSION, METADATA_KEY, PHASE_SCHEMA
 
 __all__ = ["check_writable", "write_recording"]
 
@@ -32,6 +32,16 @@ def check_writable(path: Path) -> Path:
     return path
 
 
+def _with_phases(table: pa.Table) -> pa.Table:
+    """Append the derived phase columns, computed the one way readers compute them."""
+    from analysis.frame import derive_phases
+
+    phases = derive_phases(table.to_pandas())
+    for field in PHASE_SCHEMA:
+        table = table.append_column(field, pa.array(phases[field.name].to_numpy(), type=field.type))
+    return table
+
+
 def write_recording(path: Path, rows: Iterable[Mapping[str, Any]], metadata: Mapping[str, Any]) -> None:
     """Write fork rows and the metadata document to `path`, atomically.
 
@@ -40,6 +50,7 @@ def write_recording(path: Path, rows: Iterable[Mapping[str, Any]], metadata: Map
     """
     path = check_writable(Path(path))
     table = pa.Table.from_pylist(list(rows), schema=FORK_SCHEMA)
+    table = _with_phases(table)
     doc = {"format_version": FORMAT_VERSION, **metadata}
     table = table.replace_schema_metadata({METADATA_KEY: json.dumps(doc, default=str).encode()})
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
