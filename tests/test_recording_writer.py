@@ -32,6 +32,16 @@ def test_pandas_reads_rows_and_metadata(tmp_path):
     assert meta["format_version"] == FORMAT_VERSION and meta["backend"] == "raw_tracepoint"
 
 
+def test_recording_gets_ordinary_file_mode(tmp_path):
+    path = tmp_path / "r.parquet"
+    old = os.umask(0o022)
+    try:
+        write_recording(path, fork_rows(1, vmas=10, mt_dup_ns=1000, vma_step_ns=500), {})
+    finally:
+        os.umask(old)
+    assert path.stat().st_mode & 0o777 == 0o644
+
+
 def test_failed_write_leaves_previous_file_and_no_temp(tmp_path):
     path = tmp_path / "r.parquet"
     write_recording(path, fork_rows(2, vmas=10, mt_dup_ns=1000, vma_step_ns=500), {})

@@ -55,6 +55,10 @@ def write_recording(path: Path, rows: Iterable[Mapping[str, Any]], metadata: Map
     table = table.replace_schema_metadata({METADATA_KEY: json.dumps(doc, default=str).encode()})
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
     try:
+        # mkstemp makes 0600; a recording is an ordinary file (0666 less umask).
+        umask = os.umask(0)
+        os.umask(umask)
+        os.fchmod(fd, 0o666 & ~umask)
         with os.fdopen(fd, "wb") as out:
             pq.write_table(table, out, compression="zstd", write_page_checksum=True)
             out.flush()
