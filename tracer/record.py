@@ -109,6 +109,8 @@ def record(opts: RecordOptions, log: Callable[[str], None] | None = None) -> Pat
     caps = capabilities.probe_capabilities(try_load=False)
     methods = capabilities.choose_methods(caps)
     backend = opts.backend or methods["backend"]
+    if backend is None:
+        raise TracerError(f"cannot trace dup_mmap on this kernel: {methods['backend_reason']} (see tracer doctor)")
     config = _bracket_config(opts, backend)
     if backend == "tracepoint":
         kernel.ensure_tracefs()  # classic tracepoints: bcc reads event ids and formats there
