@@ -2,22 +2,39 @@
 
 run_model() returns the text (or JSON) to print; every input problem becomes a
 one-line TracerError.
+
+Which parent tree: a layout alone does not say what history shaped the
+parent's tree, so --vmas and --maps build it by top-down mmap order
+("mmap_descending"). A recording of the built-in spawn workload does say:
+its metadata names the workload (kind "spawn", extra_vmas), so --recording
+replays spawn.c's own mmap/munmap history (analysis.model.history) and prints
+the other build paths' leaf counts beside it and beside the observed leaves.
 """
 
 from __future__ import annotations
 
 import json
 import statistics
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from analysis.layout import Vma, parse_maps
 from analysis.model.build import synthetic_layout
-from analysis.model.compare import ModelReport, compare_paths
+from analysis.model.compare import ModelReport, compare_paths, model_leaf_counts
+from analysis.model.history import find_spawn_region
 from analysis.model.tree import TreeShape
 from tracer.errors import TracerError, UsageError
 
-__all__ = ["run_model", "load_maps_layout", "load_recording_layout", "MAX_SYNTHETIC_VMAS"]
+__all__ = [
+    "run_model",
+    "load_maps_layout",
+    "load_recording_layout",
+    "load_recording_target",
+    "RecordedTarget",
+    "choose_parent_build",
+    "MAX_SYNTHETIC_VMAS",
+]
 
 # Far above vm.max_map_count's default (65530); keeps a typo from running for minutes.
 MAX_SYNTHETIC_VMAS = 1_000_000
@@ -32,7 +49,8 @@ def run_model(vmas: int | None, gaps: bool, maps: Path | None, recording: Path |
     if len(given) != 1:
         raise UsageError("give exactly one of --vmas, --maps, --recording" + (f" (got {', '.join(given)})" if given else ""))
     observed: float | None = None
-    observed_note = ""
+    extra_vmas: int | None = None
+    build, reason = "mmap_descending", "a layout alone has no history: top-down mmap order assumed"
     if vmas is not None:
         if vmas < 0 or vmas > MAX_SYNTHETIC_VMAS:
             raise UsageError(f"--vmas must be between 0 and {MAX_SYNTHETIC_VMAS}, not {vmas}")
@@ -43,12 +61,60 @@ def run_model(vmas: int | None, gaps: bool, maps: Path | None, recording: Path |
         source = f"maps: {maps}"
     else:
         assert recording is not None
-        layout, observed, observed_note = load_recording_layout(recording)
-        source = f"recording: {recording} ({observed_note})"
-    report = compare_paths(layout, source=source)
-    if observed is not None:
+        target = load_recording_target(recording)
+        layout, observed = target.layout, target.observed
+        source = f"recording: {recording} ({target.note})"
+        build, reason, extra_vmas = choose_parent_build(target)
+    report = compare_paths(layout, source=source, parent_build=build, extra_vmas=extra_vmas, parent_build_reason=reason)
+    if recording is not None:
+        others = model_leaf_counts(layout, observed, extra_vmas=extra_vmas)
         report.leaf_counts = {"observed_median": observed, "model_parent": report.parent_shape.leaves}
+        for key in ("spawn_history", "mmap_descending", "bulk_append"):
+            if key in others:
+                report.leaf_counts[key] = others[key]
     return _render_json(report) if as_json else _render_text(report)
+
+
+@dataclass
+class RecordedTarget:
+    """The process of a recording the model is run for."""
+
+    layout: list[Vma]
+    observed: float | None  # median `leaves` of its forks (None: no fork with leaves)
+    note: str
+    pid: int | None
+    workload: dict[str, Any] | None  # the recording's metadata `workload`, if it is this pid's
+
+
+def choose_parent_build(target: RecordedTarget) -> tuple[str, str, int | None]:
+    """(parent_build, why, extra_vmas) for a recorded process.
+
+    The spawn workload's history is known, so its tree is built by replaying
+    it; anything else gets top-down mmap order. A spawn recording whose layout
+    is not the one spawn.c makes (edited maps, another version of spawn.c)
+    falls back too, and says why.
+    """
+    w = target.workload
+    if not w or w.get("kind") != "spawn":
+        kind = (w or {}).get("kind")
+        what = f"workload {kind!r}" if kind else "no built-in workload"
+        return "mmap_descending", f"{what}: its history is unknown, top-down mmap order assumed", None
+    extra = w.get("extra_vmas")
+    if not isinstance(extra, int) or isinstance(extra, bool) or extra < 0:
+        return "mmap_descending", f"spawn workload without a valid extra_vmas ({extra!r}): top-down mmap order assumed", None
+    try:
+        find_spawn_region(target.layout, extra)
+    except ValueError as err:
+        return "mmap_descending", f"spawn workload, but {err}; top-down mmap order assumed", None
+    base = "the other VMAs (exec's, ld.so's) mapped top-down"
+    if extra == 0:
+        why = f"the recording's workload is spawn --vmas 0: {base}, no extra region to replay"
+    else:
+        why = (
+            f"the recording's workload is spawn --vmas {extra}: {base}, then spawn.c's mmap of one region "
+            "and munmap of every other page, ascending, as mm/vma.c stores them (analysis.model.history)"
+        )
+    return "spawn_history", why, extra
 
 
 def load_maps_layout(path: Path) -> list[Vma]:
@@ -72,7 +138,13 @@ def _layout_from_maps_text(text: str, what: str) -> list[Vma]:
 
 
 def load_recording_layout(path: Path) -> tuple[list[Vma], float | None, str]:
-    """The layout of the process with the most forks in a recording, and its median `leaves`.
+    """The layout of the process with the most forks in a recording, and its median `leaves`."""
+    t = load_recording_target(path)
+    return t.layout, t.observed, t.note
+
+
+def load_recording_target(path: Path) -> RecordedTarget:
+    """The process with the most forks in a recording: layout, median `leaves`, workload.
 
     Reads the Parquet metadata directly (pyarrow); to be switched to
     analysis.frame.load_recording() once it exists.
@@ -114,7 +186,10 @@ def load_recording_layout(path: Path) -> tuple[list[Vma], float | None, str]:
     leaves = leaves_by_pid.get(pid, [])
     observed = statistics.median(leaves) if leaves else None
     note = f"pid {pid} {snapshot.get('comm', '')}".rstrip() + f", {len(leaves)} forks with leaves"
-    return layout, observed, note
+    workload = meta.get("workload")
+    if not isinstance(workload, dict) or workload.get("pid") != pid:
+        workload = None
+    return RecordedTarget(layout, observed, note, pid, workload)
 
 
 # -- rendering ---------------------------------------------------------------------
@@ -142,6 +217,7 @@ def _render_json(r: ModelReport) -> str:
         "slots": r.slots,
         "seed_node_estimate": round(r.seed_estimate, 1),
         "parent_build": r.parent_build,
+        "parent_build_reason": r.parent_build_reason,
         "shape": {"parent": _shape_dict(r.parent_shape), "old_child": _shape_dict(r.old_child_shape)},
         "new": r.new,
         "old": r.old,
@@ -165,12 +241,27 @@ def _fmt(v: int | float | None) -> str:
     return f"{v:,}" if isinstance(v, int) else f"{v:,.1f}"
 
 
+def _leaf_rows(r: ModelReport) -> list[list[str]]:
+    observed = r.leaf_counts.get("observed_median")
+    rows = []
+    for key, value in r.leaf_counts.items():
+        if key == "model_parent":
+            continue  # the build path used is marked in its own row
+        name = "observed (median)" if key == "observed_median" else key.replace("_", " ")
+        if key == r.parent_build:
+            name += " (used)"
+        diff = "-" if key == "observed_median" or observed is None or value is None else f"{value - observed:+,g}"
+        rows.append([name, _fmt(value), diff])
+    return rows
+
+
 def _render_text(r: ModelReport) -> str:
     p, o = r.parent_shape, r.old_child_shape
     out = [
         f"layout: {r.source}",
         f"VMAs {r.vmas:,}, slots S = {r.slots:,} (VMAs + unmapped intervals)",
         f"parent tree: built by {r.parent_build.replace('_', ' ')} (the new path copies it as is)",
+        *([f"  why: {r.parent_build_reason}"] if r.parent_build_reason else []),
         "",
         "tree shape",
     ]
@@ -204,7 +295,7 @@ def _render_text(r: ModelReport) -> str:
     out += ["", "fork tree work: new path (v6.8+: __mt_dup + replace) vs old (v6.1-v6.7: bulk insert)"]
     out += _table(["", "new", "old"], [[m, _fmt(n), _fmt(v)] for m, n, v in r.rows])
     if r.leaf_counts:
-        out += ["", "leaves: recording vs model"]
-        out += _table(["", "leaves"], [[k.replace("_", " "), _fmt(v)] for k, v in r.leaf_counts.items()])
+        out += ["", "leaves: recording vs model, per parent build path"]
+        out += _table(["", "leaves", "vs observed"], _leaf_rows(r))
     out += ["", "counts are from the replay model (analysis.model), not measured."]
     return "\n".join(out)

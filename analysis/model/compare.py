@@ -6,7 +6,9 @@ copied VMA into the child's empty tree in bulk mode, then mas_destroy().
 
 The parent's tree is the same for both; by default it is built by mmap-like
 stores in descending address order (how top-down mmap() fills a fresh
-process), since a layout alone does not say what history shaped it.
+process), since a layout alone does not say what history shaped it. When the
+history is known -- the built-in spawn workload's (analysis.model.history) --
+parent_build="spawn_history" replays it instead.
 """
 
 from __future__ import annotations
@@ -24,12 +26,13 @@ from analysis.model.build import (
     history_mmap_order,
     layout_slots,
 )
+from analysis.model.history import spawn_history
 from analysis.model.dup import FindCounters, dup_mmap_replace, mas_for_each, mt_dup
 from analysis.model.tree import MapleTree, TreeShape
 
 __all__ = ["ModelReport", "compare_paths", "model_leaf_counts", "seed_node_estimate"]
 
-PARENT_BUILDS = ("mmap_descending", "mmap_ascending", "bulk_append")
+PARENT_BUILDS = ("mmap_descending", "mmap_ascending", "bulk_append", "spawn_history")
 
 
 def seed_node_estimate(entries: int) -> float:
@@ -56,9 +59,14 @@ class ModelReport:
     rows: list[tuple[str, int | None, int | None]]
     seed_estimate: float
     leaf_counts: dict[str, int | float | None] = field(default_factory=dict)
+    parent_build_reason: str = ""  # why this build path: said beside it in the output
 
 
-def _parent_tree(layout: Sequence[Vma], parent_build: str) -> MapleTree:
+def _parent_tree(layout: Sequence[Vma], parent_build: str, extra_vmas: int | None = None) -> MapleTree:
+    if parent_build == "spawn_history":
+        if extra_vmas is None:
+            raise ValueError("parent_build 'spawn_history' needs extra_vmas (spawn.c's --vmas)")
+        return build_from_history(spawn_history(layout, extra_vmas))
     if parent_build == "bulk_append":
         return build_bulk(layout).tree
     if parent_build == "mmap_descending":
@@ -74,11 +82,16 @@ def compare_paths(
     parent_build: str = "mmap_descending",
     dontcopy: Collection[int] = frozenset(),
     source: str = "layout",
+    extra_vmas: int | None = None,
+    parent_build_reason: str = "",
 ) -> ModelReport:
-    """Model both fork paths for `layout`; `parent` overrides the built parent tree."""
+    """Model both fork paths for `layout`; `parent` overrides the built parent tree.
+
+    extra_vmas: spawn.c's --vmas, needed by parent_build="spawn_history".
+    """
     check_layout(layout)
     if parent is None:
-        parent = _parent_tree(layout, parent_build)
+        parent = _parent_tree(layout, parent_build, extra_vmas)
     else:
         parent_build = "given"
     dontcopy = frozenset(dontcopy)
@@ -138,6 +151,7 @@ def compare_paths(
         old=old,
         rows=rows,
         seed_estimate=seed_node_estimate(len(layout)),
+        parent_build_reason=parent_build_reason,
     )
 
 
@@ -146,13 +160,15 @@ def model_leaf_counts(
     observed_leaves: float | None,
     history: Sequence[Store] | None = None,
     partition: Sequence[Hashable | None] | None = None,
+    extra_vmas: int | None = None,
 ) -> dict[str, int | float | None]:
     """The model's leaf count per build path, beside what a recording observed.
 
     Keys: observed (as given), bulk_append (the v6.1 child), mmap_descending
     (a parent filled by top-down mmap), history (if a history is given),
     partition (if the observed leaf of each VMA is given; it reproduces the
-    observation by construction, so it checks the input, not the model).
+    observation by construction, so it checks the input, not the model),
+    spawn_history (if extra_vmas is given: spawn.c's own history replayed).
     """
     check_layout(layout)
     out: dict[str, int | float | None] = {"observed": observed_leaves}
@@ -160,5 +176,7 @@ def model_leaf_counts(
     out["mmap_descending"] = build_from_history(history_mmap_order(layout, "descending")).shape().leaves
     out["history"] = build_from_history(history).shape().leaves if history is not None else None
     out["partition"] = build_from_partition(layout, partition).shape().leaves if partition is not None else None
+    if extra_vmas is not None:
+        out["spawn_history"] = build_from_history(spawn_history(layout, extra_vmas)).shape().leaves
     return out
 

@@ -1,0 +1,238 @@
+"""Histories that replay how a real process's tree got its shape.
+
+__mt_dup() copies the parent's tree as it is, so the child's leaves are the
+parent's leaves, and the parent's leaves are whatever its own history of
+mmap()/munmap()/mprotect() stores left behind -- not a function of the final
+layout alone. This module writes those histories down as the range stores
+the kernel performs, for build_from_history() to replay in normal mode.
+
+The store sequences follow mm/vma.c as of v6.18:
+
+* mmap() of a new range that merges with nothing: __mmap_region() ->
+  __mmap_new_vma() -> vma_iter_store_new(): one store of the VMA.
+* munmap() of [start, end) inside one VMA [vm_start, vm_end)
+  (do_vmi_munmap() -> do_vmi_align_munmap()):
+
+  1. vms_gather_munmap_vmas(): if start > vm_start, __split_vma(vma, start,
+     new_below=1): the new VMA is the part below start, and vma_complete()
+     stores it over [vm_start, start - 1]; the old VMA keeps [start, vm_end).
+  2. still in the gather loop: if vm_end > end, __split_vma(vma, end,
+     new_below=0): the new VMA is the part from end, stored over
+     [end, vm_end - 1].
+  3. do_vmi_align_munmap(): vma_iter_clear_gfp() stores NULL over
+     [start, end - 1].
+
+  (The VMAs removed are kept in a separate on-stack tree, mt_detach, which
+  never touches mm->mm_mt's shape.)
+
+Which history is the spawn workload's (tracer/workload/spawn.c,
+make_extra_vmas()): for nr extra VMAs it takes span = 2*nr + 1 pages,
+
+1. mmap(NULL, span pages, PROT_NONE): a top-down search places it; one store;
+2. munmap() of all of it: one NULL store (no split);
+3. mmap(base + 1 page, span - 2 pages, MAP_FIXED_NOREPLACE): one store of one
+   VMA over the middle 2*nr - 1 pages;
+4. munmap() of pages 2, 4, ..., 2*nr - 2, in ascending order: each one cuts
+   the last, still unsplit, part of that VMA in three (the stores above).
+
+Before it, the process's own exec and ld.so history built the other VMAs
+(stack, the binary, ld.so, vdso/vvar, libc and their anonymous neighbours).
+That part is not replayed store for store: the base VMAs are mapped one store
+each, in `base_order` (descending by default: what top-down mmap does). On
+the layouts this host produces the base is about 25 VMAs (2 leaves' worth),
+and ascending, descending or shuffled base orders give the same leaf count
+(tests/test_model_vs_kernel.py checks this).
+
+Entries, as in analysis.model.build, are the index of the VMA in the final
+layout; TEMPORARY marks a VMA that does not survive into the final layout
+(the PROT_NONE probe, the still-unsplit remainder of the region).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from analysis.layout import Vma
+from analysis.model.build import Store, check_layout
+
+__all__ = [
+    "PAGE_SIZE",
+    "TEMPORARY",
+    "SpawnRegion",
+    "find_spawn_region",
+    "mmap_store",
+    "munmap_stores",
+    "base_history",
+    "spawn_history",
+]
+
+PAGE_SIZE = 4096
+
+# Entry of a VMA that exists only during the history (history_with_churn() uses -1 too).
+TEMPORARY = -1
+
+
+@dataclass(frozen=True)
+class SpawnRegion:
+    """Where spawn.c put its extra VMAs, recovered from the final layout.
+
+    first: index in the layout of the lowest extra VMA; count: how many.
+    base: the address mmap(NULL, ...) returned for the PROT_NONE probe, one
+    page below the first extra VMA; pages: the probe's length (2*count + 1).
+    """
+
+    first: int
+    count: int
+    base: int
+    pages: int
+
+    @property
+    def indexes(self) -> range:
+        return range(self.first, self.first + self.count)
+
+    @property
+    def end(self) -> int:
+        """One past the probe mapping: base + pages pages."""
+        return self.base + self.pages * PAGE_SIZE
+
+
+def _is_extra(v: Vma, page: int) -> bool:
+    """A VMA spawn.c could have made: one anonymous private read-write page."""
+    return v.end - v.start == page and v.perms == "rw-p" and v.inode == 0 and not v.path
+
+
+def find_spawn_region(layout: Sequence[Vma], extra_vmas: int, page: int = PAGE_SIZE) -> SpawnRegion | None:
+    """The run of `extra_vmas` one-page anonymous rw-p VMAs, each one page after the last.
+
+    Returns None for extra_vmas == 0. Raises ValueError (one line) when the
+    layout holds no such run, or more than one: then this layout is not the
+    one spawn.c made and its history cannot be replayed.
+    """
+    if extra_vmas < 0:
+        raise ValueError(f"extra_vmas must be >= 0, not {extra_vmas}")
+    if extra_vmas == 0:
+        return None
+    runs: list[tuple[int, int]] = []  # (first index, length) of maximal runs
+    i = 0
+    while i < len(layout):
+        if not _is_extra(layout[i], page):
+            i += 1
+            continue
+        j = i
+        while j + 1 < len(layout) and _is_extra(layout[j + 1], page) and layout[j + 1].start == layout[j].end + page:
+            j += 1
+        runs.append((i, j - i + 1))
+        i = j + 1
+    # A run longer than asked for cannot be cut apart (each extra VMA has a hole on
+    # both sides, so a neighbour that looks alike would be one page away only by chance).
+    fits = [r for r in runs if r[1] == extra_vmas]
+    if not fits:
+        longest = max((n for _, n in runs), default=0)
+        raise ValueError(
+            f"no run of {extra_vmas} one-page rw-p anonymous VMAs a page apart in the layout "
+            f"(longest run: {longest}): not the layout spawn.c makes"
+        )
+    if len(fits) > 1:
+        raise ValueError(f"{len(fits)} runs of {extra_vmas} one-page anonymous VMAs: cannot tell which is spawn.c's")
+    first, count = fits[0]
+    lo, hi = layout[first].start - page, layout[first + count - 1].end + page
+    if first > 0 and layout[first - 1].end > lo or first + count < len(layout) and layout[first + count].start < hi:
+        raise ValueError("the extra VMAs have no free page below the first or above the last: not spawn.c's layout")
+    return SpawnRegion(first=first, count=count, base=lo, pages=2 * count + 1)
+
+
+def mmap_store(start: int, end: int, entry: int) -> Store:
+    """mmap() of [start, end) that merges with no neighbour: vma_iter_store_new() of the VMA."""
+    return (start, end - 1, entry)
+
+
+def munmap_stores(
+    vm_start: int, vm_end: int, start: int, end: int, low: int | None = None, high: int | None = None
+) -> list[Store]:
+    """The mm->mm_mt stores of munmap([start, end)) inside the VMA [vm_start, vm_end), in order.
+
+    low / high: the entries of the parts left below start / from end (their
+    new VMAs). See the module docstring for where each store comes from.
+    """
+    if not vm_start <= start < end <= vm_end:
+        raise ValueError(f"munmap [{start:#x}, {end:#x}) is not inside the VMA [{vm_start:#x}, {vm_end:#x})")
+    stores: list[Store] = []
+    if start > vm_start:
+        if low is None:
+            raise ValueError("a split below start needs the entry of the lower part")
+        stores.append((vm_start, start - 1, low))  # __split_vma(new_below=1): vma_complete() stores new
+    if end < vm_end:
+        if high is None:
+            raise ValueError("a split at end needs the entry of the upper part")
+        stores.append((end, vm_end - 1, high))  # __split_vma(new_below=0): vma_complete() stores new
+    stores.append((start, end - 1, None))  # vma_iter_clear_gfp()
+    return stores
+
+
+def base_history(
+    layout: Sequence[Vma], skip: range = range(0), order: str = "descending", seed: int = 0
+) -> list[Store]:
+    """One mmap store per VMA of the layout outside `skip`, in `order` (ascending,
+    descending or random with `seed`): the stand-in for exec's and ld.so's history."""
+    stores = [mmap_store(v.start, v.end, i) for i, v in enumerate(layout) if i not in skip]
+    if order == "descending":
+        stores.reverse()
+    elif order == "random":
+        random.Random(seed).shuffle(stores)
+    elif order != "ascending":
+        raise ValueError(f"order must be ascending, descending or random, not {order!r}")
+    return stores
+
+
+def spawn_history(
+    layout: Sequence[Vma],
+    extra_vmas: int,
+    base_order: str = "descending",
+    seed: int = 0,
+    munmap_order: str = "ascending",
+) -> list[Store]:
+    """The stores that gave spawn.c's process its tree: the base VMAs, then make_extra_vmas().
+
+    layout: the process's final layout (its /proc/PID/maps without [vsyscall]);
+    extra_vmas: spawn.c's --vmas. Replaying the result with
+    build_from_history() ends with exactly `layout` in the tree.
+    munmap_order: "ascending" is what spawn.c does; "descending" (cut the
+    holes from the top down) is a what-if, to show how much the order matters.
+    Raises ValueError if the layout is not one spawn.c can have made.
+    """
+    check_layout(layout)
+    if munmap_order not in ("ascending", "descending"):
+        raise ValueError(f"munmap_order must be ascending or descending, not {munmap_order!r}")
+    region = find_spawn_region(layout, extra_vmas)
+    skip = region.indexes if region else range(0)
+    stores = base_history(layout, skip, base_order, seed)
+    if region is None:
+        return stores
+    page = PAGE_SIZE
+    # 1-2: find a free range top-down with a PROT_NONE mapping, then give it back.
+    stores.append(mmap_store(region.base, region.end, TEMPORARY))
+    stores += munmap_stores(region.base, region.end, region.base, region.end)
+    # 3: map its middle (everything but the end holes) as one VMA.
+    vm_start, vm_end = region.base + page, region.end - page
+    stores.append(mmap_store(vm_start, vm_end, region.first if region.count == 1 else TEMPORARY))
+    # 4: munmap every other page. The VMA being cut is always the unsplit
+    # remainder [vm_start, vm_end); each cut leaves one extra VMA on the side
+    # it moves away from, and the remainder is one VMA until the last cut.
+    holes = list(range(2, region.pages - 2, 2))
+    if munmap_order == "ascending":
+        for n, hole in enumerate(holes):
+            start = region.base + hole * page
+            k = region.first + n
+            high = k + 1 if n == len(holes) - 1 else TEMPORARY
+            stores += munmap_stores(vm_start, vm_end, start, start + page, low=k, high=high)
+            vm_start = start + page
+    else:
+        for n, hole in enumerate(reversed(holes)):
+            start = region.base + hole * page
+            k = region.first + region.count - 1 - n
+            low = k - 1 if n == len(holes) - 1 else TEMPORARY
+            stores += munmap_stores(vm_start, vm_end, start, start + page, low=low, high=k)
+            vm_end = start
+    return stores
