@@ -163,7 +163,7 @@ def _metadata(
         "start": session.start,
         "end": session.end,
         "lost": {"ringbuf": session.counters.get("lost_ringbuf", 0), "unpaired": session.counters.get("reentry", 0)},
-        "events": session.counters,
+        "events": {**session.counters, "ma_write": session.ma_writes},
         "sample": (
             {"hz": opts.sample_hz, "stacks": session.stacks, "lost": session.counters.get("sample_lost", 0)}
             if opts.sample_hz
@@ -219,6 +219,7 @@ class _Session:
         self.workload: dict | None = None
         self.counters: dict[str, int] = {}
         self.stacks: list[dict] = []
+        self.ma_writes = 0  # ma_write events inside brackets, summed from the records
         self.start: dict = {}
         self.end: dict = {}
         self._stop = False
@@ -226,6 +227,7 @@ class _Session:
     # -- ring buffer callbacks -------------------------------------------
     def on_dup(self, event: DupEvent) -> None:
         self.events.append(event)
+        self.ma_writes += event.stores + event.null_stores + event.zero_stores + event.other_writes
         if self.opts.mode in ("system", "command") and event.pid not in self._maps_seen:
             self._snapshot_rate_limited(event.pid)
 
@@ -307,7 +309,7 @@ class _Session:
             return
         lost = self.counters.get("lost_ringbuf", 0)
         line = (
-            f"forks {len(self.events)}  ma_write {self.counters.get('ma_write', 0)}  "
+            f"forks {len(self.events)}  ma_write {self.ma_writes}  "
             f"lost {lost}{'  (!)' if lost else ''}"
         )
         if sys.stderr.isatty():

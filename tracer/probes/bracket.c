@@ -54,7 +54,6 @@ enum event_kind {
 /* Counters user space reads at the end; indices shared with bracket.py. */
 enum counter {
 	C_LOST_RINGBUF = 0,	/* records dropped: ring buffer full */
-	C_MA_WRITE,		/* ma_write events inside a bracket */
 	C_LOCK_EVENTS,		/* mmap_lock events that moved the state */
 	C_DUPS,			/* brackets closed */
 	C_REENTRY,		/* bracket restarted before it closed */
@@ -90,6 +89,7 @@ struct dup_event {
 struct thread_state {
 	u32 state;
 	u32 _pad;
+	u64 mas_store_fn;	/* address of the "mas_store" string, once seen */
 	u64 parent_mm;
 	u64 child_mm;
 	u64 last_leaf;
@@ -105,7 +105,6 @@ struct sample_key {
 BPF_TASK_STORAGE(threads, struct thread_state);
 BPF_RINGBUF_OUTPUT(events, RINGBUF_PAGES);
 BPF_PERCPU_ARRAY(counters, u64, NR_COUNTERS);
-BPF_ARRAY(mas_store_fn, u64, 1);	/* address of the "mas_store" string, once seen */
 
 #ifdef FILTER_TGIDS
 BPF_HASH(targets, u32, u8, 10240);
@@ -232,33 +231,33 @@ static __always_inline void on_lock_released(u64 mm)
 	s->state = IDLE;
 }
 
-static __always_inline int is_mas_store(u64 fn)
+/*
+ * ma_write passes __func__: compare the string once per thread, then the
+ * pointer. Per-VMA work is kept to what the record needs; ma_write events are
+ * counted per record (stores + null_stores + zero_stores + other_writes), not
+ * in a map, so the hot path touches only this thread's storage.
+ */
+static __always_inline int is_mas_store(struct thread_state *s, u64 fn)
 {
-	int zero = 0;
-	u64 *known = mas_store_fn.lookup(&zero);
 	char name[10] = {};
 
-	if (known && *known)
-		return fn == *known;
+	if (s->mas_store_fn)
+		return fn == s->mas_store_fn;
 	bpf_probe_read_kernel(name, sizeof(name), (void *)fn);
 	if (name[0] != 'm' || name[1] != 'a' || name[2] != 's' || name[3] != '_' ||
 	    name[4] != 's' || name[5] != 't' || name[6] != 'o' || name[7] != 'r' ||
 	    name[8] != 'e' || name[9] != 0)
 		return 0;
-	if (known)
-		*known = fn;
+	s->mas_store_fn = fn;
 	return 1;
 }
 
-static __always_inline void on_ma_write(u64 fn, u64 leaf, u64 val)
+/* Only the forking thread inside dup_mmap() gets here: see in_dup(). */
+static __always_inline void on_ma_write(struct thread_state *s, u64 fn, u64 leaf, u64 val)
 {
-	struct thread_state *s = current_state(0);
 	u64 now;
 
-	if (!s || s->state != IN_DUP)
-		return;
-	count(C_MA_WRITE);
-	if (!is_mas_store(fn)) {
+	if (!is_mas_store(s, fn)) {
 		s->ev.other_writes++;
 		return;
 	}
@@ -277,6 +276,14 @@ static __always_inline void on_ma_write(u64 fn, u64 leaf, u64 val)
 		s->ev.leaves++;
 		s->last_leaf = leaf;
 	}
+}
+
+/* ma_write fires for every maple tree write system-wide: leave early. */
+static __always_inline struct thread_state *in_dup(void)
+{
+	struct thread_state *s = current_state(0);
+
+	return s && s->state == IN_DUP ? s : NULL;
 }
 
 static __always_inline void on_fork(u32 child_pid)
@@ -327,10 +334,13 @@ RAW_TRACEPOINT_PROBE(mmap_lock_released)
 RAW_TRACEPOINT_PROBE(ma_write)
 {
 	/* (const char *fn, struct ma_state *mas, unsigned long piv, void *val) */
+	struct thread_state *s = in_dup();
 	u64 leaf = 0;
 
+	if (!s)
+		return 0;
 	bpf_probe_read_kernel(&leaf, sizeof(leaf), (void *)(ctx->args[1] + MA_STATE_NODE_OFF));
-	on_ma_write(ctx->args[0], leaf, ctx->args[3]);
+	on_ma_write(s, ctx->args[0], leaf, ctx->args[3]);
 	return 0;
 }
 
@@ -360,7 +370,10 @@ TRACEPOINT_PROBE(mmap_lock, mmap_lock_released)
 
 TRACEPOINT_PROBE(maple_tree, ma_write)
 {
-	on_ma_write((u64)args->fn, (u64)args->node, (u64)args->val);
+	struct thread_state *s = in_dup();
+
+	if (s)
+		on_ma_write(s, (u64)args->fn, (u64)args->node, (u64)args->val);
 	return 0;
 }
 

@@ -37,7 +37,6 @@ EVENT_CHILD = 2
 # enum counter in bracket.c, in order.
 COUNTER_NAMES = (
     "lost_ringbuf",
-    "ma_write",
     "lock_events",
     "dups",
     "reentry",
