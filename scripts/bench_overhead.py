@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import threading
@@ -61,6 +62,10 @@ def main() -> int:
     parser.add_argument("--json", type=Path, help="also write the raw figures here")
     args = parser.parse_args()
 
+    # As `tracer record --cpu` does: the ring buffer reader stays off the workload's CPU.
+    others = os.sched_getaffinity(0) - {args.cpu}
+    if others:
+        os.sched_setaffinity(0, others)
     methods = capabilities.choose_methods(capabilities.probe_capabilities(try_load=False))
     backend = args.backend or methods["backend"]
     headers.apply(headers.resolve_headers())

@@ -191,6 +191,19 @@ def _bracket_config(opts: RecordOptions, backend: str) -> BracketConfig:
     )
 
 
+def _keep_off_cpu(cpu: int | None) -> list[int]:
+    """Run the tracer's own thread off the workload's CPU, where there is another.
+
+    Reading the ring buffer costs a few microseconds per record in Python; on
+    the workload's CPU that would be charged to the forks being measured.
+    """
+    cpus = os.sched_getaffinity(0)
+    if cpu is not None and len(cpus - {cpu}) > 0:
+        cpus = cpus - {cpu}
+        os.sched_setaffinity(0, cpus)
+    return sorted(cpus)
+
+
 def _cpu_model() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -322,6 +335,7 @@ class _Session:
         from tracer.workload.spawn import SpawnWorkload
 
         opts = self.opts
+        tracer_cpus = _keep_off_cpu(opts.cpu)
         with SpawnWorkload(
             vmas=opts.spawn_vmas, forks=opts.forks, seconds=opts.duration, cpu=opts.cpu, touch=opts.touch
         ) as work:
@@ -333,7 +347,7 @@ class _Session:
             self._loop(probe, done=work.finished)
             work.stop()  # no-op if it already ended; after Ctrl-C or SIGTERM it ends the loop
             work.wait(timeout=60)
-        self.workload = {"pid": pid, **work.metadata()}
+        self.workload = {"pid": pid, **work.metadata(), "tracer_cpus": tracer_cpus}
 
     def _run_command(self, probe: BracketProbe) -> None:
         # fork + wait-on-pipe + exec, so the pid is in the filter before the

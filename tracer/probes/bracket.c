@@ -123,6 +123,19 @@ static __always_inline void count(int idx)
 		(*c)++;
 }
 
+/*
+ * A ring buffer wakeup is an irq_work self-interrupt: an APIC write, which
+ * traps to the hypervisor in a VM and costs microseconds inside dup_mmap().
+ * User space polls with a 100 ms timeout anyway, so a thread wakes it only
+ * every WAKEUP_EVERY records (a full buffer holds thousands).
+ */
+#define WAKEUP_EVERY 64
+
+static __always_inline u64 wakeup_flags(u64 seq)
+{
+	return seq % WAKEUP_EVERY ? BPF_RB_NO_WAKEUP : BPF_RB_FORCE_WAKEUP;
+}
+
 static __always_inline int traced_tgid(u32 tgid)
 {
 #ifdef FILTER_TGIDS
@@ -225,7 +238,7 @@ static __always_inline void on_lock_released(u64 mm)
 	s->ev.cpu = bpf_get_smp_processor_id();
 	s->ev.seq = ++s->seq;
 	bpf_get_current_comm(&s->ev.comm, sizeof(s->ev.comm));
-	if (events.ringbuf_output(&s->ev, sizeof(s->ev), 0) < 0)
+	if (events.ringbuf_output(&s->ev, sizeof(s->ev), wakeup_flags(s->seq)) < 0)
 		count(C_LOST_RINGBUF);
 	count(C_DUPS);
 	s->state = IDLE;
@@ -310,7 +323,7 @@ static __always_inline void on_fork(u32 child_pid)
 	ev.tid = (u32)id;
 	ev.seq = s->seq;
 	ev.child_pid = child_pid;
-	if (events.ringbuf_output(&ev, sizeof(ev), 0) < 0)
+	if (events.ringbuf_output(&ev, sizeof(ev), BPF_RB_NO_WAKEUP) < 0)
 		count(C_LOST_RINGBUF);
 }
 

@@ -180,8 +180,15 @@ class BracketProbe:
             table[ctypes.c_uint32(tgid)] = ctypes.c_uint8(1)
 
     def poll(self, timeout_ms: int = 100) -> None:
+        """Wait up to timeout_ms for a wakeup, then read whatever is queued.
+
+        bracket.c wakes the reader only every few records (wakeups are costly
+        inside dup_mmap), so records may be waiting without one: consume
+        after every wait.
+        """
         if not self.config.empty:
             self._bpf.ring_buffer_poll(timeout_ms)
+            self._bpf.ring_buffer_consume()
 
     def counters(self) -> dict[str, int]:
         """Sum of the per-CPU counters, by name."""
