@@ -188,3 +188,48 @@ def test_dup_event_layout_matches_bpf():
     headers.apply(headers.resolve_headers())
     text = SOURCE.read_text() + "\n_Static_assert(sizeof(struct dup_event) == %d, \"layout\");\n" % ctypes.sizeof(DupEvent)
     BPF(text=text.encode(), cflags=["-DRINGBUF_PAGES=8", "-DMM_MAP_COUNT_OFF=-1"]).cleanup()
+
+
+FAILING_FORK = r"""
+import mmap, os, sys
+# Strict overcommit for a moment: a private writable mapping is charged at
+# mmap() and charged again when fork() copies it, so the copy fails in
+# dup_mmap() (security_vm_enough_memory_mm) at that VMA, after the VMAs below it.
+knob = "/proc/sys/vm/overcommit_memory"
+saved = open(knob).read()
+try:
+    open(knob, "w").write("2")
+    meminfo = dict(line.split(":") for line in open("/proc/meminfo"))
+    kib = lambda key: int(meminfo[key].split()[0])
+    headroom = (kib("CommitLimit") - kib("Committed_AS")) * 1024
+    big = mmap.mmap(-1, int(headroom * 0.7) & ~4095, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    try:
+        pid = os.fork()
+    except OSError as err:
+        print("ENOMEM" if err.errno == 12 else err, flush=True)
+    else:
+        if pid == 0:
+            os._exit(0)
+        os.waitpid(pid, 0)
+        print("forked", flush=True)
+finally:
+    open(knob, "w").write(saved)
+"""
+
+
+def test_fork_failing_inside_dup_mmap_is_recorded_and_flagged(tmp_path):
+    path = tmp_path / "fail.parquet"
+    saved = Path("/proc/sys/vm/overcommit_memory").read_text()
+    try:
+        proc = run_tracer("record", "-q", "-o", str(path), "--", sys.executable, "-c", FAILING_FORK)
+    finally:
+        Path("/proc/sys/vm/overcommit_memory").write_text(saved)
+    assert proc.returncode == 0, proc.stderr
+    rec = load_recording(path)
+    (fork,) = rec.forks.itertuples()
+    assert fork.failed and fork.child_pid == -1
+    # The kernel marks where the copy stopped with XA_ZERO_ENTRY (v6.8+)...
+    assert fork.zero_stores == 1
+    # ...after copying the VMAs below the big mapping, not all of them.
+    assert 0 < fork.stores < fork.parent_map_count
+    assert fork.dup_mmap_ns > 0

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 
 import pytest
 
@@ -93,3 +94,28 @@ def test_ctrl_c_writes_a_complete_recording(tmp_path):
     assert len(rec.forks[rec.forks.pid == workload["pid"]]) == workload["forks"]
     assert not rec.forks.failed.any()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["int.parquet"]
+
+
+def test_missing_bcc_is_one_line(tmp_path):
+    # As on a host without python3-bpfcc: the import of bcc fails.
+    code = "import sys; sys.modules['bcc'] = None; from tracer.cli import main; main()"
+    proc = subprocess.run(
+        [sys.executable, "-c", code, "record", "--spawn", "0", "-o", str(tmp_path / "x.parquet")],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )
+    if os.geteuid() != 0:
+        assert_one_line_error(proc, "root")
+    else:
+        assert_one_line_error(proc, "bcc")
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root: without it record stops at the root check")
+def test_unusable_headers_are_one_line(tmp_path):
+    env = {**os.environ, "BCC_KERNEL_SOURCE": str(tmp_path / "no-such-headers")}
+    proc = subprocess.run(
+        [*TRACER, "record", "--spawn", "0", "-o", str(tmp_path / "x.parquet")],
+        cwd=ROOT, capture_output=True, text=True, timeout=120, env=env,
+    )
+    assert_one_line_error(proc, "BCC_KERNEL_SOURCE")
+    assert not (tmp_path / "x.parquet").exists()
