@@ -22,7 +22,7 @@ from typing import Callable
 
 from tracer import __version__
 from tracer.errors import TracerError, UsageError
-from tracer.probes.bracket import BACKENDS, BracketConfig, BracketProbe, DupEvent
+from tracer.probes.bracket import BACKENDS, BCC_MISSING, BracketConfig, BracketProbe, DupEvent
 from tracer.recording.writer import check_writable, write_recording
 
 __all__ = ["RecordOptions", "record", "default_output"]
@@ -107,6 +107,8 @@ def record(opts: RecordOptions, log: Callable[[str], None] | None = None) -> Pat
     from tracer.host import capabilities, headers, kernel
 
     caps = capabilities.probe_capabilities(try_load=False)
+    if not caps.get("bcc", {}).get("importable", True):
+        raise TracerError(BCC_MISSING)
     methods = capabilities.choose_methods(caps)
     backend = opts.backend or methods["backend"]
     if backend is None:

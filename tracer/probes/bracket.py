@@ -29,6 +29,10 @@ __all__ = [
 ]
 
 SOURCE = Path(__file__).with_name("bracket.c")
+BCC_MISSING = (
+    "bcc is not importable: install python3-bpfcc (Debian) and run from a venv made "
+    "with --system-site-packages (scripts/install.sh does both)"
+)
 BACKENDS = ("raw_tracepoint", "tracepoint")
 
 EVENT_DUP = 1
@@ -147,10 +151,7 @@ class BracketProbe:
         try:
             from bcc import BPF, PerfSWConfig, PerfType
         except ImportError:
-            raise TracerError(
-                "bcc is not importable: install python3-bpfcc (Debian) and run from a venv made "
-                "with --system-site-packages (scripts/install.sh does both)"
-            ) from None
+            raise TracerError(BCC_MISSING) from None
         if self.config.empty:
             text = _empty_source(self.config.backend)
         else:
