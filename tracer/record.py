@@ -89,7 +89,7 @@ def validate(opts: RecordOptions) -> None:
     if opts.backend is not None and opts.backend not in BACKENDS:
         raise UsageError(f"unknown backend {opts.backend!r} (known: {', '.join(BACKENDS)})")
     if opts.sample_hz < 0 or opts.sample_hz > 100_000:
-        raise UsageError("--sample HZ must be between 1 and 100000")
+        raise UsageError("--sample HZ must be between 0 (off) and 100000")
     for pid in opts.pids:
         if pid <= 0 or not Path(f"/proc/{pid}").is_dir():
             raise TracerError(f"no such process: {pid}")
@@ -279,11 +279,15 @@ class _Session:
             elif self.opts.mode == "command":
                 self._run_command(probe)
             else:
+                done = lambda: False  # noqa: E731  system-wide: until -d or Ctrl-C
                 if self.opts.mode == "pid":
+                    from tracer.host.procmaps import pid_exists
+
                     probe.add_targets(self.opts.pids)
                     for pid in self.opts.pids:
                         self.snapshot(pid)
-                self._loop(probe, done=lambda: False)
+                    done = lambda: not any(pid_exists(p) for p in self.opts.pids)  # noqa: E731  as perf record -p
+                self._loop(probe, done=done)
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
@@ -302,13 +306,12 @@ class _Session:
         self.start = self.start or _wall_mono()
         t0 = time.monotonic()
         next_progress = t0 + 1.0
-        if self.opts.mode != "spawn" or self.opts.duration is None:
-            deadline = t0 + self.opts.duration if self.opts.duration else None
-        else:
-            deadline = None  # the workload stops itself after -d
+        # The spawn workload stops itself after -d; everything else stops here.
+        deadline = t0 + self.opts.duration if self.opts.duration and self.opts.mode != "spawn" else None
         if not self.opts.quiet:
-            how = f"for {self.opts.duration:g} s" if deadline else "until the target ends" if self.opts.mode in ("spawn", "command") else "until Ctrl-C"
-            self.log(f"tracing {self.opts.mode} {how} ...")
+            until = {"spawn": "the workload ends", "command": "the command exits", "pid": "the process exits"}
+            how = f"for {self.opts.duration:g} s" if deadline else f"until {until.get(self.opts.mode, 'Ctrl-C')}"
+            self.log(f"tracing {self.opts.mode} {how} (Ctrl-C to stop) ...")
         while not self._stop and not done():
             probe.poll(100)
             now = time.monotonic()
