@@ -138,14 +138,16 @@ def build_from_history(history: Sequence[Store], counters: WriteCounters | None 
     return tree
 
 
-def history_mmap_order(layout: Sequence[Vma], order: str = "descending", seed: int = 0) -> list[Store]:
-    """One mmap-like store per VMA, in the given address order.
+def history_mmap_order(
+    layout: Sequence[Vma], order: str = "descending", seed: int = 0, skip: range = range(0)
+) -> list[Store]:
+    """One mmap-like store per VMA (those outside `skip`), in the given address order.
 
     'descending' is what a process that maps anonymous regions top-down (x86-64
     mmap without a hint) does; 'ascending' is check_forking()'s order;
-    'random' shuffles with `seed`.
+    'random' shuffles with `seed`. The entry stored is the VMA's index.
     """
-    stores = [(v.start, v.end - 1, i) for i, v in enumerate(layout)]
+    stores = [(v.start, v.end - 1, i) for i, v in enumerate(layout) if i not in skip]
     if order == "descending":
         stores.reverse()
     elif order == "random":

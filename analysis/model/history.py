@@ -55,7 +55,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from analysis.layout import Vma
-from analysis.model.build import Store, check_layout
+from analysis.model.build import Store, check_layout, history_mmap_order
 
 __all__ = [
     "PAGE_SIZE",
@@ -174,16 +174,8 @@ def munmap_stores(
 def base_history(
     layout: Sequence[Vma], skip: range = range(0), order: str = "descending", seed: int = 0
 ) -> list[Store]:
-    """One mmap store per VMA of the layout outside `skip`, in `order` (ascending,
-    descending or random with `seed`): the stand-in for exec's and ld.so's history."""
-    stores = [mmap_store(v.start, v.end, i) for i, v in enumerate(layout) if i not in skip]
-    if order == "descending":
-        stores.reverse()
-    elif order == "random":
-        random.Random(seed).shuffle(stores)
-    elif order != "ascending":
-        raise ValueError(f"order must be ascending, descending or random, not {order!r}")
-    return stores
+    """The stand-in for exec's and ld.so's history: one mmap per VMA outside `skip`."""
+    return history_mmap_order(layout, order, seed, skip)
 
 
 def spawn_history(
