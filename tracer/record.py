@@ -259,6 +259,8 @@ class _Session:
             comm = comm_of(pid)
         except TracerError:
             return  # the process is gone: best effort
+        if not text:
+            return  # a zombie: its mm is gone, an empty layout would mislead the model
         self.maps.append({"pid": pid, "comm": comm, "ts_mono_ns": time.monotonic_ns(), "maps": text})
 
     def _snapshot_rate_limited(self, pid: int) -> None:

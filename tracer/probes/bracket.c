@@ -127,13 +127,15 @@ static __always_inline void count(int idx)
  * A ring buffer wakeup is an irq_work self-interrupt: an APIC write, which
  * traps to the hypervisor in a VM and costs microseconds inside dup_mmap().
  * User space polls with a 100 ms timeout anyway, so a thread wakes it only
- * every WAKEUP_EVERY records (a full buffer holds thousands).
+ * for its first record (the reader snapshots /proc/PID/maps of a process it
+ * sees fork for the first time, and must do so while the process lives) and
+ * then every WAKEUP_EVERY records (a full buffer holds thousands).
  */
 #define WAKEUP_EVERY 64
 
 static __always_inline u64 wakeup_flags(u64 seq)
 {
-	return seq % WAKEUP_EVERY ? BPF_RB_NO_WAKEUP : BPF_RB_FORCE_WAKEUP;
+	return seq == 1 || seq % WAKEUP_EVERY == 0 ? BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP;
 }
 
 static __always_inline int traced_tgid(u32 tgid)
