@@ -20,12 +20,17 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
 from tracer import __version__
 from tracer.errors import TracerError, UsageError
-from tracer.probes.bracket import BACKENDS, BCC_MISSING, BracketConfig, BracketProbe, DupEvent
+from tracer.probes.bracket import BACKENDS, BCC_MISSING, DUP_EVENT_DTYPE, BracketConfig, BracketProbe, DupEvent
+from tracer.recording.schema import FORK_SCHEMA
 from tracer.recording.writer import check_writable, write_recording
 
-__all__ = ["RecordOptions", "record", "default_output"]
+__all__ = ["RecordOptions", "record", "default_output", "fork_table"]
 
 # System-wide and command mode: /proc/PID/maps snapshots of forking processes,
 # taken when a process is first seen forking. Bounded so a fork storm cannot
@@ -132,13 +137,13 @@ def record(opts: RecordOptions, log: Callable[[str], None] | None = None) -> Pat
     # From here on the recording is only written: a second Ctrl-C must not lose it.
     previous_sigint = signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
-        rows = session.rows()
+        forks = session.fork_table()
         meta = _metadata(opts, session, caps, methods, backend, hdrs.description, kernel.lockdown_mode())
-        write_recording(opts.output, rows, meta)
+        write_recording(opts.output, forks, meta)
     finally:
         signal.signal(signal.SIGINT, previous_sigint)
     lost = meta["lost"]["ringbuf"]
-    log(f"wrote {len(rows)} forks to {opts.output}" + (f" (LOST {lost} records)" if lost else " (no events lost)"))
+    log(f"wrote {forks.num_rows} forks to {opts.output}" + (f" (LOST {lost} records)" if lost else " (no events lost)"))
     return opts.output
 
 
@@ -226,8 +231,9 @@ class _Session:
     def __init__(self, opts: RecordOptions, log: Callable[[str], None]):
         self.opts = opts
         self.log = log
-        self.events: list[DupEvent] = []
-        self.children: dict[tuple[int, int], int] = {}
+        self._dups = bytearray()  # struct dup_event records, packed as they came
+        self.forks = 0
+        self._children: list[tuple[int, int, int]] = []  # (tid, seq, child pid)
         self.maps: list[dict] = []
         self._maps_seen: set[int] = set()
         self._maps_last = 0.0
@@ -240,14 +246,15 @@ class _Session:
         self._stop = False
 
     # -- ring buffer callbacks -------------------------------------------
-    def on_dup(self, event: DupEvent) -> None:
-        self.events.append(event)
+    def on_dup(self, event: DupEvent, raw: bytes) -> None:
+        self._dups += raw
+        self.forks += 1
         self.ma_writes += event.stores + event.null_stores + event.zero_stores + event.other_writes
         if self.opts.mode in ("system", "command") and event.pid not in self._maps_seen:
             self._snapshot_rate_limited(event.pid)
 
     def on_child(self, tid: int, seq: int, child_pid: int) -> None:
-        self.children[(tid, seq)] = child_pid
+        self._children.append((tid, seq, child_pid))
 
     # -- maps ----------------------------------------------------------------
     def snapshot(self, pid: int) -> None:
@@ -329,7 +336,7 @@ class _Session:
             return
         lost = self.counters.get("lost_ringbuf", 0)
         line = (
-            f"forks {len(self.events)}  ma_write {self.ma_writes}  "
+            f"forks {self.forks}  ma_write {self.ma_writes}  "
             f"lost {lost}{'  (!)' if lost else ''}"
         )
         if sys.stderr.isatty():
@@ -400,30 +407,27 @@ class _Session:
         }
 
     # -- results ------------------------------------------------------------
-    def rows(self) -> list[dict]:
-        rows = []
-        for ev in self.events:
-            child = self.children.get((ev.tid, ev.seq))
-            rows.append(
-                {
-                    "ts_parent_lock": ev.ts_parent_lock,
-                    "ts_child_lock": ev.ts_child_lock,
-                    "ts_first_store": ev.ts_first_store,
-                    "ts_last_store": ev.ts_last_store,
-                    "ts_child_unlock": ev.ts_child_unlock,
-                    "ts_parent_unlock": ev.ts_parent_unlock,
-                    "pid": ev.pid,
-                    "tid": ev.tid,
-                    "comm": ev.comm.decode("utf-8", "replace"),
-                    "cpu": ev.cpu,
-                    "child_pid": child if child is not None else -1,
-                    "stores": ev.stores,
-                    "null_stores": ev.null_stores,
-                    "zero_stores": ev.zero_stores,
-                    "other_writes": ev.other_writes,
-                    "leaves": ev.leaves,
-                    "parent_map_count": ev.parent_map_count,
-                    "failed": bool(ev.zero_stores) or child is None,
-                }
-            )
-        return rows
+    def fork_table(self) -> pa.Table:
+        """The records as columns of FORK_SCHEMA, paired with their children.
+
+        A record whose thread saw no sched_process_fork after it (same tid and
+        per-thread sequence number) is a fork that did not complete.
+        """
+        return fork_table(bytes(self._dups), self._children)
+
+
+def fork_table(dups: bytes, children: list[tuple[int, int, int]]) -> pa.Table:
+    """Packed struct dup_event records + (tid, seq, child pid) pairs -> the fork table."""
+    ev = np.frombuffer(dups, dtype=DUP_EVENT_DTYPE)
+    frame = pd.DataFrame({"tid": ev["tid"], "seq": ev["seq"]})
+    kids = pd.DataFrame(children, columns=["tid", "seq", "child_pid"]).astype(
+        {"tid": "uint32", "seq": "uint64", "child_pid": "int64"}
+    )
+    kids = kids.drop_duplicates(["tid", "seq"], keep="first")
+    child = frame.merge(kids, on=["tid", "seq"], how="left")["child_pid"]
+    completed = child.notna().to_numpy()
+    columns = {name: ev[name] for name in FORK_SCHEMA.names if name in ev.dtype.names and name != "comm"}
+    columns["comm"] = np.char.decode(ev["comm"], "utf-8", errors="replace")
+    columns["child_pid"] = child.fillna(-1).astype("int64").to_numpy()
+    columns["failed"] = (ev["zero_stores"] > 0) | ~completed
+    return pa.table({name: columns[name] for name in FORK_SCHEMA.names}).cast(FORK_SCHEMA)

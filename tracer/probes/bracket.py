@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import ctypes
 import os
+
+import numpy as np
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
@@ -21,6 +23,7 @@ __all__ = [
     "BracketConfig",
     "BracketProbe",
     "DupEvent",
+    "DUP_EVENT_DTYPE",
     "EVENT_CHILD",
     "EVENT_DUP",
     "SAMPLE_PHASES",
@@ -88,6 +91,23 @@ class DupEvent(ctypes.Structure):
     ]
 
 
+_NUMPY_OF_CTYPE = {ctypes.c_uint64: "<u8", ctypes.c_uint32: "<u4", ctypes.c_int32: "<i4"}
+
+# The same record as a numpy dtype, so a run's records can stay one packed
+# buffer (120 bytes a fork) and become columns at the end without a Python
+# object per fork.
+DUP_EVENT_DTYPE = np.dtype(
+    {
+        "names": [name for name, _ in DupEvent._fields_],
+        "formats": [
+            _NUMPY_OF_CTYPE.get(ctype, f"S{ctypes.sizeof(ctype)}") for _, ctype in DupEvent._fields_
+        ],
+        "offsets": [getattr(DupEvent, name).offset for name, _ in DupEvent._fields_],
+        "itemsize": ctypes.sizeof(DupEvent),
+    }
+)
+
+
 @dataclass(frozen=True)
 class BracketConfig:
     """What to build: backend, offsets from BTF, filtering and sampling."""
@@ -143,7 +163,8 @@ class BracketProbe:
     """bracket.c loaded into the kernel; feed it targets, poll it, read it out."""
 
     config: BracketConfig
-    on_dup: Callable[[DupEvent], None] | None = None
+    # on_dup(view, raw): the view is valid only during the call; raw is a copy.
+    on_dup: Callable[[DupEvent, bytes], None] | None = None
     on_child: Callable[[int, int, int], None] | None = None
     _bpf: object = field(default=None, init=False, repr=False)
 
@@ -236,7 +257,7 @@ class BracketProbe:
         if event.kind == EVENT_DUP:
             if self.on_dup:
                 # Copy out: the ring buffer slot is reused after the callback.
-                self.on_dup(DupEvent.from_buffer_copy(event))
+                self.on_dup(event, ctypes.string_at(data, ctypes.sizeof(DupEvent)))
         elif event.kind == EVENT_CHILD and self.on_child:
             self.on_child(event.tid, event.seq, event.child_pid)
 

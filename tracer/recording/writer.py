@@ -42,14 +42,19 @@ def _with_phases(table: pa.Table) -> pa.Table:
     return table
 
 
-def write_recording(path: Path, rows: Iterable[Mapping[str, Any]], metadata: Mapping[str, Any]) -> None:
-    """Write fork rows and the metadata document to `path`, atomically.
+def write_recording(
+    path: Path, rows: pa.Table | Iterable[Mapping[str, Any]], metadata: Mapping[str, Any]
+) -> None:
+    """Write fork rows (a table of FORK_SCHEMA, or dicts) and the metadata document, atomically.
 
     The table goes to a temporary file in the same directory, is fsync'd, then
     renamed over `path`; an interrupted write leaves any previous file intact.
     """
     path = check_writable(Path(path))
-    table = pa.Table.from_pylist(list(rows), schema=FORK_SCHEMA)
+    if isinstance(rows, pa.Table):
+        table = rows.select(FORK_SCHEMA.names).cast(FORK_SCHEMA)
+    else:
+        table = pa.Table.from_pylist(list(rows), schema=FORK_SCHEMA)
     table = _with_phases(table)
     doc = {"format_version": FORMAT_VERSION, **metadata}
     table = table.replace_schema_metadata({METADATA_KEY: json.dumps(doc, default=str).encode()})
