@@ -21,7 +21,7 @@ from analysis.frame import PHASES, Recording, load_recording
 from analysis.stats import Log2Histogram, choose_unit, format_log2_histogram, log2_histogram, percentiles
 from tracer.errors import TracerError
 
-__all__ = ["summarize", "render_text", "render_json", "render_report"]
+__all__ = ["FORMATS", "summarize", "render_text", "render_json", "render_folded", "render_report"]
 
 PHASE_DOC: dict[str, str] = {
     "dup_mmap": "parent lock -> parent unlock",
@@ -314,9 +314,32 @@ def render_json(summary: Mapping[str, Any]) -> str:
     return json.dumps(summary, indent=2, allow_nan=False, default=str)
 
 
+FORMATS = ("text", "json", "folded")
+
+
+def render_folded(rec: Recording) -> str:
+    """Sampled kernel stacks as folded lines ("a;b;c count"), for flamegraph.pl.
+
+    Phases are merged; each stack's phase is its first frame, as
+    "dup_mmap[mt_dup]", so a flame graph still separates them.
+    """
+    sample = rec.meta.get("sample") or {}
+    stacks = sample.get("stacks") or []
+    if not stacks:
+        raise TracerError(f"{rec.path}: no sampled stacks in this recording (record with --sample HZ)")
+    counts: dict[str, int] = {}
+    for s in stacks:
+        line = f"dup_mmap[{s.get('phase', '?')}];{s['stack']}"
+        counts[line] = counts.get(line, 0) + int(s["count"])
+    return "\n".join(f"{line} {n}" for line, n in sorted(counts.items()))
+
+
 def render_report(path: Path, fmt: str) -> str:
-    """Load `path` and render its report as `fmt` ('text' or 'json')."""
-    if fmt not in ("text", "json"):
-        raise TracerError(f"report format must be text or json, not {fmt!r}")
-    summary = summarize(load_recording(path))
+    """Load `path` and render its report as `fmt` ('text', 'json' or 'folded')."""
+    if fmt not in FORMATS:
+        raise TracerError(f"report format must be one of {', '.join(FORMATS)}, not {fmt!r}")
+    rec = load_recording(path)
+    if fmt == "folded":
+        return render_folded(rec)
+    summary = summarize(rec)
     return render_json(summary) if fmt == "json" else render_text(summary)

@@ -179,3 +179,24 @@ def test_command_workload_stays_on_one_header_line(tmp_path):
     text = render_report(write_synthetic(tmp_path / "r.parquet", rows, meta), "text")
     (line,) = [line for line in text.splitlines() if line.startswith("  workload")]
     assert line.endswith("command: /usr/bin/python3 -c import os for i in range(9): os.fork()")
+
+
+def test_folded_output_merges_stacks_per_phase_for_flamegraph(tmp_path):
+    rows = fork_rows(5)
+    stacks = [
+        {"stack": "copy_process;dup_mmap;__mt_dup", "phase": "mt_dup", "count": 3},
+        {"stack": "copy_process;dup_mmap;__mt_dup", "phase": "mt_dup", "count": 2},
+        {"stack": "copy_process;dup_mmap;mas_store", "phase": "vma_loop", "count": 7},
+    ]
+    path = write_synthetic(tmp_path / "s.parquet", rows, default_metadata(rows, sample={"hz": 99, "stacks": stacks, "lost": 0}))
+    lines = render_report(path, "folded").splitlines()
+    assert lines == [
+        "dup_mmap[mt_dup];copy_process;dup_mmap;__mt_dup 5",
+        "dup_mmap[vma_loop];copy_process;dup_mmap;mas_store 7",
+    ]
+
+
+def test_folded_without_samples_is_an_error(tmp_path):
+    path = write_synthetic(tmp_path / "n.parquet")
+    with pytest.raises(TracerError, match="--sample"):
+        render_report(path, "folded")

@@ -69,13 +69,13 @@ def record(
 @app.command()
 def report(
     recording: Path = typer.Argument(..., help="A recording written by `tracer record`."),
-    fmt: str = typer.Option("text", "--format", "-f", help="text or json."),
+    fmt: str = typer.Option("text", "--format", "-f", help="text, json, or folded (sampled stacks for flamegraph.pl)."),
 ) -> None:
     """Summarise a recording: per-phase latency percentiles and log2 histograms."""
-    from analysis.report import render_report
+    from analysis.report import FORMATS, render_report
 
-    if fmt not in ("text", "json"):
-        raise UsageError(f"--format must be text or json, not {fmt!r}")
+    if fmt not in FORMATS:
+        raise UsageError(f"--format must be one of {', '.join(FORMATS)}, not {fmt!r}")
     typer.echo(render_report(recording, fmt))
 
 
