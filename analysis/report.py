@@ -189,7 +189,7 @@ def _header(s: Mapping[str, Any]) -> list[str]:
         f"{_or_unknown(lost['unpaired'])} unpaired brackets"
     )
     if lost["samples"] is not None:
-        lost_line += f", {lost['samples']} stack samples"
+        lost_line += f", {lost['samples']} stack samples not saved"
     if s["lost_events"]:
         lost_line += "  (!) forks are missing from these figures"
     forks = f"{s['forks']} traced, {s['usable']} used for latencies"
