@@ -9,7 +9,6 @@ which processes to trace, and the decoding of the records it emits.
 from __future__ import annotations
 
 import ctypes
-import os
 
 import numpy as np
 from dataclasses import dataclass, field
@@ -276,7 +275,3 @@ def offsets_from_btf() -> dict[str, int]:
         "task_pid_off": btf.member_offset("task_struct", "pid"),
         "mm_map_count_off": btf.member_offset("mm_struct", "map_count"),
     }
-
-
-def running_as_root() -> bool:
-    return os.geteuid() == 0
