@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
 import threading
@@ -27,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tracer.host import capabilities, headers  # noqa: E402
 from tracer.probes.bracket import BracketConfig, BracketProbe, offsets_from_btf  # noqa: E402
+from tracer.record import keep_off_cpu  # noqa: E402
 from tracer.workload.spawn import SpawnWorkload  # noqa: E402
 
 MODES = ("untraced", "empty", "traced")
@@ -62,10 +62,7 @@ def main() -> int:
     parser.add_argument("--json", type=Path, help="also write the raw figures here")
     args = parser.parse_args()
 
-    # As `tracer record --cpu` does: the ring buffer reader stays off the workload's CPU.
-    others = os.sched_getaffinity(0) - {args.cpu}
-    if others:
-        os.sched_setaffinity(0, others)
+    keep_off_cpu(args.cpu)  # as `tracer record --cpu` does
     methods = capabilities.choose_methods(capabilities.probe_capabilities(try_load=False))
     backend = args.backend or methods["backend"]
     headers.apply(headers.resolve_headers())

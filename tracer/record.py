@@ -30,7 +30,7 @@ from tracer.probes.bracket import BACKENDS, BCC_MISSING, DUP_EVENT_DTYPE, Bracke
 from tracer.recording.schema import FORK_SCHEMA
 from tracer.recording.writer import check_writable, write_recording
 
-__all__ = ["RecordOptions", "record", "default_output", "fork_table"]
+__all__ = ["RecordOptions", "record", "default_output", "fork_table", "keep_off_cpu"]
 
 # System-wide and command mode: /proc/PID/maps snapshots of forking processes,
 # taken when a process is first seen forking. Bounded so a fork storm cannot
@@ -198,7 +198,7 @@ def _bracket_config(opts: RecordOptions, backend: str) -> BracketConfig:
     )
 
 
-def _keep_off_cpu(cpu: int | None) -> list[int]:
+def keep_off_cpu(cpu: int | None) -> list[int]:
     """Run the tracer's own thread off the workload's CPU, where there is another.
 
     Reading the ring buffer costs a few microseconds per record in Python; on
@@ -349,7 +349,7 @@ class _Session:
         from tracer.workload.spawn import SpawnWorkload
 
         opts = self.opts
-        tracer_cpus = _keep_off_cpu(opts.cpu)
+        tracer_cpus = keep_off_cpu(opts.cpu)
         with SpawnWorkload(
             vmas=opts.spawn_vmas, forks=opts.forks, seconds=opts.duration, cpu=opts.cpu, touch=opts.touch
         ) as work:
