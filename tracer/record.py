@@ -413,12 +413,12 @@ class _Session:
         A record whose thread saw no sched_process_fork after it (same tid and
         per-thread sequence number) is a fork that did not complete.
         """
-        return fork_table(bytes(self._dups), self._children)
+        return fork_table(self._dups, self._children)
 
 
-def fork_table(dups: bytes, children: list[tuple[int, int, int]]) -> pa.Table:
+def fork_table(dups: bytes | bytearray, children: list[tuple[int, int, int]]) -> pa.Table:
     """Packed struct dup_event records + (tid, seq, child pid) pairs -> the fork table."""
-    ev = np.frombuffer(dups, dtype=DUP_EVENT_DTYPE)
+    ev = np.frombuffer(dups, dtype=DUP_EVENT_DTYPE)  # a view: no copy of the run's records
     frame = pd.DataFrame({"tid": ev["tid"], "seq": ev["seq"]})
     kids = pd.DataFrame(children, columns=["tid", "seq", "child_pid"]).astype(
         {"tid": "uint32", "seq": "uint64", "child_pid": "int64"}
