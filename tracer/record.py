@@ -26,7 +26,15 @@ import pyarrow as pa
 
 from tracer import __version__
 from tracer.errors import TracerError, UsageError
-from tracer.probes.bracket import BACKENDS, BCC_MISSING, DUP_EVENT_DTYPE, BracketConfig, BracketProbe, DupEvent
+from tracer.probes.bracket import (
+    BACKENDS,
+    BCC_MISSING,
+    DUP_EVENT_DTYPE,
+    BracketConfig,
+    BracketProbe,
+    DupEvent,
+    offsets_from_btf,
+)
 from tracer.recording.schema import FORK_SCHEMA
 from tracer.recording.writer import check_writable, write_recording
 
@@ -181,8 +189,6 @@ def _metadata(
 
 
 def _bracket_config(opts: RecordOptions, backend: str) -> BracketConfig:
-    from tracer.probes.bracket import offsets_from_btf
-
     offsets: dict[str, int | None] = {"ma_state_node_off": None, "task_pid_off": None, "mm_map_count_off": None}
     try:
         offsets.update(offsets_from_btf())
