@@ -373,9 +373,19 @@ def test_killed_workload_is_reported():
     with SpawnWorkload(0, seconds=600) as spawn:
         pid = spawn.start().pid
         spawn.go()
-        os.kill(pid, signal.SIGTERM)
+        os.kill(pid, signal.SIGKILL)
         with pytest.raises(TracerError, match="signal"):
             spawn.wait()
+
+
+def test_stop_ends_the_loop_with_a_result():
+    """SIGTERM (what record sends on Ctrl-C or -d) ends the loop, and the result still comes."""
+    with SpawnWorkload(0, seconds=600) as spawn:
+        spawn.start()
+        spawn.go()
+        spawn.stop()
+        result = spawn.wait(timeout=60)
+    assert result.stop == "signal"
 
 
 # --- /proc readers --------------------------------------------------------------

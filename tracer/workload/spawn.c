@@ -273,6 +273,8 @@ static void wait_for_go(void)
 	for (;;) {
 		ssize_t n = read(STDIN_FILENO, &c, 1);
 
+		if (n < 0 && errno == EINTR && stop_requested)
+			die(1, "stopped (SIGTERM) before \"go\"; exiting without forking");
 		if (n < 0 && errno == EINTR)
 			continue;
 		if (n <= 0)
@@ -356,16 +358,17 @@ int main(int argc, char **argv)
 	if (vmas_total < 0)
 		die(1, "cannot read /proc/self/maps: %s", strerror(errno));
 
-	len = snprintf(line, sizeof(line), "ready %d %ld\n", (int)getpid(), vmas_total);
-	write_all(STDOUT_FILENO, line, (size_t)len);
-	wait_for_go();
-
+	/* Before "ready", so a stop request can never find the default action. */
 	{
 		struct sigaction sa = { .sa_handler = request_stop };
 
 		sigemptyset(&sa.sa_mask);
 		sigaction(SIGTERM, &sa, NULL);
 	}
+	len = snprintf(line, sizeof(line), "ready %d %ld\n", (int)getpid(), vmas_total);
+	write_all(STDOUT_FILENO, line, (size_t)len);
+	wait_for_go();
+
 	start = now_ns();
 	deadline = seconds ? start + (uint64_t)(seconds * 1e9) : UINT64_MAX;
 	for (;;) {
