@@ -37,8 +37,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from analysis.frame import load_recording  # noqa: E402
-from analysis.layout import parse_maps  # noqa: E402
+from analysis.recording import load_recording  # noqa: E402
+from analysis.recording.layout import parse_maps  # noqa: E402
 from analysis.model.build import build_bulk, build_from_history, history_mmap_order, layout_slots  # noqa: E402
 from analysis.model.history import spawn_history  # noqa: E402
 

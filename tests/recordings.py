@@ -15,7 +15,7 @@ import random
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from tracer.recording.writer import write_recording
+from analysis.recording.writer import write_recording
 
 __all__ = ["MONO_BASE_NS", "fork_row", "fork_rows", "default_metadata", "write_synthetic"]
 

@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tracer.errors import TracerError
+from analysis.errors import TracerError
 from tracer.host.btf import Btf, load_btf
 
 VMLINUX = "/sys/kernel/btf/vmlinux"

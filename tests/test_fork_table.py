@@ -12,7 +12,7 @@ import numpy as np
 
 from tracer.probes.bracket import DUP_EVENT_DTYPE, EVENT_DUP, DupEvent
 from tracer.record import fork_table
-from tracer.recording.schema import FORK_SCHEMA
+from analysis.recording.schema import FORK_SCHEMA
 
 
 def event(tid: int, seq: int, stores: int = 10, zero_stores: int = 0, comm: bytes = b"spawn") -> bytes:

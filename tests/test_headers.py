@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from tracer.errors import TracerError
+from analysis.errors import TracerError
 from tracer.host import headers as hdr
 from tracer.host.kernel import is_root
 

@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from tracer.errors import TracerError
+from analysis.errors import TracerError
 from tracer.host import kernel
 from tracer.host.kallsyms import symbol_names, symbols_present
 

@@ -9,7 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from analysis.layout import Vma, format_maps
+from analysis.recording.layout import Vma, format_maps
 from analysis.model import (
     MapleTree,
     Node,
@@ -29,7 +29,9 @@ from analysis.model import (
 )
 from analysis.model.cli import run_model
 from analysis.model.constants import MAPLE_NODE_SIZE, ULONG_MAX
-from tracer.errors import TracerError, UsageError
+from analysis.errors import TracerError, UsageError
+from analysis.recording import write_recording
+from recordings import MONO_BASE_NS, default_metadata, fork_row
 
 PAGE = 4096
 
@@ -295,10 +297,13 @@ def test_run_model_maps_drops_vsyscall(tmp_path):
 
 
 def _write_recording(path, maps_entries, rows, with_meta=True):
-    table = pa.table({"pid": pa.array([r[0] for r in rows], pa.uint32()), "leaves": pa.array([r[1] for r in rows], pa.uint32())})
-    if with_meta:
-        table = table.replace_schema_metadata({b"forktrace": json.dumps({"maps": maps_entries}).encode()})
-    pq.write_table(table, path)
+    """A real recording (the writer's) whose forks are (pid, leaves) pairs."""
+    if not with_meta:
+        pq.write_table(pa.table({"pid": pa.array([r[0] for r in rows], pa.uint32())}), path)
+        return
+    forks = [fork_row(MONO_BASE_NS + i * 10**6, vmas=40, mt_dup_ns=5_000, vma_step_ns=600, pid=pid, leaves=leaves)
+             for i, (pid, leaves) in enumerate(rows)]
+    write_recording(path, forks, default_metadata(forks, maps=maps_entries, workload=None))
 
 
 def test_run_model_recording_uses_busiest_pid(tmp_path):
@@ -317,5 +322,5 @@ def test_run_model_recording_uses_busiest_pid(tmp_path):
 def test_run_model_recording_without_metadata(tmp_path):
     rec = tmp_path / "rec.parquet"
     _write_recording(rec, [], [(1, 1)], with_meta=False)
-    with pytest.raises(TracerError, match="no forktrace metadata"):
+    with pytest.raises(TracerError, match="not a forktrace recording"):
         run_model(None, True, None, rec, False)

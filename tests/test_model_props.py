@@ -9,7 +9,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from analysis.layout import Vma
+from analysis.recording.layout import Vma
 from analysis.model import (
     MapleTree,
     WriteCounters,

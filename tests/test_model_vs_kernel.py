@@ -26,8 +26,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from analysis.frame import load_recording
-from analysis.layout import Vma, format_maps, parse_maps
+from analysis.recording import load_recording, write_recording
+from analysis.recording.layout import Vma, format_maps, parse_maps
 from analysis.model.build import build_bulk, build_from_history, layout_slots
 from analysis.model.cli import RecordedTarget, choose_parent_build, run_model
 from analysis.model.history import (
@@ -38,6 +38,7 @@ from analysis.model.history import (
     spawn_history,
 )
 from conftest import ROOT, TRACER
+from recordings import MONO_BASE_NS, default_metadata, fork_row
 
 PAGE = PAGE_SIZE
 
@@ -142,12 +143,10 @@ def test_choose_parent_build():
 
 
 def _write_spawn_recording(path, layout, extra, leaves):
-    meta = {
-        "maps": [{"pid": 9, "comm": "spawn", "ts_mono_ns": 0, "maps": format_maps(layout)}],
-        "workload": {"kind": "spawn", "pid": 9, "extra_vmas": extra},
-    }
-    table = pa.table({"pid": pa.array([9] * len(leaves), pa.uint32()), "leaves": pa.array(leaves, pa.uint32())})
-    pq.write_table(table.replace_schema_metadata({b"forktrace": json.dumps(meta).encode()}), path)
+    maps = [{"pid": 9, "comm": "spawn", "ts_mono_ns": 0, "maps": format_maps(layout)}]
+    forks = [fork_row(MONO_BASE_NS + i * 10**6, vmas=40, mt_dup_ns=5_000, vma_step_ns=600, pid=9, leaves=n)
+             for i, n in enumerate(leaves)]
+    write_recording(path, forks, default_metadata(forks, maps=maps, workload={"kind": "spawn", "pid": 9, "extra_vmas": extra}))
 
 
 def test_run_model_on_a_spawn_recording_uses_its_history(tmp_path):

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from analysis.frame import load_recording
-from analysis.layout import parse_maps
+from analysis.recording import load_recording
+from analysis.recording.layout import parse_maps
 from conftest import ROOT, TRACER
 
 pytestmark = [pytest.mark.bpf, pytest.mark.usefixtures("bpf_host")]
@@ -186,8 +186,12 @@ def test_dup_event_layout_matches_bpf():
     from tracer.probes.bracket import SOURCE, DupEvent
 
     headers.apply(headers.resolve_headers())
-    text = SOURCE.read_text() + "\n_Static_assert(sizeof(struct dup_event) == %d, \"layout\");\n" % ctypes.sizeof(DupEvent)
-    BPF(text=text.encode(), cflags=["-DRINGBUF_PAGES=8", "-DMM_MAP_COUNT_OFF=-1"]).cleanup()
+    checks = [f"_Static_assert(sizeof(struct dup_event) == {ctypes.sizeof(DupEvent)}, \"size\");"]
+    for name, _ in DupEvent._fields_:
+        offset = getattr(DupEvent, name).offset
+        checks.append(f"_Static_assert(__builtin_offsetof(struct dup_event, {name}) == {offset}, \"{name}\");")
+    text = SOURCE.read_text() + "\n" + "\n".join(checks) + "\n"
+    BPF(text=text.encode(), cflags=[f"-I{SOURCE.parent}", "-DRINGBUF_PAGES=8", "-DMM_MAP_COUNT_OFF=-1"]).cleanup()
 
 
 FAILING_FORK = r"""

@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from analysis.frame import load_recording
+from analysis.recording import load_recording
 from conftest import ROOT, TRACER
 
 

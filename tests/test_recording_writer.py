@@ -11,9 +11,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import ROOT
-from tracer.errors import TracerError
-from tracer.recording.schema import FORK_COLUMNS, FORMAT_VERSION, METADATA_FIELDS, METADATA_KEY, PHASE_COLUMNS
-from tracer.recording.writer import check_writable, write_recording
+from analysis.errors import TracerError
+from analysis.recording.schema import FORK_COLUMNS, FORMAT_VERSION, METADATA_FIELDS, METADATA_KEY, PHASE_COLUMNS
+from analysis.recording.writer import check_writable, write_recording
 from recordings import fork_rows
 
 

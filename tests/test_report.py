@@ -8,10 +8,10 @@ import sys
 
 import pytest
 
-from analysis.frame import load_recording
-from analysis.report import render_report, summarize
+from analysis.recording import load_recording
+from analysis.report.summary import render_report, summarize
 from recordings import MONO_BASE_NS, default_metadata, fork_row, fork_rows, write_synthetic
-from tracer.errors import TracerError
+from analysis.errors import TracerError
 
 REQUIRED_PHASE_KEYS = {"p50_ns", "p90_ns", "p99_ns", "mean_ns", "method"}
 

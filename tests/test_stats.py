@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from analysis.stats import (
+from analysis.report.stats import (
     UNITS,
     Log2Histogram,
     choose_unit,

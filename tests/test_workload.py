@@ -21,8 +21,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from analysis.layout import Vma, parse_maps
-from tracer.errors import TracerError, UsageError
+from analysis.recording.layout import Vma, parse_maps
+from analysis.errors import TracerError, UsageError
 from tracer.host.procmaps import comm_of, pid_exists, read_maps
 from tracer.workload.spawn import SOURCE, SpawnResult, SpawnWorkload, build_spawn, run_spawn
 

@@ -12,7 +12,7 @@ from typing import List, Optional
 
 import typer
 
-from tracer.errors import TracerError, UsageError
+from analysis.errors import TracerError, UsageError
 
 app = typer.Typer(
     add_completion=False,
@@ -72,7 +72,7 @@ def report(
     fmt: str = typer.Option("text", "--format", "-f", help="text, json, or folded (sampled stacks for flamegraph.pl)."),
 ) -> None:
     """Summarise a recording: per-phase latency percentiles and log2 histograms."""
-    from analysis.report import FORMATS, render_report
+    from analysis.report.summary import FORMATS, render_report
 
     if fmt not in FORMATS:
         raise UsageError(f"--format must be one of {', '.join(FORMATS)}, not {fmt!r}")

@@ -25,7 +25,7 @@ import pandas as pd
 import pyarrow as pa
 
 from tracer import __version__
-from tracer.errors import TracerError, UsageError
+from analysis.errors import TracerError, UsageError
 from tracer.probes.bracket import (
     BACKENDS,
     BCC_MISSING,
@@ -35,8 +35,8 @@ from tracer.probes.bracket import (
     DupEvent,
     offsets_from_btf,
 )
-from tracer.recording.schema import FORK_SCHEMA
-from tracer.recording.writer import check_writable, write_recording
+from analysis.recording.schema import FORK_SCHEMA
+from analysis.recording.writer import check_writable, write_recording
 
 __all__ = ["RecordOptions", "record", "default_output", "fork_table", "keep_off_cpu"]
 

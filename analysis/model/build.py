@@ -18,7 +18,7 @@ import random
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 
-from analysis.layout import Vma
+from analysis.recording.layout import Vma
 from analysis.model.constants import (
     MAPLE_ARANGE64_SLOTS,
     MAPLE_RANGE64_SLOTS,

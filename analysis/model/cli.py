@@ -19,17 +19,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from analysis.layout import Vma, parse_maps
+from analysis.recording.layout import Vma, parse_maps
 from analysis.model.build import synthetic_layout
 from analysis.model.compare import ModelReport, compare_paths, model_leaf_counts
 from analysis.model.history import find_spawn_region
 from analysis.model.tree import TreeShape
-from tracer.errors import TracerError, UsageError
+from analysis.recording import load_recording
+from analysis.errors import TracerError, UsageError
 
 __all__ = [
     "run_model",
     "load_maps_layout",
-    "load_recording_layout",
     "load_recording_target",
     "RecordedTarget",
     "choose_parent_build",
@@ -137,43 +137,15 @@ def _layout_from_maps_text(text: str, what: str) -> list[Vma]:
     return layout
 
 
-def load_recording_layout(path: Path) -> tuple[list[Vma], float | None, str]:
-    """The layout of the process with the most forks in a recording, and its median `leaves`."""
-    t = load_recording_target(path)
-    return t.layout, t.observed, t.note
-
-
 def load_recording_target(path: Path) -> RecordedTarget:
-    """The process with the most forks in a recording: layout, median `leaves`, workload.
-
-    Reads the Parquet metadata directly (pyarrow); to be switched to
-    analysis.frame.load_recording() once it exists.
-    """
-    try:
-        import pyarrow.parquet as pq
-
-        schema = pq.read_schema(path)
-    except (OSError, ValueError) as err:
-        raise TracerError(f"cannot read recording {path}: {err}") from None
-    except Exception as err:  # pyarrow raises its own ArrowInvalid for non-Parquet files
-        raise TracerError(f"{path} is not a Parquet recording: {err}") from None
-    meta_raw = (schema.metadata or {}).get(b"forktrace")
-    if meta_raw is None:
-        raise TracerError(f"{path} has no forktrace metadata: not written by `tracer record`")
-    try:
-        meta = json.loads(meta_raw)
-    except ValueError:
-        raise TracerError(f"{path}: forktrace metadata is not valid JSON") from None
-    snapshots = meta.get("maps") or []
+    """The process with the most forks in a recording: layout, median `leaves`, workload."""
+    rec = load_recording(path)
+    snapshots = rec.meta.get("maps") or []
     if not snapshots:
         raise TracerError(f"{path} holds no /proc/PID/maps snapshot")
 
-    leaves_by_pid: dict[int, list[int]] = {}
-    if {"pid", "leaves"} <= set(schema.names):
-        table = pq.read_table(path, columns=["pid", "leaves"])
-        for pid, leaves in zip(table.column("pid").to_pylist(), table.column("leaves").to_pylist()):
-            if leaves:
-                leaves_by_pid.setdefault(pid, []).append(leaves)
+    forks = rec.forks[rec.forks["leaves"] > 0]
+    leaves_by_pid = {int(pid): rows["leaves"].tolist() for pid, rows in forks.groupby("pid")}
     pids_with_maps = {s.get("pid") for s in snapshots}
     ranked = sorted((p for p in leaves_by_pid if p in pids_with_maps), key=lambda p: -len(leaves_by_pid[p]))
     if ranked:
@@ -186,7 +158,7 @@ def load_recording_target(path: Path) -> RecordedTarget:
     leaves = leaves_by_pid.get(pid, [])
     observed = statistics.median(leaves) if leaves else None
     note = f"pid {pid} {snapshot.get('comm', '')}".rstrip() + f", {len(leaves)} forks with leaves"
-    workload = meta.get("workload")
+    workload = rec.meta.get("workload")
     if not isinstance(workload, dict) or workload.get("pid") != pid:
         workload = None
     return RecordedTarget(layout, observed, note, pid, workload)

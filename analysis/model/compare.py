@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Collection, Hashable, Sequence
 from dataclasses import dataclass, field
 
-from analysis.layout import Vma
+from analysis.recording.layout import Vma
 from analysis.model.build import (
     Store,
     build_bulk,

@@ -54,7 +54,7 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from analysis.layout import Vma
+from analysis.recording.layout import Vma
 from analysis.model.build import Store, check_layout, history_mmap_order
 
 __all__ = [

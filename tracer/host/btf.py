@@ -22,7 +22,7 @@ from array import array
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from tracer.errors import TracerError
+from analysis.errors import TracerError
 from tracer.host.kernel import VMLINUX_BTF
 
 __all__ = [

@@ -21,7 +21,7 @@ import tempfile
 from collections.abc import Iterator
 from typing import Any
 
-from tracer.errors import TracerError
+from analysis.errors import TracerError
 from tracer.host import btf as btf_mod
 from tracer.host import kernel
 from tracer.host.headers import Headers, resolve_headers

@@ -29,7 +29,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tracer.errors import TracerError
+from analysis.errors import TracerError
 
 __all__ = ["Headers", "apply", "debian_flavour", "find_debian_headers", "merge_trees", "resolve_headers"]
 

@@ -17,7 +17,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tracer.errors import TracerError
+from analysis.errors import TracerError
 
 __all__ = [
     "KernelConfig",

@@ -11,7 +11,7 @@ from __future__ import annotations
 import errno
 import os
 
-from tracer.errors import TracerError
+from analysis.errors import TracerError
 
 __all__ = ["read_maps", "pid_exists", "comm_of"]
 

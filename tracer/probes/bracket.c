@@ -34,8 +34,6 @@
 #include <uapi/linux/ptrace.h>
 #include <uapi/linux/bpf_perf_event.h>
 
-#define COMM_LEN 16
-
 /* xa_mk_internal(257): what dup_mmap() stores where it failed (v6.8+). */
 #define DUP_FAILED_MARK 0x406UL
 
@@ -46,45 +44,7 @@ enum bracket_state {
 	CHILD_UNLOCKED,	/* child released, parent not yet: the last steps */
 };
 
-enum event_kind {
-	EVENT_DUP = 1,	/* one dup_mmap() call */
-	EVENT_CHILD,	/* sched_process_fork after it: the child's pid */
-};
-
-/* Counters user space reads at the end; indices shared with bracket.py. */
-enum counter {
-	C_LOST_RINGBUF = 0,	/* records dropped: ring buffer full */
-	C_LOCK_EVENTS,		/* mmap_lock events that moved the state */
-	C_DUPS,			/* brackets closed */
-	C_REENTRY,		/* bracket restarted before it closed */
-	C_STORAGE_FAIL,		/* no per-thread storage could be had */
-	C_SAMPLES,		/* perf samples taken inside dup_mmap() */
-	C_SAMPLE_LOST,		/* samples whose stack could not be saved */
-	NR_COUNTERS,
-};
-
-struct dup_event {
-	u64 ts_parent_lock;
-	u64 ts_child_lock;
-	u64 ts_first_store;
-	u64 ts_last_store;
-	u64 ts_child_unlock;
-	u64 ts_parent_unlock;
-	u64 seq;		/* per-thread dup_mmap() count, pairs EVENT_CHILD */
-	u32 kind;
-	u32 pid;
-	u32 tid;
-	u32 cpu;
-	u32 stores;
-	u32 null_stores;
-	u32 zero_stores;
-	u32 other_writes;
-	u32 leaves;
-	s32 parent_map_count;
-	u32 child_pid;
-	u32 _pad;
-	char comm[COMM_LEN];
-};
+#include "bracket.h"
 
 struct thread_state {
 	u32 state;
@@ -99,7 +59,7 @@ struct thread_state {
 
 struct sample_key {
 	s32 stackid;
-	u32 phase;	/* 1: child lock -> first store, 2: stores, 3: after child unlock */
+	u32 phase;	/* enum sample_phase */
 };
 
 BPF_TASK_STORAGE(threads, struct thread_state);
@@ -410,9 +370,9 @@ int on_sample(struct bpf_perf_event_data *ctx)
 	if (!s || s->state < IN_DUP)
 		return 0;
 	if (s->state == CHILD_UNLOCKED)
-		key.phase = 3;
+		key.phase = SAMPLE_TAIL;
 	else
-		key.phase = s->ev.ts_first_store ? 2 : 1;
+		key.phase = s->ev.ts_first_store ? SAMPLE_VMA_LOOP : SAMPLE_MT_DUP;
 	key.stackid = stacks.get_stackid(ctx, 0);
 	if (key.stackid < 0) {
 		count(C_SAMPLE_LOST);

@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
 
-from tracer.errors import TracerError
+from analysis.errors import TracerError
+from tracer.probes.cheader import read_header
 
 __all__ = [
     "BACKENDS",
@@ -37,24 +38,18 @@ BCC_MISSING = (
 )
 BACKENDS = ("raw_tracepoint", "tracepoint")
 
-EVENT_DUP = 1
-EVENT_CHILD = 2
+HEADER = read_header(SOURCE.with_name("bracket.h"))
 
-# enum counter in bracket.c, in order.
-COUNTER_NAMES = (
-    "lost_ringbuf",
-    "lock_events",
-    "dups",
-    "reentry",
-    "storage_fail",
-    "samples",
-    "sample_lost",
-)
+EVENT_DUP = HEADER.enums["event_kind"]["EVENT_DUP"]
+EVENT_CHILD = HEADER.enums["event_kind"]["EVENT_CHILD"]
 
-# struct sample_key.phase in bracket.c.
-SAMPLE_PHASES = {1: "mt_dup", 2: "vma_loop", 3: "tail"}
+# enum counter in bracket.h, as names user space reports: C_LOST_RINGBUF -> lost_ringbuf.
+COUNTER_NAMES = tuple(name[2:].lower() for name in HEADER.names_in_order("counter", stop="NR_COUNTERS"))
 
-# Tracepoints each backend attaches to (category, event).
+# enum sample_phase in bracket.h -> the phase names of analysis.recording.phases.
+SAMPLE_PHASES = {value: name[len("SAMPLE_"):].lower() for name, value in HEADER.enums["sample_phase"].items()}
+
+# Tracepoints the bracket attaches to (category, event): one list, which doctor checks too.
 TRACEPOINTS = (
     ("mmap_lock", "mmap_lock_acquire_returned"),
     ("mmap_lock", "mmap_lock_released"),
@@ -62,32 +57,15 @@ TRACEPOINTS = (
     ("sched", "sched_process_fork"),
 )
 
+# struct members the raw tracepoint programs read, with the -D macro that carries each offset.
+BTF_OFFSETS = {
+    ("ma_state", "node"): "ma_state_node_off",
+    ("task_struct", "pid"): "task_pid_off",
+    ("mm_struct", "map_count"): "mm_map_count_off",
+}
 
-class DupEvent(ctypes.Structure):
-    """struct dup_event in bracket.c (120 bytes; a test checks the layout)."""
-
-    _fields_ = [
-        ("ts_parent_lock", ctypes.c_uint64),
-        ("ts_child_lock", ctypes.c_uint64),
-        ("ts_first_store", ctypes.c_uint64),
-        ("ts_last_store", ctypes.c_uint64),
-        ("ts_child_unlock", ctypes.c_uint64),
-        ("ts_parent_unlock", ctypes.c_uint64),
-        ("seq", ctypes.c_uint64),
-        ("kind", ctypes.c_uint32),
-        ("pid", ctypes.c_uint32),
-        ("tid", ctypes.c_uint32),
-        ("cpu", ctypes.c_uint32),
-        ("stores", ctypes.c_uint32),
-        ("null_stores", ctypes.c_uint32),
-        ("zero_stores", ctypes.c_uint32),
-        ("other_writes", ctypes.c_uint32),
-        ("leaves", ctypes.c_uint32),
-        ("parent_map_count", ctypes.c_int32),
-        ("child_pid", ctypes.c_uint32),
-        ("_pad", ctypes.c_uint32),
-        ("comm", ctypes.c_char * 16),
-    ]
+# struct dup_event of bracket.h (120 bytes; a test checks the layout against the compiled BPF).
+DupEvent = HEADER.structure("dup_event")
 
 
 _NUMPY_OF_CTYPE = {ctypes.c_uint64: "<u8", ctypes.c_uint32: "<u4", ctypes.c_int32: "<i4"}
@@ -129,7 +107,7 @@ def cflags_for(config: BracketConfig) -> list[str]:
     pages = config.ringbuf_pages
     if pages <= 0 or pages & (pages - 1):
         raise TracerError(f"ring buffer pages must be a power of two, not {pages}")
-    flags = [f"-DRINGBUF_PAGES={pages}"]
+    flags = [f"-I{SOURCE.parent}", f"-DRINGBUF_PAGES={pages}"]
     flags.append(f"-DMM_MAP_COUNT_OFF={config.mm_map_count_off if config.mm_map_count_off is not None else -1}")
     if config.backend == "raw_tracepoint":
         if config.ma_state_node_off is None or config.task_pid_off is None:
@@ -270,8 +248,4 @@ def offsets_from_btf() -> dict[str, int]:
     """The struct offsets bracket.c needs, from the running kernel's BTF."""
     from tracer.host import btf
 
-    return {
-        "ma_state_node_off": btf.member_offset("ma_state", "node"),
-        "task_pid_off": btf.member_offset("task_struct", "pid"),
-        "mm_map_count_off": btf.member_offset("mm_struct", "map_count"),
-    }
+    return {key: btf.member_offset(struct, member) for (struct, member), key in BTF_OFFSETS.items()}

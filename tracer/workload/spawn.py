@@ -31,7 +31,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from tracer.errors import TracerError, UsageError
+from analysis.errors import TracerError, UsageError
 
 __all__ = [
     "SOURCE",

@@ -17,19 +17,13 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from analysis.frame import PHASES, Recording, load_recording
-from analysis.stats import Log2Histogram, choose_unit, format_log2_histogram, log2_histogram, percentiles
-from tracer.errors import TracerError
+from analysis.recording import PHASES, Recording, load_recording
+from analysis.report.stats import Log2Histogram, choose_unit, format_log2_histogram, log2_histogram, percentiles
+from analysis.errors import TracerError
 
 __all__ = ["FORMATS", "summarize", "render_text", "render_json", "render_folded", "render_report"]
 
-PHASE_DOC: dict[str, str] = {
-    "dup_mmap": "parent lock -> parent unlock",
-    "mt_dup": "child lock -> first mas_store, less one mean VMA step",
-    "vma_loop": "first -> last mas_store",
-    "vma_step": "vma_loop / (stores - 1)",
-    "tail": "last mas_store -> parent unlock",
-}
+PHASE_DOC: dict[str, str] = {p.name: p.spans for p in PHASES}
 
 TOP_FUNCTIONS = 5
 SMALL_N = 100  # below this, p99 sits between the two largest values
@@ -46,7 +40,7 @@ def summarize(rec: Recording) -> dict[str, Any]:
 
     phases: dict[str, Any] = {}
     histograms: dict[str, Any] = {}
-    for phase in PHASES:
+    for phase in (p.name for p in PHASES):
         values = usable[f"{phase}_ns"].to_numpy(dtype="float64")
         entry = percentiles(values).as_dict("_ns")
         method = methods.get(phase)
@@ -131,7 +125,8 @@ def _top_functions(rec: Recording) -> dict[str, Any] | None:
             raise TracerError(f"{rec.path}: sampled stack entry {i} lacks stack, phase or count") from None
         leaf = _OFFSET.sub("", frames[-1].strip()) or "[unknown]"
         per_phase[phase][leaf] += count
-    order = [p for p in PHASES if p in per_phase] + sorted(p for p in per_phase if p not in PHASES)
+    names = [p.name for p in PHASES]
+    order = [p for p in names if p in per_phase] + sorted(p for p in per_phase if p not in names)
     top = {}
     for phase in order:
         counts = per_phase[phase]

@@ -2,7 +2,7 @@
 
 The file is what `pandas.read_parquet()` reads directly. Its rows hold the raw
 bracket timestamps (CLOCK_MONOTONIC ns, as bpf_ktime_get_ns() gives them) and
-in-kernel counters; derived phases are computed by analysis.frame so that a
+in-kernel counters; derived phases are computed by analysis.recording.phases so that a
 better correction never needs a new recording. Everything else -- kernel,
 backend, method per phase, lost events, workload, VMA layouts, sampled stacks --
 lives in one JSON document under the Parquet key/value metadata key `forktrace`.
@@ -42,7 +42,7 @@ FORK_COLUMNS: list[tuple[str, pa.DataType, str]] = [
 
 FORK_SCHEMA = pa.schema([pa.field(name, dtype, metadata={"doc": doc}) for name, dtype, doc in FORK_COLUMNS])
 
-# Phase durations, derived from the timestamps above (analysis.frame.derive_phases)
+# Phase durations, derived from the timestamps above (analysis.recording.phases.derive_phases)
 # and written beside them so that pandas.read_parquet() alone gives them.
 # Readers re-derive them from the raw columns; these are a convenience copy.
 PHASE_COLUMNS: list[tuple[str, pa.DataType, str]] = [

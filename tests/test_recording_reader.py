@@ -1,4 +1,4 @@
-"""analysis.frame: phase derivation against known synthetic costs, and refusal of bad files."""
+"""analysis.recording: phase derivation against known synthetic costs, and refusal of bad files."""
 
 from __future__ import annotations
 
@@ -15,11 +15,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from analysis.frame import derive_phases, load_recording
-from analysis.layout import format_maps, Vma
+from analysis.recording import derive_phases, load_recording
+from analysis.recording.layout import format_maps, Vma
 from recordings import MONO_BASE_NS, default_metadata, fork_row, fork_rows, write_synthetic
-from tracer.errors import TracerError
-from tracer.recording.schema import FORK_SCHEMA, FORMAT_VERSION, METADATA_KEY
+from analysis.errors import TracerError
+from analysis.recording.schema import FORK_SCHEMA, FORMAT_VERSION, METADATA_KEY
 
 
 def frame_of(rows: list[dict]) -> pd.DataFrame:

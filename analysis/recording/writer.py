@@ -11,8 +11,9 @@ from typing import Any, Iterable, Mapping
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from tracer.errors import TracerError
-from tracer.recording.schema import FORK_SCHEMA, FORMAT_VERSION, METADATA_KEY, PHASE_SCHEMA
+from analysis.errors import TracerError
+from analysis.recording.phases import derive_phases
+from analysis.recording.schema import FORK_SCHEMA, FORMAT_VERSION, METADATA_KEY, PHASE_SCHEMA
 
 __all__ = ["check_writable", "write_recording"]
 
@@ -34,8 +35,6 @@ def check_writable(path: Path) -> Path:
 
 def _with_phases(table: pa.Table) -> pa.Table:
     """Append the derived phase columns, computed the one way readers compute them."""
-    from analysis.frame import derive_phases
-
     phases = derive_phases(table.to_pandas())
     for field in PHASE_SCHEMA:
         table = table.append_column(field, pa.array(phases[field.name].to_numpy(), type=field.type))

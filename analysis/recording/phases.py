@@ -1,0 +1,132 @@
+"""A recording as a data frame, with dup_mmap's phases derived from its brackets.
+
+The probes record six raw timestamps per dup_mmap() call, in the forking thread
+(CLOCK_MONOTONIC ns, see schema.py):
+
+    ts_parent_lock    mmap_lock_acquire_returned, write, parent mm: dup_mmap starts
+    ts_child_lock     mmap_lock_acquire_returned, write, child mm: __mt_dup follows
+    ts_first_store    first maple_tree:ma_write "mas_store" on the child tree
+    ts_last_store     last  maple_tree:ma_write "mas_store" on the child tree
+    ts_child_unlock   mmap_lock_released, child mm
+    ts_parent_unlock  mmap_lock_released, parent mm: dup_mmap ends
+
+No probe fires where __mt_dup() returns (lib/ is built without ftrace hooks and
+__mt_dup emits no tracepoint), so its cost is not bracketed directly. Between
+the child lock and the first store lie __mt_dup(), the first mas_find() of
+for_each_vma(), and the first VMA's pre-store work (vm_area_dup(), anon_vma_fork(),
+...). Between two consecutive stores lies one per-VMA step: the rest of one
+VMA's copy (copy_page_range(), ...) plus the next VMA's pre-store work. So, in
+ns, as float (NaN where not measurable):
+
+    dup_mmap_ns   = ts_parent_unlock - ts_parent_lock
+    mt_dup_raw_ns = ts_first_store - ts_child_lock
+    vma_loop_ns   = ts_last_store - ts_first_store           (stores - 1 steps)
+    vma_step_ns   = vma_loop_ns / (stores - 1)               (stores >= 2)
+    mt_dup_ns     = max(mt_dup_raw_ns - vma_step_ns, 0)      (stores >= 2)
+    tail_ns       = ts_parent_unlock - ts_last_store
+
+mt_dup_ns removes one *mean* per-VMA step from mt_dup_raw_ns: the step that
+precedes the first store. It assumes the first VMA costs what the average VMA
+costs; where that makes the difference negative it is clamped to 0 and
+`mt_dup_clamped` is set, so a reader can count how often the assumption failed.
+
+Rows with stores == 0, or a store timestamp of 0 ("not seen"), get NaN for every
+store-based phase. A bracket whose timestamps run backwards is flagged with
+`bracket_ok = False` rather than dropped. Failed forks (`failed`) stay in the
+frame; `usable` marks rows that latency statistics may use (not failed, bracket
+in order), so excluded rows are counted rather than silently lost.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+__all__ = ["Phase", "PHASES", "PHASE_NAMES", "TIMESTAMPS", "derive_phases"]
+
+
+@dataclass(frozen=True)
+class Phase:
+    """One phase of dup_mmap: its frame column and what it spans."""
+
+    name: str
+    spans: str
+    derived: bool = False  # computed from other phases, not measured by a method of its own
+
+    @property
+    def column(self) -> str:
+        return f"{self.name}_ns"
+
+
+# The one list of phases, in bracket order. Recording columns, report rows,
+# doctor's method table and compare's rows all come from here.
+PHASES: tuple[Phase, ...] = (
+    Phase("dup_mmap", "parent lock -> parent unlock"),
+    Phase("mt_dup", "child lock -> first mas_store, less one mean VMA step"),
+    Phase("vma_loop", "first -> last mas_store (stores - 1 VMA steps)"),
+    Phase("vma_step", "vma_loop / (stores - 1)", derived=True),
+    Phase("tail", "last mas_store -> parent unlock"),
+)
+PHASE_NAMES: tuple[str, ...] = tuple(p.name for p in PHASES)
+
+# The six bracket timestamps, in the order they must occur.
+TIMESTAMPS = (
+    "ts_parent_lock",
+    "ts_child_lock",
+    "ts_first_store",
+    "ts_last_store",
+    "ts_child_unlock",
+    "ts_parent_unlock",
+)
+
+
+def derive_phases(forks: pd.DataFrame) -> pd.DataFrame:
+    """Return a copy of `forks` with the phase columns of the module docstring added.
+
+    Pure: the input is not modified. Needs the ts_* columns and `stores`,
+    `failed`; extra columns pass through.
+    """
+    df = forks.copy()
+    # int64 before subtracting: uint64 differences would wrap instead of going negative.
+    ts = {name: df[name].astype("int64").to_numpy() for name in TIMESTAMPS}
+    stores = df["stores"].astype("int64").to_numpy()
+    failed = df["failed"].astype(bool).to_numpy()
+
+    def span(end: str, start: str, valid: np.ndarray) -> np.ndarray:
+        out = (ts[end] - ts[start]).astype("float64")
+        return np.where(valid, out, np.nan)
+
+    seen = {name: ts[name] != 0 for name in TIMESTAMPS}
+    bracket = seen["ts_parent_lock"] & seen["ts_parent_unlock"]
+    stored = (stores > 0) & seen["ts_first_store"] & seen["ts_last_store"]
+
+    dup_mmap = span("ts_parent_unlock", "ts_parent_lock", bracket)
+    mt_dup_raw = span("ts_first_store", "ts_child_lock", stored & seen["ts_child_lock"])
+    vma_loop = span("ts_last_store", "ts_first_store", stored)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        vma_step = np.where(stored & (stores >= 2), vma_loop / (stores - 1), np.nan)
+    corrected = mt_dup_raw - vma_step
+    clamped = corrected < 0  # False where NaN
+    mt_dup = np.where(clamped, 0.0, corrected)
+    tail = span("ts_parent_unlock", "ts_last_store", stored & seen["ts_parent_unlock"])
+
+    # Seen timestamps must not run backwards along the bracket.
+    ordered = np.ones(len(df), dtype=bool)
+    last_seen = np.zeros(len(df), dtype="int64")
+    for name in TIMESTAMPS:
+        here = ts[name]
+        ordered &= ~seen[name] | (here >= last_seen)
+        last_seen = np.where(seen[name], here, last_seen)
+
+    df["dup_mmap_ns"] = dup_mmap
+    df["mt_dup_raw_ns"] = mt_dup_raw
+    df["vma_loop_ns"] = vma_loop
+    df["vma_step_ns"] = vma_step
+    df["mt_dup_ns"] = mt_dup
+    df["mt_dup_clamped"] = clamped
+    df["tail_ns"] = tail
+    df["bracket_ok"] = ordered & bracket
+    df["usable"] = ordered & bracket & ~failed
+    return df

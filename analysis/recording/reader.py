@@ -1,0 +1,113 @@
+"""Read a recording: the fork rows with derived phases, and the metadata document.
+
+The only reader of the format: everything that opens a recording (report,
+model, compare) comes through load_recording(), so a format change is checked
+in one place.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pandas as pd
+
+from analysis.errors import TracerError
+from analysis.recording.layout import Vma, parse_maps
+from analysis.recording.phases import derive_phases
+from analysis.recording.schema import FORK_SCHEMA, FORMAT_VERSION, METADATA_KEY
+
+__all__ = ["Recording", "load_recording"]
+
+# Anything pyarrow raises on a file it cannot decode: ArrowInvalid and friends
+# (ArrowException), ArrowIOError (an OSError), and plain errors from codecs.
+_READ_ERRORS = (pa.ArrowException, OSError, ValueError, EOFError, IndexError, KeyError)
+
+
+@dataclass
+class Recording:
+    """One recording: its fork rows (raw + derived phases) and its metadata document."""
+
+    path: Path
+    forks: pd.DataFrame
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def maps(self) -> list[tuple[int, str, list[Vma]]]:
+        """Parent VMA layouts saved with the recording, as (pid, comm, VMAs)."""
+        layouts = []
+        for i, entry in enumerate(self.meta.get("maps") or []):
+            try:
+                pid, comm, text = int(entry["pid"]), str(entry.get("comm", "")), entry["maps"]
+                layouts.append((pid, comm, parse_maps(text)))
+            except (KeyError, TypeError, ValueError, AttributeError) as err:
+                raise TracerError(f"{self.path}: saved maps entry {i} is unusable: {err}") from None
+        return layouts
+
+
+def load_recording(path: Path | str) -> Recording:
+    """Read a recording written by analysis.recording.writer, refusing anything else.
+
+    Every failure is a TracerError whose one line names the file.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise TracerError(f"recording {path} does not exist")
+    if path.is_dir():
+        raise TracerError(f"recording {path} is a directory, not a file")
+    try:
+        # Verifies page CRCs when the writer stored them; harmless when it did not.
+        parquet = pq.ParquetFile(path, page_checksum_verification=True)
+        schema = parquet.schema_arrow
+    except PermissionError:
+        raise TracerError(f"recording {path} is not readable (permission denied)") from None
+    except _READ_ERRORS as err:
+        raise TracerError(f"{path} is not a readable Parquet file (truncated or corrupt?): {_first_line(err)}") from None
+
+    meta = _read_metadata(path, schema.metadata or {})
+    missing = [name for name in FORK_SCHEMA.names if name not in schema.names]
+    if missing:
+        raise TracerError(f"{path} lacks fork columns: {', '.join(missing)}")
+
+    try:
+        table = parquet.read(columns=FORK_SCHEMA.names)
+    except _READ_ERRORS as err:
+        raise TracerError(f"{path} is corrupt: {_first_line(err)}") from None
+    try:
+        table = table.cast(FORK_SCHEMA.remove_metadata())
+    except _READ_ERRORS as err:
+        raise TracerError(f"{path}: fork columns have unexpected types: {_first_line(err)}") from None
+    nulls = [name for name in table.column_names if table.column(name).null_count]
+    if nulls:
+        raise TracerError(f"{path}: fork columns hold null values: {', '.join(nulls)}")
+    forks = table.to_pandas()
+    return Recording(path=path, forks=derive_phases(forks), meta=meta)
+
+
+def _read_metadata(path: Path, kv: dict[bytes, bytes]) -> dict[str, Any]:
+    """The forktrace JSON document, checked for a version this reader understands."""
+    raw = kv.get(METADATA_KEY)
+    if raw is None:
+        raise TracerError(f"{path} is a Parquet file but not a forktrace recording (no {METADATA_KEY.decode()!r} metadata)")
+    try:
+        meta = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise TracerError(f"{path}: forktrace metadata is not valid JSON: {err}") from None
+    if not isinstance(meta, dict):
+        raise TracerError(f"{path}: forktrace metadata is not a JSON object")
+    version = meta.get("format_version")
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise TracerError(f"{path}: forktrace metadata has no valid format_version (got {version!r})")
+    if version > FORMAT_VERSION:
+        raise TracerError(
+            f"{path} has recording format {version}, newer than this forktrace reads ({FORMAT_VERSION}); upgrade forktrace"
+        )
+    return meta
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip() or type(err).__name__
+    return text.splitlines()[0]

@@ -1,1 +1,0 @@
-"""Recordings: one Parquet file per `tracer record` run, self-describing."""
