@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tracer.host import capabilities, headers  # noqa: E402
 from tracer.probes.bracket import BracketConfig, BracketProbe, offsets_from_btf  # noqa: E402
-from tracer.record import keep_off_cpu  # noqa: E402
+from tracer.record.context import keep_off_cpu  # noqa: E402
 from tracer.workload.spawn import SpawnWorkload  # noqa: E402
 
 MODES = ("untraced", "empty", "traced")

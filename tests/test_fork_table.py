@@ -11,7 +11,7 @@ import ctypes
 import numpy as np
 
 from tracer.probes.bracket import DUP_EVENT_DTYPE, EVENT_DUP, DupEvent
-from tracer.record import fork_table
+from tracer.record.table import fork_table
 from analysis.recording.schema import FORK_SCHEMA
 
 

@@ -21,7 +21,6 @@ from analysis.model import (
     dup_mmap_replace,
     history_mmap_order,
     layout_slots,
-    mas_store,
     model_leaf_counts,
     mt_dup,
     seed_node_estimate,

@@ -22,8 +22,6 @@ import importlib.util
 import json
 import subprocess
 
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 
 from analysis.recording import load_recording, write_recording

@@ -8,12 +8,10 @@ one store per VMA of the parent's /proc/PID/maps, phases that nest.
 from __future__ import annotations
 
 import ctypes
-import json
 import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest

@@ -50,7 +50,6 @@ layout; TEMPORARY marks a VMA that does not survive into the final layout
 
 from __future__ import annotations
 
-import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 

@@ -1,0 +1,87 @@
+"""The context of a run, recorded with it: kernel, host, CPUs, what the tracer used.
+
+Like pyperf's metadata collection: a later comparison is only as trustworthy
+as what it knows about both runs (kernel, CPU model, pinning, governor).
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import socket
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+from typing import TYPE_CHECKING
+
+from tracer import __version__
+
+if TYPE_CHECKING:
+    from tracer.record.options import RecordOptions
+    from tracer.record.session import Session
+
+__all__ = ["run_metadata", "keep_off_cpu", "wall_mono"]
+
+
+def run_metadata(
+    opts: RecordOptions, session: "Session", caps: dict, methods: dict, backend: str, headers: str, lockdown: str
+) -> dict:
+    """The recording's self-description: enough to trust, or distrust, every number in it."""
+    return {
+        "tool_version": __version__,
+        "kernel": {"release": platform.release(), "version": platform.version(), "machine": platform.machine()},
+        "host": {
+            "hostname": socket.gethostname(),
+            "cpus": os.cpu_count(),
+            "cpu_model": _cpu_model(),
+            "lockdown": lockdown,
+        },
+        "backend": backend,
+        "methods": methods["phases"],
+        "backend_reason": methods.get("backend_reason") if backend == methods["backend"] else "forced by --backend",
+        "probes": caps,
+        "headers": headers,
+        "targets": {"mode": opts.mode, "pids": opts.pids, "command": opts.command},
+        "workload": session.workload,
+        "start": session.start,
+        "end": session.end,
+        "lost": {"ringbuf": session.counters.get("lost_ringbuf", 0), "unpaired": session.counters.get("reentry", 0)},
+        "events": {**session.counters, "ma_write": session.ma_writes},
+        "sample": (
+            {"hz": opts.sample_hz, "stacks": session.stacks, "lost": session.counters.get("sample_lost", 0)}
+            if opts.sample_hz
+            else None
+        ),
+        "maps": session.maps,
+    }
+
+
+
+def keep_off_cpu(cpu: int | None) -> list[int]:
+    """Run the tracer's own thread off the workload's CPU, where there is another.
+
+    Reading the ring buffer costs a few microseconds per record in Python; on
+    the workload's CPU that would be charged to the forks being measured.
+    """
+    cpus = os.sched_getaffinity(0)
+    if cpu is not None and len(cpus - {cpu}) > 0:
+        cpus = cpus - {cpu}
+        os.sched_setaffinity(0, cpus)
+    return sorted(cpus)
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def wall_mono() -> dict:
+    return {"wall": datetime.now(timezone.utc).isoformat(), "mono_ns": time.monotonic_ns()}
+
+

@@ -1,0 +1,221 @@
+"""One recording run: the targets, the polling loop, and what it collected.
+
+A signal sets a flag rather than raising: an exception raised while Python
+runs a ring buffer callback under ctypes would be printed and dropped.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+from typing import Callable
+
+import pyarrow as pa
+
+from analysis.errors import TracerError
+from tracer.probes.bracket import BracketProbe, DupEvent
+from tracer.record.context import keep_off_cpu, wall_mono
+from tracer.record.options import RecordOptions
+from tracer.record.table import fork_table
+
+__all__ = ["Session"]
+
+# System-wide and command mode: /proc/PID/maps snapshots of forking processes,
+# taken when a process is first seen forking. Bounded so a fork storm cannot
+# turn the tracer into the load.
+MAPS_MAX_PROCESSES = 64
+MAPS_MIN_INTERVAL_S = 0.1
+
+
+class Session:
+    """One run: targets, the polling loop, and what it collected."""
+
+    def __init__(self, opts: RecordOptions, log: Callable[[str], None]):
+        self.opts = opts
+        self.log = log
+        self._dups = bytearray()  # struct dup_event records, packed as they came
+        self.forks = 0
+        self._children: list[tuple[int, int, int]] = []  # (tid, seq, child pid)
+        self.maps: list[dict] = []
+        self._maps_seen: set[int] = set()
+        self._maps_last = 0.0
+        self.workload: dict | None = None
+        self.counters: dict[str, int] = {}
+        self.stacks: list[dict] = []
+        self.ma_writes = 0  # ma_write events inside brackets, summed from the records
+        self.start: dict = {}
+        self.end: dict = {}
+        self._stop = False
+
+    # -- ring buffer callbacks -------------------------------------------
+    def on_dup(self, event: DupEvent, raw: bytes) -> None:
+        self._dups += raw
+        self.forks += 1
+        self.ma_writes += event.stores + event.null_stores + event.zero_stores + event.other_writes
+        if self.opts.mode in ("system", "command") and event.pid not in self._maps_seen:
+            self._snapshot_rate_limited(event.pid)
+
+    def on_child(self, tid: int, seq: int, child_pid: int) -> None:
+        self._children.append((tid, seq, child_pid))
+
+    # -- maps ----------------------------------------------------------------
+    def snapshot(self, pid: int) -> None:
+        from tracer.host.procmaps import comm_of, read_maps
+
+        self._maps_seen.add(pid)
+        try:
+            text = read_maps(pid)
+            comm = comm_of(pid)
+        except TracerError:
+            return  # the process is gone: best effort
+        if not text:
+            return  # a zombie: its mm is gone, an empty layout would mislead the model
+        self.maps.append({"pid": pid, "comm": comm, "ts_mono_ns": time.monotonic_ns(), "maps": text})
+
+    def _snapshot_rate_limited(self, pid: int) -> None:
+        now = time.monotonic()
+        if len(self.maps) >= MAPS_MAX_PROCESSES or now - self._maps_last < MAPS_MIN_INTERVAL_S:
+            return
+        self._maps_last = now
+        self.snapshot(pid)
+
+    # -- the loop -------------------------------------------------------------
+    def run(self, probe: BracketProbe) -> None:
+        # A flag, not KeyboardInterrupt: an exception raised while Python runs
+        # a ring buffer callback under ctypes would be printed and dropped.
+        previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            if self.opts.mode == "spawn":
+                self._run_spawn(probe)
+            elif self.opts.mode == "command":
+                self._run_command(probe)
+            else:
+                done = lambda: False  # noqa: E731  system-wide: until -d or Ctrl-C
+                if self.opts.mode == "pid":
+                    from tracer.host.procmaps import pid_exists
+
+                    probe.add_targets(self.opts.pids)
+                    for pid in self.opts.pids:
+                        self.snapshot(pid)
+                    done = lambda: not any(pid_exists(p) for p in self.opts.pids)  # noqa: E731  as perf record -p
+                self._loop(probe, done=done)
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            # Let the last sched_process_fork records arrive before reading out.
+            for _ in range(3):
+                probe.poll(20)
+            self.end = wall_mono()
+            self.counters = probe.counters()
+            self.stacks = probe.sampled_stacks()
+            self._progress(final=True)
+
+    def _on_signal(self, signum, frame) -> None:
+        self._stop = True
+
+    def _loop(self, probe: BracketProbe, done: Callable[[], bool]) -> None:
+        self.start = self.start or wall_mono()
+        t0 = time.monotonic()
+        next_progress = t0 + 1.0
+        # The spawn workload stops itself after -d; everything else stops here.
+        deadline = t0 + self.opts.duration if self.opts.duration and self.opts.mode != "spawn" else None
+        if not self.opts.quiet:
+            until = {"spawn": "the workload ends", "command": "the command exits", "pid": "the process exits"}
+            how = f"for {self.opts.duration:g} s" if deadline else f"until {until.get(self.opts.mode, 'Ctrl-C')}"
+            self.log(f"tracing {self.opts.mode} {how} (Ctrl-C to stop) ...")
+        while not self._stop and not done():
+            probe.poll(100)
+            now = time.monotonic()
+            if deadline and now >= deadline:
+                break
+            if now >= next_progress:
+                self.counters = probe.counters()
+                self._progress()
+                next_progress = now + 1.0
+
+    def _progress(self, final: bool = False) -> None:
+        if self.opts.quiet:
+            return
+        lost = self.counters.get("lost_ringbuf", 0)
+        line = (
+            f"forks {self.forks}  ma_write {self.ma_writes}  "
+            f"lost {lost}{'  (!)' if lost else ''}"
+        )
+        if sys.stderr.isatty():
+            sys.stderr.write("\r" + line + ("\n" if final else ""))
+            sys.stderr.flush()
+        elif final:
+            self.log(line)
+
+    def _run_spawn(self, probe: BracketProbe) -> None:
+        from tracer.workload.spawn import SpawnWorkload
+
+        opts = self.opts
+        tracer_cpus = keep_off_cpu(opts.cpu)
+        with SpawnWorkload(
+            vmas=opts.spawn_vmas, forks=opts.forks, seconds=opts.duration, cpu=opts.cpu, touch=opts.touch
+        ) as work:
+            pid, _ = work.start()
+            probe.add_targets([pid])
+            self.snapshot(pid)
+            self.start = wall_mono()
+            work.go()
+            self._loop(probe, done=work.finished)
+            work.stop()  # no-op if it already ended; after Ctrl-C or SIGTERM it ends the loop
+            work.wait(timeout=60)
+        self.workload = {"pid": pid, **work.metadata(), "tracer_cpus": tracer_cpus}
+
+    def _run_command(self, probe: BracketProbe) -> None:
+        # fork + wait-on-pipe + exec, so the pid is in the filter before the
+        # command can fork (subprocess would exec before we know the pid).
+        read_fd, write_fd = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            os.close(write_fd)
+            os.read(read_fd, 1)
+            try:
+                os.execvp(self.opts.command[0], self.opts.command)
+            except OSError as err:
+                os.write(2, f"tracer: error: cannot run {self.opts.command[0]}: {err.strerror}\n".encode())
+            os._exit(127)
+        os.close(read_fd)
+        probe.add_targets([pid])
+        self.start = wall_mono()
+        os.write(write_fd, b"g")
+        os.close(write_fd)
+        status: list[int] = []
+
+        def exited() -> bool:
+            if not status:
+                done, code = os.waitpid(pid, os.WNOHANG)
+                if done:
+                    status.append(code)
+            return bool(status)
+
+        try:
+            self._loop(probe, done=exited)
+        finally:
+            if not status:
+                try:
+                    os.kill(pid, signal.SIGTERM)
+                    os.waitpid(pid, 0)
+                except ChildProcessError:
+                    pass
+        self.workload = {
+            "kind": "command",
+            "command": self.opts.command,
+            "pid": pid,
+            "exit_status": os.waitstatus_to_exitcode(status[0]) if status else None,
+        }
+
+    # -- results ------------------------------------------------------------
+
+    def fork_table(self) -> pa.Table:
+        """The records as columns of FORK_SCHEMA, paired with their children.
+
+        A record whose thread saw no sched_process_fork after it (same tid and
+        per-thread sequence number) is a fork that did not complete.
+        """
+        return fork_table(self._dups, self._children)
