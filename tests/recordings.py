@@ -40,6 +40,7 @@ def fork_row(
     cpu: int = 1,
     child_pid: int = 5000,
     failed: bool = False,
+    partial: bool = False,
     null_stores: int = 0,
     step_jitter_ns: int = 0,
     rng: random.Random | None = None,
@@ -85,6 +86,7 @@ def fork_row(
         "leaves": (max(1, -(-vmas // 10)) if vmas else 0) if leaves is None else leaves,
         "parent_map_count": vmas + null_stores,
         "failed": failed,
+        "partial": partial,
     }
 
 

@@ -11,7 +11,7 @@ import pytest
 
 from conftest import ROOT
 from analysis.errors import TracerError
-from analysis.recording.schema import FORK_COLUMNS, FORMAT_VERSION, METADATA_FIELDS, METADATA_KEY, PHASE_COLUMNS
+from analysis.recording.schema import ADDED_COLUMNS, FORK_COLUMNS, FORMAT_VERSION, METADATA_FIELDS, METADATA_KEY, PHASE_COLUMNS
 from analysis.recording.writer import check_writable, write_recording
 from recordings import fork_rows
 
@@ -21,7 +21,8 @@ def test_pandas_reads_rows_and_metadata(tmp_path):
     rows = fork_rows(5, vmas=100, mt_dup_ns=5000, vma_step_ns=900)
     write_recording(path, rows, {"backend": "raw_tracepoint"})
     df = pd.read_parquet(path)
-    assert list(df.columns) == [name for name, _, _ in FORK_COLUMNS + PHASE_COLUMNS]
+    added = [(name, dtype, doc) for name, dtype, doc, _ in ADDED_COLUMNS]
+    assert list(df.columns) == [name for name, _, _ in FORK_COLUMNS + added + PHASE_COLUMNS]
     assert len(df) == 5 and (df.stores == rows[0]["stores"]).all()
     # The phase copies are what the bracket timestamps say.
     assert (df.dup_mmap_ns == (df.ts_parent_unlock.astype("int64") - df.ts_parent_lock.astype("int64"))).all()
@@ -65,7 +66,28 @@ def test_unwritable_destinations_are_one_line_errors(tmp_path):
 
 def test_readme_documents_every_column_and_metadata_key():
     readme = (ROOT / "README.md").read_text()
-    for name, dtype, doc in FORK_COLUMNS + PHASE_COLUMNS:
+    added = [(name, dtype, doc) for name, dtype, doc, _ in ADDED_COLUMNS]
+    for name, dtype, doc in FORK_COLUMNS + added + PHASE_COLUMNS:
         assert f"| `{name}` | {dtype} | {doc} |" in readme, name
     for key in METADATA_FIELDS:
         assert f"`{key}`" in readme, key
+
+
+def test_a_format_1_recording_reads_with_defaults_for_added_columns(tmp_path):
+    """Columns added since format 1 are filled with their default, not refused."""
+    import json
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from analysis.recording import load_recording
+    from analysis.recording.schema import REQUIRED_COLUMNS
+
+    rows = fork_rows(4, vmas=50)
+    table = pa.Table.from_pylist([{k: r[k] for k in REQUIRED_COLUMNS} for r in rows])
+    doc = {"format_version": 1}
+    pq.write_table(table.replace_schema_metadata({METADATA_KEY: json.dumps(doc).encode()}), tmp_path / "v1.parquet")
+    rec = load_recording(tmp_path / "v1.parquet")
+    for name, _, _, default in ADDED_COLUMNS:
+        assert (rec.forks[name] == default).all(), name
+    assert rec.forks["usable"].all()

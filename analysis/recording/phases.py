@@ -33,7 +33,8 @@ costs; where that makes the difference negative it is clamped to 0 and
 Rows with stores == 0, or a store timestamp of 0 ("not seen"), get NaN for every
 store-based phase. A bracket whose timestamps run backwards is flagged with
 `bracket_ok = False` rather than dropped. Failed forks (`failed`) stay in the
-frame; `usable` marks rows that latency statistics may use (not failed, bracket
+frame, and so do `partial` ones (in flight when tracing started or stopped);
+`usable` marks rows that latency statistics may use (not failed, not partial, bracket
 in order), so excluded rows are counted rather than silently lost.
 """
 
@@ -93,6 +94,7 @@ def derive_phases(forks: pd.DataFrame) -> pd.DataFrame:
     ts = {name: df[name].astype("int64").to_numpy() for name in TIMESTAMPS}
     stores = df["stores"].astype("int64").to_numpy()
     failed = df["failed"].astype(bool).to_numpy()
+    partial = df["partial"].astype(bool).to_numpy() if "partial" in df else np.zeros(len(df), dtype=bool)
 
     def span(end: str, start: str, valid: np.ndarray) -> np.ndarray:
         out = (ts[end] - ts[start]).astype("float64")
@@ -128,5 +130,5 @@ def derive_phases(forks: pd.DataFrame) -> pd.DataFrame:
     df["mt_dup_clamped"] = clamped
     df["tail_ns"] = tail
     df["bracket_ok"] = ordered & bracket
-    df["usable"] = ordered & bracket & ~failed
+    df["usable"] = ordered & bracket & ~failed & ~partial
     return df

@@ -19,7 +19,7 @@ import pandas as pd
 from analysis.errors import TracerError
 from analysis.recording.layout import Vma, parse_maps
 from analysis.recording.phases import derive_phases
-from analysis.recording.schema import FORK_SCHEMA, FORMAT_VERSION, METADATA_KEY
+from analysis.recording.schema import FORK_SCHEMA, FORMAT_VERSION, METADATA_KEY, REQUIRED_COLUMNS, with_defaults
 
 __all__ = ["Recording", "load_recording"]
 
@@ -68,12 +68,12 @@ def load_recording(path: Path | str) -> Recording:
         raise TracerError(f"{path} is not a readable Parquet file (truncated or corrupt?): {_first_line(err)}") from None
 
     meta = _read_metadata(path, schema.metadata or {})
-    missing = [name for name in FORK_SCHEMA.names if name not in schema.names]
+    missing = [name for name in REQUIRED_COLUMNS if name not in schema.names]
     if missing:
         raise TracerError(f"{path} lacks fork columns: {', '.join(missing)}")
 
     try:
-        table = parquet.read(columns=FORK_SCHEMA.names)
+        table = with_defaults(parquet.read(columns=[n for n in FORK_SCHEMA.names if n in schema.names]))
     except _READ_ERRORS as err:
         raise TracerError(f"{path} is corrupt: {_first_line(err)}") from None
     try:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: ADDED_COLUMNS
 METADATA_KEY = b"forktrace"
 
 # One row per traced dup_mmap() call, in the order the bracket closed.
@@ -40,7 +40,19 @@ FORK_COLUMNS: list[tuple[str, pa.DataType, str]] = [
     ("failed", pa.bool_(), "dup_mmap failed (XA_ZERO_ENTRY stored) or fork did not complete"),
 ]
 
-FORK_SCHEMA = pa.schema([pa.field(name, dtype, metadata={"doc": doc}) for name, dtype, doc in FORK_COLUMNS])
+# Columns added after format 1, with the value a reader gives them in an older
+# recording (and the writer where the rows lack them). Readers accept a file
+# without these; a file without a FORK_COLUMNS column is refused.
+ADDED_COLUMNS: list[tuple[str, pa.DataType, str, object]] = [
+    ("partial", pa.bool_(), "bracket in flight when tracing started or stopped: not a failure, not timed", False),
+]
+
+FORK_SCHEMA = pa.schema(
+    [pa.field(name, dtype, metadata={"doc": doc}) for name, dtype, doc in FORK_COLUMNS]
+    + [pa.field(name, dtype, metadata={"doc": doc}) for name, dtype, doc, _ in ADDED_COLUMNS]
+)
+REQUIRED_COLUMNS: tuple[str, ...] = tuple(name for name, _, _ in FORK_COLUMNS)
+COLUMN_DEFAULTS: dict[str, object] = {name: default for name, _, _, default in ADDED_COLUMNS}
 
 # Phase durations, derived from the timestamps above (analysis.recording.phases.derive_phases)
 # and written beside them so that pandas.read_parquet() alone gives them.
@@ -76,3 +88,12 @@ METADATA_FIELDS = {
     "sample": "{hz, stacks: [{stack: 'a;b;c', phase, count}], lost} or null",
     "maps": "[{pid, comm, ts_mono_ns, maps: /proc/PID/maps text}]: parent VMA layouts",
 }
+
+
+def with_defaults(table: pa.Table) -> pa.Table:
+    """`table` with every ADDED_COLUMNS column it lacks, at its default, in FORK_SCHEMA order."""
+    for name, default in COLUMN_DEFAULTS.items():
+        if name not in table.column_names:
+            field = FORK_SCHEMA.field(name)
+            table = table.append_column(field, pa.array([default] * table.num_rows, type=field.type))
+    return table.select(FORK_SCHEMA.names)

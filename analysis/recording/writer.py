@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 
 from analysis.errors import TracerError
 from analysis.recording.phases import derive_phases
-from analysis.recording.schema import FORK_SCHEMA, FORMAT_VERSION, METADATA_KEY, PHASE_SCHEMA
+from analysis.recording.schema import COLUMN_DEFAULTS, FORK_SCHEMA, FORMAT_VERSION, METADATA_KEY, PHASE_SCHEMA, with_defaults
 
 __all__ = ["check_writable", "write_recording"]
 
@@ -51,9 +51,9 @@ def write_recording(
     """
     path = check_writable(Path(path))
     if isinstance(rows, pa.Table):
-        table = rows.select(FORK_SCHEMA.names).cast(FORK_SCHEMA)
+        table = with_defaults(rows.select([n for n in FORK_SCHEMA.names if n in rows.column_names])).cast(FORK_SCHEMA)
     else:
-        table = pa.Table.from_pylist(list(rows), schema=FORK_SCHEMA)
+        table = pa.Table.from_pylist([{**COLUMN_DEFAULTS, **row} for row in rows], schema=FORK_SCHEMA)
     table = _with_phases(table)
     doc = {"format_version": FORMAT_VERSION, **metadata}
     table = table.replace_schema_metadata({METADATA_KEY: json.dumps(doc, default=str).encode()})

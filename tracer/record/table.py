@@ -26,4 +26,5 @@ def fork_table(dups: bytes | bytearray, children: list[tuple[int, int, int]]) ->
     columns["comm"] = np.char.decode(ev["comm"], "utf-8", errors="replace")
     columns["child_pid"] = child.fillna(-1).astype("int64").to_numpy()
     columns["failed"] = (ev["zero_stores"] > 0) | ~completed
+    columns["partial"] = np.zeros(len(ev), dtype=bool)
     return pa.table({name: columns[name] for name in FORK_SCHEMA.names}).cast(FORK_SCHEMA)
