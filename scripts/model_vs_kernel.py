@@ -39,7 +39,8 @@ sys.path.insert(0, str(ROOT))
 
 from analysis.recording import load_recording  # noqa: E402
 from analysis.recording.layout import parse_maps  # noqa: E402
-from analysis.model.build import build_bulk, build_from_history, history_mmap_order, layout_slots  # noqa: E402
+from analysis.model.build import build_bulk, build_from_history, layout_slots  # noqa: E402
+from analysis.model.history import history_mmap_order  # noqa: E402
 from analysis.model.history import spawn_history  # noqa: E402
 
 COUNTS = (0, 100, 200, 500, 1000, 3000, 6400)

@@ -13,13 +13,12 @@ from analysis.model.build import (
     build_from_history,
     build_from_partition,
     check_layout,
-    history_mmap_order,
-    history_with_churn,
     layout_slots,
     mas_expected_entries,
     synthetic_layout,
 )
 from analysis.model.compare import ModelReport, compare_paths, model_leaf_counts, seed_node_estimate
+from analysis.model.history import history_mmap_order, history_with_churn, spawn_history
 from analysis.model.dup import DupCounters, FindCounters, ReplaceCounters, dup_mmap_replace, mas_for_each, mt_dup
 from analysis.model.tree import MapleTree, Node, TreeInvalid, TreeShape
 from analysis.model.write import BulkState, WriteCounters, mas_destroy, mas_store
@@ -53,5 +52,6 @@ __all__ = [
     "model_leaf_counts",
     "mt_dup",
     "seed_node_estimate",
+    "spawn_history",
     "synthetic_layout",
 ]

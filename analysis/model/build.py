@@ -5,6 +5,7 @@
    mas_destroy()).
 2. build_from_history(): normal-mode range stores (mmap, munmap, mprotect-like),
    which is how a live process's tree -- the one __mt_dup() copies -- gets its shape.
+   The histories themselves are written in analysis.model.history.
 3. build_from_partition(): the leaves a recording observed (which VMAs were
    written into the same child leaf node), with internal levels packed evenly
    because a recording cannot see them.
@@ -14,7 +15,6 @@ Entries are ints: the index of the VMA in the layout. NULL is None.
 
 from __future__ import annotations
 
-import random
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 
@@ -36,8 +36,6 @@ __all__ = [
     "build_bulk",
     "build_from_history",
     "build_from_partition",
-    "history_mmap_order",
-    "history_with_churn",
 ]
 
 # A range store of a history: (index, last, entry); entry None is a munmap.
@@ -136,69 +134,6 @@ def build_from_history(history: Sequence[Store], counters: WriteCounters | None 
         mas_store(tree, index, last, entry, c)
     tree.update_gaps()
     return tree
-
-
-def history_mmap_order(
-    layout: Sequence[Vma], order: str = "descending", seed: int = 0, skip: range = range(0)
-) -> list[Store]:
-    """One mmap-like store per VMA (those outside `skip`), in the given address order.
-
-    'descending' is what a process that maps anonymous regions top-down (x86-64
-    mmap without a hint) does; 'ascending' is check_forking()'s order;
-    'random' shuffles with `seed`. The entry stored is the VMA's index.
-    """
-    stores = [(v.start, v.end - 1, i) for i, v in enumerate(layout) if i not in skip]
-    if order == "descending":
-        stores.reverse()
-    elif order == "random":
-        random.Random(seed).shuffle(stores)
-    elif order != "ascending":
-        raise ValueError(f"order must be ascending, descending or random, not {order!r}")
-    return stores
-
-
-def history_with_churn(
-    layout: Sequence[Vma], seed: int = 0, temporaries: int = 0, split_adjacent: bool = True
-) -> list[Store]:
-    """A history that ends with exactly `layout`, with the churn a real process has.
-
-    Adjacent VMAs are first mapped as one range and then split by storing each
-    part over it (what mprotect() on part of a mapping does); `temporaries`
-    short-lived one-page mappings are placed in unmapped intervals and
-    unmapped again later (munmap: a NULL store). Order is shuffled by `seed`.
-    """
-    check_layout(layout)
-    rng = random.Random(seed)
-    runs: list[list[int]] = []
-    for i, v in enumerate(layout):
-        if split_adjacent and runs and layout[runs[-1][-1]].end == v.start:
-            runs[-1].append(i)
-        else:
-            runs.append([i])
-    rng.shuffle(runs)
-    stores: list[Store] = []
-    for run in runs:
-        first, last = layout[run[0]], layout[run[-1]]
-        if len(run) > 1:
-            stores.append((first.start, last.end - 1, run[0]))
-            for i in rng.sample(run, len(run)):
-                stores.append((layout[i].start, layout[i].end - 1, i))
-        else:
-            stores.append((first.start, first.end - 1, run[0]))
-    holes = [(a.end, b.start - 1) for a, b in zip(layout, layout[1:]) if b.start > a.end]
-    temps: list[tuple[int, int]] = []
-    for _ in range(temporaries if holes else 0):
-        lo, hi = rng.choice(holes)
-        temps.append((lo, min(hi, lo + 4095)))
-    mapped: set[tuple[int, int]] = set()
-    for lo, hi in temps:
-        if (lo, hi) in mapped:
-            continue
-        mapped.add((lo, hi))
-        at = rng.randrange(len(stores) + 1)
-        stores.insert(at, (lo, hi, -1))  # -1: a temporary VMA, never in the final layout
-        stores.insert(rng.randrange(at + 1, len(stores) + 1), (lo, hi, None))
-    return stores
 
 
 def build_from_partition(layout: Sequence[Vma], leaf_of_vma: Sequence[Hashable | None]) -> MapleTree:

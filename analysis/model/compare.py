@@ -23,10 +23,9 @@ from analysis.model.build import (
     build_from_history,
     build_from_partition,
     check_layout,
-    history_mmap_order,
     layout_slots,
 )
-from analysis.model.history import spawn_history
+from analysis.model.history import history_mmap_order, spawn_history
 from analysis.model.dup import FindCounters, dup_mmap_replace, mas_for_each, mt_dup
 from analysis.model.tree import MapleTree, TreeShape
 

@@ -50,11 +50,12 @@ layout; TEMPORARY marks a VMA that does not survive into the final layout
 
 from __future__ import annotations
 
+import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from analysis.recording.layout import Vma
-from analysis.model.build import Store, check_layout, history_mmap_order
+from analysis.model.build import Store, check_layout
 
 __all__ = [
     "PAGE_SIZE",
@@ -64,6 +65,8 @@ __all__ = [
     "mmap_store",
     "munmap_stores",
     "base_history",
+    "history_mmap_order",
+    "history_with_churn",
     "spawn_history",
 ]
 
@@ -167,6 +170,69 @@ def munmap_stores(
             raise ValueError("a split at end needs the entry of the upper part")
         stores.append((end, vm_end - 1, high))  # __split_vma(new_below=0): vma_complete() stores new
     stores.append((start, end - 1, None))  # vma_iter_clear_gfp()
+    return stores
+
+
+def history_mmap_order(
+    layout: Sequence[Vma], order: str = "descending", seed: int = 0, skip: range = range(0)
+) -> list[Store]:
+    """One mmap-like store per VMA (those outside `skip`), in the given address order.
+
+    'descending' is what a process that maps anonymous regions top-down (x86-64
+    mmap without a hint) does; 'ascending' is check_forking()'s order;
+    'random' shuffles with `seed`. The entry stored is the VMA's index.
+    """
+    stores = [(v.start, v.end - 1, i) for i, v in enumerate(layout) if i not in skip]
+    if order == "descending":
+        stores.reverse()
+    elif order == "random":
+        random.Random(seed).shuffle(stores)
+    elif order != "ascending":
+        raise ValueError(f"order must be ascending, descending or random, not {order!r}")
+    return stores
+
+
+def history_with_churn(
+    layout: Sequence[Vma], seed: int = 0, temporaries: int = 0, split_adjacent: bool = True
+) -> list[Store]:
+    """A history that ends with exactly `layout`, with the churn a real process has.
+
+    Adjacent VMAs are first mapped as one range and then split by storing each
+    part over it (what mprotect() on part of a mapping does); `temporaries`
+    short-lived one-page mappings are placed in unmapped intervals and
+    unmapped again later (munmap: a NULL store). Order is shuffled by `seed`.
+    """
+    check_layout(layout)
+    rng = random.Random(seed)
+    runs: list[list[int]] = []
+    for i, v in enumerate(layout):
+        if split_adjacent and runs and layout[runs[-1][-1]].end == v.start:
+            runs[-1].append(i)
+        else:
+            runs.append([i])
+    rng.shuffle(runs)
+    stores: list[Store] = []
+    for run in runs:
+        first, last = layout[run[0]], layout[run[-1]]
+        if len(run) > 1:
+            stores.append((first.start, last.end - 1, run[0]))
+            for i in rng.sample(run, len(run)):
+                stores.append((layout[i].start, layout[i].end - 1, i))
+        else:
+            stores.append((first.start, first.end - 1, run[0]))
+    holes = [(a.end, b.start - 1) for a, b in zip(layout, layout[1:]) if b.start > a.end]
+    temps: list[tuple[int, int]] = []
+    for _ in range(temporaries if holes else 0):
+        lo, hi = rng.choice(holes)
+        temps.append((lo, min(hi, lo + 4095)))
+    mapped: set[tuple[int, int]] = set()
+    for lo, hi in temps:
+        if (lo, hi) in mapped:
+            continue
+        mapped.add((lo, hi))
+        at = rng.randrange(len(stores) + 1)
+        stores.insert(at, (lo, hi, -1))  # -1: a temporary VMA, never in the final layout
+        stores.insert(rng.randrange(at + 1, len(stores) + 1), (lo, hi, None))
     return stores
 
 
