@@ -7,6 +7,8 @@ import os
 
 import pytest
 
+import kernel_truth
+
 from analysis.errors import TracerError
 from tracer.host import kernel
 from tracer.host.kallsyms import symbol_names, symbols_present
@@ -51,8 +53,10 @@ def test_symbol_names_lists_every_clone(kallsyms):
 
 
 def test_this_host_kallsyms():
-    found = symbols_present(["dup_mmap", "__mt_dup", "mas_store", "undo_dup_mmap"])
-    assert found == {"dup_mmap": True, "__mt_dup": True, "mas_store": True, "undo_dup_mmap": False}
+    names = ["dup_mmap", "__mt_dup", "mas_store", "undo_dup_mmap", "copy_process"]
+    found = symbols_present(names)
+    assert found == {name: kernel_truth.in_kallsyms(name) for name in names}
+    assert found["copy_process"]  # fork's own entry point is never inlined away
 
 
 # -- mounts, tracefs, lockdown ---------------------------------------------------------
@@ -157,13 +161,24 @@ def test_this_host_kernel_facts():
     u = kernel.uname()
     assert u["release"] == os.uname().release and u["machine"] == os.uname().machine
     config = kernel.kernel_config()
-    assert config is not None, "this host has /proc/config.gz"
-    assert config.enabled("CONFIG_DEBUG_INFO_BTF") and config.enabled("CONFIG_FUNCTION_TRACER")
-    assert config.get("CONFIG_KPROBES") is None
-    assert kernel.btf_present()
-    if kernel.is_root():  # mounts securityfs if this machine has it unmounted
-        assert kernel.lockdown_mode(mount=True) == "integrity"
+    files = kernel_truth.config_files()
+    assert (config is None) == (not files)
+    if config is not None:
+        assert config.source == files[0]
+        # Each option against its evidence in the running kernel.
+        assert config.enabled("CONFIG_DEBUG_INFO_BTF") == os.path.exists("/sys/kernel/btf/vmlinux")
+        assert config.enabled("CONFIG_KPROBES") == kernel_truth.in_kallsyms("register_kprobe")
+        assert config.enabled("CONFIG_FUNCTION_TRACER") == kernel_truth.in_kallsyms("register_ftrace_function")
+    assert kernel.btf_present() == os.path.exists("/sys/kernel/btf/vmlinux")
     assert isinstance(kernel.perf_event_paranoid(), int)
+
+
+def test_this_host_lockdown():
+    truth = kernel_truth.lockdown()
+    if truth is None:
+        pytest.skip("reading lockdown with securityfs mounted needs root")
+    # Mounts securityfs if this machine has it unmounted, as doctor does.
+    assert kernel.lockdown_mode(mount=True) == truth
 
 
 def test_perf_event_paranoid_unreadable(tmp_path):

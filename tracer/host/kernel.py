@@ -130,6 +130,7 @@ def lockdown_mode(mount: bool = False, mounts: str = "/proc/mounts", lockdown_fi
         if not (mount and is_root()):
             return "unknown"
         _mount("securityfs", SECURITYFS_MOUNTPOINT)
+        print(f"tracer: mounted securityfs at {SECURITYFS_MOUNTPOINT}", file=sys.stderr)
         if not os.path.exists(lockdown_file):
             return "none"
     try:
