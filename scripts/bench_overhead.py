@@ -24,7 +24,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tracer.host import capabilities, headers  # noqa: E402
+from tracer.host import headers  # noqa: E402
+from tracer.host.methods import choose_methods  # noqa: E402
+from tracer.host.probe import probe_host  # noqa: E402
 from tracer.probes.bracket import BracketConfig, BracketProbe, offsets_from_btf  # noqa: E402
 from tracer.record.context import keep_off_cpu  # noqa: E402
 from tracer.workload.spawn import SpawnWorkload  # noqa: E402
@@ -63,8 +65,10 @@ def main() -> int:
     args = parser.parse_args()
 
     keep_off_cpu(args.cpu)  # as `tracer record --cpu` does
-    methods = capabilities.choose_methods(capabilities.probe_capabilities(try_load=False))
-    backend = args.backend or methods["backend"]
+    plan = choose_methods(probe_host(try_load=False), forced=args.backend)
+    if plan.backend is None:
+        raise SystemExit(f"bench_overhead: {plan.reason}")
+    backend = plan.backend
     headers.apply(headers.resolve_headers())
     offsets = offsets_from_btf()
     configs = {

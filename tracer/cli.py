@@ -22,23 +22,21 @@ app = typer.Typer(
 )
 
 
-def fail(message: str, code: int = 1) -> None:
-    typer.echo(f"tracer: error: {message}", err=True)
-    raise typer.Exit(code)
-
-
 @app.command()
 def doctor(json_out: bool = typer.Option(False, "--json", help="Machine-readable output.")) -> None:
     """What this kernel lets us probe, and which method `record` will use per phase."""
-    from tracer.host.capabilities import probe_capabilities, render_doctor
+    from tracer.host.doctor import doctor_json, render_doctor
+    from tracer.host.methods import choose_methods
+    from tracer.host.probe import probe_host
 
-    caps = probe_capabilities()
+    facts = probe_host(try_load=True)
+    plan = choose_methods(facts)
     if json_out:
         import json
 
-        typer.echo(json.dumps(caps, indent=2, default=str))
+        typer.echo(json.dumps(doctor_json(facts, plan), indent=2, default=str))
     else:
-        typer.echo(render_doctor(caps))
+        typer.echo(render_doctor(facts, plan))
 
 
 @app.command()

@@ -28,15 +28,17 @@ def record(opts: RecordOptions, log: Callable[[str], None] | None = None) -> Pat
     """Run one recording to completion and return the path written."""
     log = log or (lambda msg: print(msg, file=sys.stderr))
     validate(opts)
-    from tracer.host import capabilities, headers, kernel
+    from tracer.host import headers, kernel
+    from tracer.host.methods import choose_methods
+    from tracer.host.probe import probe_host
 
-    caps = capabilities.probe_capabilities(try_load=False)
-    if not caps.get("bcc", {}).get("importable", True):
+    facts = probe_host(try_load=False)
+    if facts.bcc.importable is False:
         raise TracerError(BCC_MISSING)
-    methods = capabilities.choose_methods(caps)
-    backend = opts.backend or methods["backend"]
+    plan = choose_methods(facts, forced=opts.backend)
+    backend = plan.backend
     if backend is None:
-        raise TracerError(f"cannot trace dup_mmap on this kernel: {methods['backend_reason']} (see tracer doctor)")
+        raise TracerError(f"cannot trace dup_mmap on this kernel: {plan.reason} (see tracer doctor)")
     config = _bracket_config(opts, backend)
     if backend == "tracepoint":
         kernel.ensure_tracefs()  # classic tracepoints: bcc reads event ids and formats there
@@ -57,7 +59,7 @@ def record(opts: RecordOptions, log: Callable[[str], None] | None = None) -> Pat
     previous_sigint = signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         forks = session.fork_table()
-        meta = run_metadata(opts, session, caps, methods, backend, hdrs.description, kernel.lockdown_mode())
+        meta = run_metadata(opts, session, facts, plan, hdrs.description, kernel.lockdown_mode())
         write_recording(opts.output, forks, meta)
     finally:
         signal.signal(signal.SIGINT, previous_sigint)

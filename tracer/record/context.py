@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING
 from tracer import __version__
 
 if TYPE_CHECKING:
+    from tracer.host.facts import HostFacts
+    from tracer.host.methods import MethodPlan
     from tracer.record.options import RecordOptions
     from tracer.record.session import Session
 
@@ -25,7 +27,7 @@ __all__ = ["run_metadata", "keep_off_cpu", "wall_mono"]
 
 
 def run_metadata(
-    opts: RecordOptions, session: "Session", caps: dict, methods: dict, backend: str, headers: str, lockdown: str
+    opts: RecordOptions, session: "Session", facts: HostFacts, plan: MethodPlan, headers: str, lockdown: str
 ) -> dict:
     """The recording's self-description: enough to trust, or distrust, every number in it."""
     return {
@@ -37,10 +39,10 @@ def run_metadata(
             "cpu_model": _cpu_model(),
             "lockdown": lockdown,
         },
-        "backend": backend,
-        "methods": methods["phases"],
-        "backend_reason": methods.get("backend_reason") if backend == methods["backend"] else "forced by --backend",
-        "probes": caps,
+        "backend": plan.backend,
+        "methods": plan.phase_texts(),
+        "backend_reason": plan.reason,
+        "probes": facts.to_dict(),
         "headers": headers,
         "targets": {"mode": opts.mode, "pids": opts.pids, "command": opts.command},
         "workload": session.workload,
