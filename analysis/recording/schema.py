@@ -73,7 +73,7 @@ METADATA_FIELDS = {
     "format_version": "int: FORMAT_VERSION of the writer",
     "tool_version": "str: forktrace version",
     "kernel": "{release, version, machine}: uname of the traced host",
-    "host": "{hostname, cpus, cpu_model, lockdown}",
+    "host": "{hostname, cpus, cpu_model, lockdown, governor, isolated_cpus}",
     "backend": "str: 'raw_tracepoint' or 'tracepoint' (how the bracket was attached)",
     "backend_reason": "str: why that backend (doctor's reason, or 'forced by --backend')",
     "methods": "{phase: method}: how each phase was obtained (bracket, bracket-corrected, sampled, unavailable)",

@@ -13,7 +13,7 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Protocol
 
 from tracer import __version__
 
@@ -21,24 +21,30 @@ if TYPE_CHECKING:
     from tracer.host.facts import HostFacts
     from tracer.host.methods import MethodPlan
     from tracer.record.options import RecordOptions
-    from tracer.record.session import Session
 
-__all__ = ["run_metadata", "keep_off_cpu", "wall_mono"]
+__all__ = ["Collected", "run_metadata", "host_context", "keep_off_cpu", "wall_mono"]
+
+
+class Collected(Protocol):
+    """What a finished run collected (tracer.record.session.Session has these)."""
+
+    workload: dict | None
+    start: dict
+    end: dict
+    counters: dict[str, int]
+    ma_writes: int
+    stacks: list[dict]
+    maps: list[dict]
 
 
 def run_metadata(
-    opts: RecordOptions, session: "Session", facts: HostFacts, plan: MethodPlan, headers: str, lockdown: str
+    opts: RecordOptions, session: Collected, facts: HostFacts, plan: MethodPlan, headers: str, lockdown: str
 ) -> dict:
     """The recording's self-description: enough to trust, or distrust, every number in it."""
     return {
         "tool_version": __version__,
         "kernel": {"release": platform.release(), "version": platform.version(), "machine": platform.machine()},
-        "host": {
-            "hostname": socket.gethostname(),
-            "cpus": os.cpu_count(),
-            "cpu_model": _cpu_model(),
-            "lockdown": lockdown,
-        },
+        "host": host_context(lockdown),
         "backend": plan.backend,
         "methods": plan.phase_texts(),
         "backend_reason": plan.reason,
@@ -58,6 +64,26 @@ def run_metadata(
         "maps": session.maps,
     }
 
+
+
+def host_context(lockdown: str) -> dict[str, Any]:
+    """The host facts a comparison of two runs needs: CPU model, frequency governor, isolated CPUs."""
+    return {
+        "hostname": socket.gethostname(),
+        "cpus": os.cpu_count(),
+        "cpu_model": _cpu_model(),
+        "lockdown": lockdown,
+        "governor": _read_first("/sys/devices/system/cpu/cpu0/cpufreq/scaling_governor"),
+        "isolated_cpus": _read_first("/sys/devices/system/cpu/isolated"),
+    }
+
+
+def _read_first(path: str) -> str | None:
+    """First line of a sysfs file, or None where the kernel has no such file (no cpufreq in a VM)."""
+    try:
+        return Path(path).read_text().strip() or None
+    except OSError:
+        return None
 
 
 def keep_off_cpu(cpu: int | None) -> list[int]:
