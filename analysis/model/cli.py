@@ -34,13 +34,14 @@ __all__ = [
     "RecordedTarget",
     "choose_parent_build",
     "MAX_SYNTHETIC_VMAS",
+    "GATE_AREAS",
 ]
 
 # Far above vm.max_map_count's default (65530); keeps a typo from running for minutes.
 MAX_SYNTHETIC_VMAS = 1_000_000
 
 # Addresses at or above this are not user VMAs in mm->mm_mt (x86-64 [vsyscall] is a gate area).
-_GATE_AREAS = ("[vsyscall]",)
+GATE_AREAS = ("[vsyscall]",)
 
 
 def run_model(vmas: int | None, gaps: bool, maps: Path | None, recording: Path | None, as_json: bool) -> str:
@@ -131,7 +132,7 @@ def _layout_from_maps_text(text: str, what: str) -> list[Vma]:
         vmas = parse_maps(text)
     except ValueError as err:
         raise TracerError(f"{what} is not a /proc/PID/maps file: {err}") from None
-    layout = [v for v in vmas if v.path not in _GATE_AREAS]
+    layout = [v for v in vmas if v.path not in GATE_AREAS]
     if not layout:
         raise TracerError(f"{what} holds no VMAs")
     return layout
