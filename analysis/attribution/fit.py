@@ -181,12 +181,20 @@ def separable_regressors(cells: pd.DataFrame, names: Sequence[str] = REGRESSOR_O
         {
             "members": r.members,
             "unit": r.unit,
-            "reason": "; ".join(dict.fromkeys(m["reason"] for m in merges if set(m["members"]) <= set(r.members))),
+            "reason": _reasons([m["reason"] for m in merges if set(m["members"]) <= set(r.members)]),
         }
         for r in regs
         if len(r.members) > 1
     ]
     return regs, final, folded
+
+
+def _reasons(reasons: list[str]) -> str:
+    """The first reason of each kind (too few layouts, correlation, condition), in order."""
+    kinds: dict[str, str] = {}
+    for r in reasons:
+        kinds.setdefault(r.split(" ")[0] if not r[0].isdigit() else "layouts", r)
+    return "; ".join(kinds.values())
 
 
 def fit_costs(

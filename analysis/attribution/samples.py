@@ -188,7 +188,8 @@ def sample_estimate(
     nf = len(times)
     for b in range(boot):
         idx = rng.integers(0, nf, nf)
-        resampled = np.array([rng.multinomial(int(row.sum()), row / row.sum()) if row.sum() else row for row in mat])
+        # Dirichlet (Bayesian bootstrap) rather than multinomial: a window with 1 sample is uncertain too.
+        resampled = np.array([rng.dirichlet(row + 0.5) * row.sum() if row.sum() else row for row in mat])
         draws[b] = split(times[idx].mean(axis=0), resampled)
     lo, hi = np.percentile(draws, [2.5, 97.5], axis=0)
     total = mat.sum()
