@@ -245,6 +245,11 @@ def render_fit(fit: Mapping[str, Any], fmt: str = "text") -> list[str]:
     return out
 
 
+def _short(label: str) -> str:
+    """'spawn 1600 extra VMAs, gapped' -> 'spawn 1600, gapped': the tables' first column stays narrow."""
+    return label.replace(" extra VMAs", "")
+
+
 def render_sweep(rows: Sequence[Mapping[str, Any]], groups: Sequence[Mapping[str, Any]], fmt: str = "text") -> list[str]:
     """Several groups: the seed's table, VMAs/s per phase and component, shares, per-unit costs."""
     out = ["", "the seed's table measured here (dup_mmap per fork; forks/10 s from the workload's own rate)"
@@ -254,7 +259,7 @@ def render_sweep(rows: Sequence[Mapping[str, Any]], groups: Sequence[Mapping[str
     for r in rows:
         p = r["p50_ns"]
         lv = r["leaves"]
-        body.append([r["group"], str(r["forks"]), _num(r["forks_per_10s"], 6) if r["forks_per_10s"] else "-",
+        body.append([_short(r["group"]), str(r["forks"]), _num(r["forks_per_10s"], 6) if r["forks_per_10s"] else "-",
                      _rate(r["vmas_per_sec"]), *(format_ns(p[x]) for x in SWEEP_PHASES),
                      f"{_num(lv['observed'])}/{_num(lv['model'])}"])
     out += render_table(header, body, fmt)
@@ -262,7 +267,7 @@ def render_sweep(rows: Sequence[Mapping[str, Any]], groups: Sequence[Mapping[str
     out += ["", "VMAs copied per second of each phase and component (the reviewer's normalisation)"
             if fmt == "text" else "### VMAs copied per second of each phase and component"]
     header = ["group", *SWEEP_PHASES, *[c for c in COMPONENTS if c != "fixed"]]
-    body = [[r["group"], *(_rate(r["vmas_per_sec_of_phase"][p]) for p in SWEEP_PHASES),
+    body = [[_short(r["group"]), *(_rate(r["vmas_per_sec_of_phase"][p]) for p in SWEEP_PHASES),
              *(_rate(r["vmas_per_sec_of_component"][c]) for c in COMPONENTS if c != "fixed")] for r in rows]
     out += render_table(header, body, fmt)
     out += ["", "share of dup_mmap per component (estimate)" if fmt == "text" else "### Share per component"]
@@ -270,12 +275,13 @@ def render_sweep(rows: Sequence[Mapping[str, Any]], groups: Sequence[Mapping[str
     body = []
     for g in groups:
         a = g["attribution"] or {}
-        body.append([g["group"], *(f"{100 * a[c]['share']:.1f}%" if a.get(c) and a[c].get("share") is not None else "-"
+        body.append([_short(g["group"]), *(f"{100 * a[c]['share']:.1f}%" if a.get(c) and a[c].get("share") is not None else "-"
                                    for c in COMPONENTS), g["attribution_estimate"] or "-"])
     out += render_table(header, body, fmt)
     out += ["", "ns per unit of work (95% CI)" if fmt == "text" else "### ns per unit of work (95% CI)"]
     per_unit = [c for c in COMPONENTS if c != "fixed"]
-    header = ["group", *[f"{c}/{COMPONENT_UNITS[c].replace('_copied', '').replace('traversal_', '')}" for c in per_unit]]
+    out += _wrap("units: " + "; ".join(f"{c} per {UNIT_DOC[COMPONENT_UNITS[c]].split(' (')[0]}" for c in per_unit))
+    header = ["group", *per_unit]
     body = []
     for g in groups:
         a = g["attribution"] or {}
@@ -283,9 +289,9 @@ def render_sweep(rows: Sequence[Mapping[str, Any]], groups: Sequence[Mapping[str
         for c in per_unit:
             e = a.get(c) or {}
             ci = e.get("ci95_per_unit")
-            cells.append(f"{_num(e['ns_per_unit'])} ({_num(ci[0])}-{_num(ci[1])})" if e.get("ns_per_unit") is not None
+            cells.append(f"{_num(e['ns_per_unit'])} ({_num(ci[0], 2)}-{_num(ci[1], 2)})" if e.get("ns_per_unit") is not None
                          and ci else "-")
-        body.append([g["group"], *cells])
+        body.append([_short(g["group"]), *cells])
     out += render_table(header, body, fmt)
     return out
 
