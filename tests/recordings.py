@@ -166,3 +166,78 @@ def write_synthetic(
         meta = default_metadata(list(rows))
     write_recording(Path(path), rows, meta)
     return Path(path)
+
+
+# ---------------------------------------------------------------- known costs
+
+
+def spawn_maps(extra: int, base: int = 6, page: int = 4096) -> str:
+    """/proc/PID/maps text shaped like the spawn workload's: `base` file VMAs, then `extra`
+    one-page anonymous rw-p VMAs a page apart (what spawn.c leaves), then a stack."""
+    lines = []
+    addr = 0x555555554000
+    for i in range(base):
+        lines.append(f"{addr:x}-{addr + page:x} {'r--p' if i % 2 else 'r-xp'} {i * page:08x} 08:01 1234 /usr/bin/spawn")
+        addr += page
+    region = 0x7F0000000000
+    for i in range(extra):
+        lo = region + (2 * i + 1) * page
+        lines.append(f"{lo:x}-{lo + page:x} rw-p 00000000 00:00 0")
+    stack = 0x7FFFFFFDE000
+    lines.append(f"{stack:x}-{stack + 33 * page:x} rw-p 00000000 00:00 0 [stack]")
+    return "\n".join(lines) + "\n"
+
+
+def costed_rows(
+    n: int, *, stores: int, total_ns: float, noise_ns: float = 0.0, leaves: int = 1, seed: int = 0,
+    mt_dup_ns: float | None = None,
+) -> list[dict[str, Any]]:
+    """`n` forks of `stores` VMAs whose dup_mmap takes total_ns (+ gaussian noise_ns) each.
+
+    The time is laid out as the bracket sees it: 1.5 us lock gap, 10% in
+    mt_dup (or mt_dup_ns), 2 us tail, the rest spread evenly over the VMA steps.
+    """
+    rng = random.Random(seed)
+    rows, start = [], MONO_BASE_NS
+    for i in range(n):
+        total = max(total_ns + rng.gauss(0.0, noise_ns), 10_000.0)
+        lock_gap, tail = 1_500, 2_000
+        mt_dup = 0.1 * total if mt_dup_ns is None else mt_dup_ns
+        step = (total - lock_gap - tail - mt_dup) / max(stores, 1)
+        row = fork_row(start, vmas=stores, mt_dup_ns=mt_dup, vma_step_ns=step, lock_gap_ns=lock_gap, tail_ns=tail,
+                       leaves=leaves, child_pid=10_000 + i, child_unlock_before_end_ns=1_000)
+        rows.append(row)
+        start = row["ts_parent_unlock"] + 50_000
+    return rows
+
+
+def write_costed(
+    path: Path,
+    extra: int,
+    costs: Mapping[str, float],
+    fixed_ns: float,
+    *,
+    n: int = 200,
+    noise_ns: float = 0.0,
+    seed: int = 0,
+    sample: Mapping[str, Any] | None = None,
+    mt_dup_ns: float | None = None,
+) -> Path:
+    """A spawn recording at `extra` VMAs whose forks cost fixed_ns + sum(costs[count] * model count).
+
+    The counts are the replay model's for the saved layout (as the analysis
+    computes them), so a fit must recover `costs` up to its noise.
+    """
+    from analysis.attribution.counts import counts_for_layout
+    from analysis.recording.layout import parse_maps
+
+    maps = spawn_maps(extra)
+    workload = {"kind": "spawn", "pid": 4242, "extra_vmas": extra, "forks": n, "forks_per_sec": 1000.0}
+    counts, _ = counts_for_layout(parse_maps(maps), workload, None)
+    total = fixed_ns + sum(cost * counts.unit(name) for name, cost in costs.items())
+    rows = costed_rows(n, stores=counts.stores, total_ns=total, noise_ns=noise_ns, leaves=counts.predicted_leaves,
+                       seed=seed, mt_dup_ns=mt_dup_ns)
+    meta = default_metadata(rows, workload=workload, sample=sample,
+                            maps=[{"pid": 4242, "comm": "spawn", "ts_mono_ns": MONO_BASE_NS, "maps": maps}])
+    write_recording(Path(path), rows, meta)
+    return Path(path)

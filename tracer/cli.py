@@ -66,15 +66,32 @@ def record(
 
 @app.command()
 def report(
-    recording: Path = typer.Argument(..., help="A recording written by `tracer record`."),
-    fmt: str = typer.Option("text", "--format", "-f", help="text, json, or folded (sampled stacks for flamegraph.pl)."),
+    recordings: List[Path] = typer.Argument(..., metavar="FILE...", help="Recordings of `tracer record`, or directories of them."),
+    fmt: str = typer.Option("text", "--format", "-f", help="text, json, markdown, or folded (sampled stacks for flamegraph.pl)."),
+    plot: Optional[Path] = typer.Option(None, "--plot", metavar="DIR", help="Also write plots (PNG and SVG) into DIR."),
+    predict: List[Path] = typer.Option([], "--predict", metavar="B", help="Predict B's dup_mmap times from these recordings' costs (repeatable)."),
 ) -> None:
-    """Summarise a recording: per-phase latency percentiles and log2 histograms."""
-    from analysis.report.summary import FORMATS, render_report
+    """Summarise recordings: per-phase latencies, histograms, and where the time goes (attribution).
+
+    Several recordings (or a directory) are grouped by workload and VMA count;
+    the fit of phase times on the model's counts runs across the groups.
+    """
+    from analysis.report.summary import FORMATS, build_report, render_doc, render_report, report_doc
 
     if fmt not in FORMATS:
         raise UsageError(f"--format must be one of {', '.join(FORMATS)}, not {fmt!r}")
-    typer.echo(render_report(recording, fmt))
+    if fmt == "folded":
+        if plot or predict:
+            raise UsageError("--format folded takes neither --plot nor --predict")
+        typer.echo(render_report(recordings, fmt))
+        return
+    inp = build_report(recordings, predict or None)
+    typer.echo(render_doc(inp, report_doc(inp), fmt))
+    if plot is not None:
+        from analysis.report.plots import write_plots
+
+        written = write_plots(inp.attribution, plot)
+        typer.echo(f"tracer: wrote {len(written)} plot files to {plot}", err=True)
 
 
 @app.command()
