@@ -52,6 +52,7 @@ def record(
     sample: int = typer.Option(0, "--sample", metavar="HZ", help="Also sample kernel stacks at HZ inside dup_mmap (perf cpu-clock)."),
     backend: Optional[str] = typer.Option(None, "--backend", help="Force raw_tracepoint or tracepoint (default: what doctor chooses)."),
     quiet: bool = typer.Option(False, "-q", "--quiet", help="No progress line."),
+    cycle: Optional[bool] = typer.Option(None, "--cycle/--no-cycle", help="Also time each fork's clone syscall, the child's exit_mmap and the parent's wait (default: on for --spawn)."),
 ) -> None:
     """Trace dup_mmap per fork (system-wide, -p PID, --spawn VMAS, or -- CMD) into a recording."""
     from tracer.record import RecordOptions
@@ -59,7 +60,7 @@ def record(
 
     opts = RecordOptions(
         pids=pid, command=command or [], spawn_vmas=spawn, forks=forks, duration=duration, cpu=cpu,
-        touch=touch, output=output, sample_hz=sample, backend=backend, quiet=quiet,
+        touch=touch, output=output, sample_hz=sample, backend=backend, quiet=quiet, cycle=cycle,
     )
     run_record(opts)
 

@@ -33,6 +33,11 @@ class RecordOptions:
     sample_hz: int = 0
     backend: str | None = None
     quiet: bool = False
+    cycle: bool | None = None  # clone/exit_mmap/wait per fork; None: on for --spawn, off otherwise
+
+    @property
+    def trace_cycle(self) -> bool:
+        return self.cycle if self.cycle is not None else self.spawn_vmas is not None
 
     @property
     def mode(self) -> str:
