@@ -6,9 +6,13 @@ one-line TracerError.
 Which parent tree: a layout alone does not say what history shaped the
 parent's tree, so --vmas and --maps build it by top-down mmap order
 ("mmap_descending"). A recording of the built-in spawn workload does say:
-its metadata names the workload (kind "spawn", extra_vmas), so --recording
-replays spawn.c's own mmap/munmap history (analysis.model.history) and prints
-the other build paths' leaf counts beside it and beside the observed leaves.
+its metadata names the workload (kind "spawn", extra_vmas, layout), so
+--recording replays spawn.c's own mmap/munmap/mprotect history
+(analysis.model.history) and prints the other build paths' leaf counts beside
+it and beside the observed leaves. A recorded process whose history is
+unknown (a real application) gets a parent tree with the leaf count its forks
+wrote, VMAs spread evenly over the leaves, and the output says how far the
+top-down assumption would have been off.
 """
 
 from __future__ import annotations
@@ -20,9 +24,9 @@ from pathlib import Path
 from typing import Any
 
 from analysis.recording.layout import Vma, parse_maps
-from analysis.model.build import synthetic_layout
+from analysis.model.build import build_from_history, build_from_partition, even_leaf_partition, synthetic_layout
 from analysis.model.compare import ModelReport, compare_paths, model_leaf_counts
-from analysis.model.history import find_spawn_region
+from analysis.model.history import find_spawn_region, history_mmap_order
 from analysis.model.tree import TreeShape
 from analysis.recording import load_recording
 from analysis.errors import TracerError, UsageError
@@ -51,6 +55,8 @@ def run_model(vmas: int | None, gaps: bool, maps: Path | None, recording: Path |
         raise UsageError("give exactly one of --vmas, --maps, --recording" + (f" (got {', '.join(given)})" if given else ""))
     observed: float | None = None
     extra_vmas: int | None = None
+    spawn_layout = "gapped"
+    parent = None
     build, reason = "mmap_descending", "a layout alone has no history: top-down mmap order assumed"
     if vmas is not None:
         if vmas < 0 or vmas > MAX_SYNTHETIC_VMAS:
@@ -66,10 +72,19 @@ def run_model(vmas: int | None, gaps: bool, maps: Path | None, recording: Path |
         layout, observed = target.layout, target.observed
         source = f"recording: {recording} ({target.note})"
         build, reason, extra_vmas = choose_parent_build(target)
-    report = compare_paths(layout, source=source, parent_build=build, extra_vmas=extra_vmas, parent_build_reason=reason)
+        spawn_layout = str((target.workload or {}).get("layout") or "gapped")
+        if build == "observed_leaves":
+            parent, build, reason = observed_parent(layout, observed, reason)
+    report = compare_paths(
+        layout, parent=parent, source=source, parent_build=build, extra_vmas=extra_vmas,
+        parent_build_reason=reason, spawn_layout=spawn_layout,
+    )
+    report.parent_build = build
     if recording is not None:
-        others = model_leaf_counts(layout, observed, extra_vmas=extra_vmas)
+        others = model_leaf_counts(layout, observed, extra_vmas=extra_vmas, spawn_layout=spawn_layout)
         report.leaf_counts = {"observed_median": observed, "model_parent": report.parent_shape.leaves}
+        if build == "observed_leaves":
+            report.leaf_counts["observed_leaves"] = report.parent_shape.leaves
         for key in ("spawn_history", "mmap_descending", "bulk_append"):
             if key in others:
                 report.leaf_counts[key] = others[key]
@@ -91,31 +106,66 @@ def choose_parent_build(target: RecordedTarget) -> tuple[str, str, int | None]:
     """(parent_build, why, extra_vmas) for a recorded process.
 
     The spawn workload's history is known, so its tree is built by replaying
-    it; anything else gets top-down mmap order. A spawn recording whose layout
-    is not the one spawn.c makes (edited maps, another version of spawn.c)
-    falls back too, and says why.
+    it. Anything else has an unknown history: "observed_leaves" (a tree with
+    the leaf count its forks wrote) where the recording observed leaves, else
+    top-down mmap order. A spawn recording whose layout is not the one spawn.c
+    makes (edited maps, another version of spawn.c) falls back too, and says why.
     """
     w = target.workload
+    fallback, assumed = (
+        ("observed_leaves", "its history is unknown, so the leaves its forks wrote are used")
+        if target.observed
+        else ("mmap_descending", "its history is unknown, top-down mmap order assumed")
+    )
     if not w or w.get("kind") != "spawn":
         kind = (w or {}).get("kind")
         what = f"workload {kind!r}" if kind else "no built-in workload"
-        return "mmap_descending", f"{what}: its history is unknown, top-down mmap order assumed", None
+        return fallback, f"{what}: {assumed}", None
     extra = w.get("extra_vmas")
     if not isinstance(extra, int) or isinstance(extra, bool) or extra < 0:
-        return "mmap_descending", f"spawn workload without a valid extra_vmas ({extra!r}): top-down mmap order assumed", None
+        return fallback, f"spawn workload without a valid extra_vmas ({extra!r}): {assumed}", None
+    spawn_layout = w.get("layout") or "gapped"
     try:
-        find_spawn_region(target.layout, extra)
+        find_spawn_region(target.layout, extra, spawn_layout=spawn_layout)
     except ValueError as err:
-        return "mmap_descending", f"spawn workload, but {err}; top-down mmap order assumed", None
+        return fallback, f"spawn workload, but {err}; {assumed}", None
     base = "the other VMAs (exec's, ld.so's) mapped top-down"
     if extra == 0:
         why = f"the recording's workload is spawn --vmas 0: {base}, no extra region to replay"
+    elif spawn_layout == "adjacent":
+        why = (
+            f"the recording's workload is spawn --vmas {extra} --layout adjacent: {base}, then spawn.c's mmap of one "
+            "region and mprotect of every other page, ascending, as mm/vma.c stores them (analysis.model.history)"
+        )
     else:
         why = (
             f"the recording's workload is spawn --vmas {extra}: {base}, then spawn.c's mmap of one region "
             "and munmap of every other page, ascending, as mm/vma.c stores them (analysis.model.history)"
         )
     return "spawn_history", why, extra
+
+
+def observed_parent(layout: list[Vma], observed: float | None, why: str) -> tuple[Any, str, str]:
+    """(parent tree, build, reason) for a process of unknown history whose forks wrote `observed` leaves.
+
+    The leaf count is what the kernel showed; how the VMAs fall into the leaves
+    is not recorded, so they are spread evenly. The reason says how far the
+    top-down mmap assumption is from the observation. Falls back to top-down
+    order where the observed count cannot hold the layout.
+    """
+    assumed = build_from_history(history_mmap_order(layout, "descending")).shape().leaves
+    if not observed:
+        return None, "mmap_descending", f"{why}; nothing observed: top-down mmap order assumed ({assumed} leaves)"
+    leaves = max(1, round(observed))
+    try:
+        tree = build_from_partition(layout, even_leaf_partition(layout, leaves))
+    except ValueError as err:
+        return None, "mmap_descending", f"{why}, but {err}: top-down mmap order assumed ({assumed} leaves)"
+    off = (assumed - leaves) / leaves
+    return tree, "observed_leaves", (
+        f"{why}: the parent tree has the {leaves} leaves the kernel wrote (median per fork), VMAs spread evenly "
+        f"over them; top-down mmap order would predict {assumed} leaves ({off:+.0%} off)"
+    )
 
 
 def load_maps_layout(path: Path) -> list[Vma]:
