@@ -81,6 +81,29 @@ def report(
 
 
 @app.command()
+def sweep(
+    output: Path = typer.Option(..., "-o", "--output", help="Directory for the recordings, index.json and the report."),
+    vmas: str = typer.Option(",".join(map(str, (0, 100, 200, 400, 800, 1600, 3200, 6400))), "--vmas", metavar="LIST", help="Extra VMA counts, comma-separated."),
+    layout: str = typer.Option("adjacent,gapped", "--layout", metavar="LIST", help="Layouts: adjacent, gapped, or both."),
+    forks: int = typer.Option(1000, "--forks", "-n", help="Forks per recording."),
+    sample: int = typer.Option(999, "--sample", metavar="HZ", help="Sample kernel stacks at HZ inside dup_mmap (0: off)."),
+    cpu: Optional[int] = typer.Option(None, "--cpu", help="Pin the workload to this CPU."),
+    force: bool = typer.Option(False, "--force", help="Replace the sweep's files in a non-empty directory."),
+    quiet: bool = typer.Option(False, "-q", "--quiet", help="Only one line per recording."),
+) -> None:
+    """Record the built-in workload at each VMA count in each layout, into one directory."""
+    from tracer.sweep import SweepOptions, parse_list
+    from tracer.sweep import sweep as run_sweep
+
+    opts = SweepOptions(
+        output=output, vmas=parse_list(vmas, "--vmas", int), layouts=parse_list(layout, "--layout"),
+        forks=forks, sample_hz=sample, cpu=cpu, force=force, quiet=quiet,
+    )
+    run_sweep(opts, log=lambda msg: typer.echo(msg, err=True))
+    typer.echo(str(output))
+
+
+@app.command()
 def model(
     vmas: Optional[int] = typer.Option(None, "--vmas", help="Synthetic layout of N VMAs."),
     gaps: bool = typer.Option(False, "--gaps", help="With --vmas: a hole between every two VMAs."),
