@@ -43,6 +43,7 @@ def fork_row(
     partial: bool = False,
     null_stores: int = 0,
     step_jitter_ns: int = 0,
+    cycle: tuple[int, int, int] | None = None,
     rng: random.Random | None = None,
 ) -> dict[str, Any]:
     """One dup_mmap row starting at `start_ns` with the given phase costs.
@@ -51,6 +52,9 @@ def fork_row(
     (first_step_ns defaults to vma_step_ns: the model the frame corrects for);
     then `vmas - 1` steps of `vma_step_ns` (+- uniform jitter); the parent unlock
     comes `tail_ns` after the last store. vmas == 0 gives a row with no stores.
+    cycle: (clone_extra_ns, exit_mmap_ns, wait_ns) for the spawn cycle's columns:
+    the clone syscall spans the bracket plus clone_extra_ns; the child's
+    exit_mmap and the parent's wait follow it. None: not seen (as without --cycle).
     """
     rng = rng or random.Random(0)
     first_step = vma_step_ns if first_step_ns is None else first_step_ns
@@ -87,6 +91,24 @@ def fork_row(
         "parent_map_count": vmas + null_stores,
         "failed": failed,
         "partial": partial,
+        **_cycle_columns(parent_lock, parent_unlock, None if failed else cycle),
+    }
+
+
+def _cycle_columns(parent_lock: int, parent_unlock: int, cycle: tuple[int, int, int] | None) -> dict[str, Any]:
+    if cycle is None:
+        nan = float("nan")
+        return {"ts_clone": 0, "clone_ns": nan, "ts_exit_mmap": 0, "exit_mmap_ns": nan, "ts_wait": 0, "wait_ns": nan}
+    clone_extra, exit_mmap, wait = cycle
+    ts_clone = parent_lock - clone_extra // 2
+    clone_end = parent_unlock + clone_extra - clone_extra // 2
+    return {
+        "ts_clone": ts_clone,
+        "clone_ns": float(clone_end - ts_clone),
+        "ts_exit_mmap": clone_end + 1_000,
+        "exit_mmap_ns": float(exit_mmap),
+        "ts_wait": clone_end + 500,
+        "wait_ns": float(wait),
     }
 
 

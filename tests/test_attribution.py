@@ -228,14 +228,14 @@ def test_json_keys_of_a_sampled_recording(tmp_path):
     assert "cycle" in doc and doc["cycle"] is None
 
 
-def test_cycle_data_in_metadata_is_reported(tmp_path):
-    from recordings import default_metadata
-
-    rows = fork_rows(10)
-    meta = default_metadata(rows, cycle={"clone": 90_000, "dup_mmap": {"p50_ns": 20_000}, "exit_mmap": 30_000,
-                                         "wait": 5_000})
-    doc = json.loads(render_report(write_synthetic(tmp_path / "c.parquet", rows, meta), "json"))
-    assert doc["cycle"] == {"clone": 90_000.0, "dup_mmap": 20_000.0, "exit_mmap": 30_000.0, "wait": 5_000.0}
+def test_cycle_columns_are_reported_as_p50(tmp_path):
+    """clone = dup_mmap + clone_extra per fork; exit_mmap and wait as given."""
+    rows = fork_rows(11, vmas=40, mt_dup_ns=5_000, vma_step_ns=600, cycle=(7_000, 30_000, 5_000))
+    doc = json.loads(render_report(write_synthetic(tmp_path / "c.parquet", rows), "json"))
+    dup = [r["ts_parent_unlock"] - r["ts_parent_lock"] for r in rows]
+    assert doc["cycle"]["dup_mmap"] == pytest.approx(sorted(dup)[5])
+    assert doc["cycle"]["clone"] == pytest.approx(sorted(dup)[5] + 7_000, abs=1)
+    assert (doc["cycle"]["exit_mmap"], doc["cycle"]["wait"]) == (30_000.0, 5_000.0)
 
 
 def test_several_recordings_markdown_predict_and_plots(tmp_path):

@@ -48,10 +48,12 @@ def record(
     duration: Optional[float] = typer.Option(None, "-d", "--duration", metavar="SECS", help="Stop after SECS seconds."),
     cpu: Optional[int] = typer.Option(None, "--cpu", help="With --spawn: pin the workload to this CPU."),
     touch: bool = typer.Option(False, "--touch", help="With --spawn: touch each extra VMA's page, so fork copies page tables."),
+    layout: str = typer.Option("gapped", "--layout", help="With --spawn: gapped (a hole between VMAs) or adjacent (alternating protections)."),
     output: Optional[Path] = typer.Option(None, "-o", "--output", help="Recording file (default forktrace-<target>-<kernel>-<time>.parquet)."),
     sample: int = typer.Option(0, "--sample", metavar="HZ", help="Also sample kernel stacks at HZ inside dup_mmap (perf cpu-clock)."),
     backend: Optional[str] = typer.Option(None, "--backend", help="Force raw_tracepoint or tracepoint (default: what doctor chooses)."),
     quiet: bool = typer.Option(False, "-q", "--quiet", help="No progress line."),
+    cycle: Optional[bool] = typer.Option(None, "--cycle/--no-cycle", help="Also time each fork's clone syscall, the child's exit_mmap and the parent's wait (default: on for --spawn)."),
 ) -> None:
     """Trace dup_mmap per fork (system-wide, -p PID, --spawn VMAS, or -- CMD) into a recording."""
     from tracer.record import RecordOptions
@@ -59,7 +61,8 @@ def record(
 
     opts = RecordOptions(
         pids=pid, command=command or [], spawn_vmas=spawn, forks=forks, duration=duration, cpu=cpu,
-        touch=touch, output=output, sample_hz=sample, backend=backend, quiet=quiet,
+        touch=touch, output=output, sample_hz=sample, backend=backend, quiet=quiet, cycle=cycle,
+        layout=layout,
     )
     run_record(opts)
 
@@ -92,6 +95,29 @@ def report(
 
         written = write_plots(inp.attribution, plot)
         typer.echo(f"tracer: wrote {len(written)} plot files to {plot}", err=True)
+
+
+@app.command()
+def sweep(
+    output: Path = typer.Option(..., "-o", "--output", help="Directory for the recordings, index.json and the report."),
+    vmas: str = typer.Option(",".join(map(str, (0, 100, 200, 400, 800, 1600, 3200, 6400))), "--vmas", metavar="LIST", help="Extra VMA counts, comma-separated."),
+    layout: str = typer.Option("adjacent,gapped", "--layout", metavar="LIST", help="Layouts: adjacent, gapped, or both."),
+    forks: int = typer.Option(1000, "--forks", "-n", help="Forks per recording."),
+    sample: int = typer.Option(999, "--sample", metavar="HZ", help="Sample kernel stacks at HZ inside dup_mmap (0: off)."),
+    cpu: Optional[int] = typer.Option(None, "--cpu", help="Pin the workload to this CPU."),
+    force: bool = typer.Option(False, "--force", help="Replace the sweep's files in a non-empty directory."),
+    quiet: bool = typer.Option(False, "-q", "--quiet", help="Only one line per recording."),
+) -> None:
+    """Record the built-in workload at each VMA count in each layout, into one directory."""
+    from tracer.sweep import SweepOptions, parse_list
+    from tracer.sweep import sweep as run_sweep
+
+    opts = SweepOptions(
+        output=output, vmas=parse_list(vmas, "--vmas", int), layouts=parse_list(layout, "--layout"),
+        forks=forks, sample_hz=sample, cpu=cpu, force=force, quiet=quiet,
+    )
+    run_sweep(opts, log=lambda msg: typer.echo(msg, err=True))
+    typer.echo(str(output))
 
 
 @app.command()

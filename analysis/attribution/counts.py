@@ -4,7 +4,7 @@ Which parent tree: the layout saved with the recording (Recording.maps(), the
 snapshot of the forking pid) shaped by
 
 * spawn_history: the built-in workload's own mmap/munmap history replayed
-  (analysis.model.cli.choose_parent_build says when that applies), or
+  (analysis.model.parent.choose_parent_build says when that applies), or
 * observed_partition: for a process whose history is unknown, a tree with as
   many leaves as the kernel wrote (the recording's `leaves`), VMAs spread
   evenly over them. Its leaf count matches by construction; how far a
@@ -24,10 +24,10 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from analysis.model.build import build_from_history, build_from_partition
-from analysis.model.cli import GATE_AREAS, RecordedTarget, choose_parent_build
+from analysis.model.build import build_from_history
+from analysis.model.parent import GATE_AREAS, RecordedTarget, parent_tree
 from analysis.model.dup import dup_mmap_replace, mt_dup
-from analysis.model.history import history_mmap_order, spawn_history
+from analysis.model.history import history_mmap_order
 from analysis.model.tree import MapleTree
 from analysis.recording.layout import Vma
 from analysis.recording.reader import Recording
@@ -105,43 +105,18 @@ def counts_for_layout(
     if hit is not None:
         return hit
     target = RecordedTarget(layout, observed_leaves, "", None, workload)
-    build, why, extra = choose_parent_build(target)
+    chosen = parent_tree(target)
+    tree, why = chosen.tree, chosen.why
+    source = {"observed_leaves": "observed_partition"}.get(chosen.build, chosen.build)
     assumed: int | None = None
-    if build == "spawn_history":
-        tree = build_from_history(spawn_history(layout, extra))
-        source = "spawn_history"
-    else:
-        guessed = build_from_history(history_mmap_order(layout, "descending"))
-        assumed = guessed.shape().leaves
-        if observed_leaves is not None and observed_leaves > 0:
-            tree = _partition_tree(layout, int(round(observed_leaves)))
-            source = "observed_partition"
-            why = (
-                f"{why.split(':')[0]}: its history is unknown, so the tree has the {int(round(observed_leaves))} "
-                "leaves the kernel wrote (VMAs spread evenly; internal levels packed)"
-            )
-        else:
-            tree, source = guessed, "mmap_descending"
+    if chosen.build != "spawn_history":
+        assumed = build_from_history(history_mmap_order(layout, "descending")).shape().leaves
     counts = _count(tree, layout)
     result = (counts, CountSource(source, why, observed_leaves, counts.predicted_leaves, assumed))
     if len(_CACHE) >= _CACHE_MAX:
         _CACHE.pop(next(iter(_CACHE)))
     _CACHE[key] = result
     return result
-
-
-def _partition_tree(layout: Sequence[Vma], leaves: int) -> MapleTree:
-    """A tree of `leaves` leaves (or the fewest above it that fit 16 slots), VMAs spread evenly."""
-    n = len(layout)
-    want = max(1, min(leaves, n))
-    while True:
-        partition = [i * want // n for i in range(n)]
-        try:
-            return build_from_partition(layout, partition)
-        except ValueError:
-            if want >= n:
-                raise
-            want += 1
 
 
 def _count(tree: MapleTree, layout: Sequence[Vma]) -> ModelCounts:

@@ -45,7 +45,21 @@ FORK_COLUMNS: list[tuple[str, pa.DataType, str]] = [
 # without these; a file without a FORK_COLUMNS column is refused.
 ADDED_COLUMNS: list[tuple[str, pa.DataType, str, object]] = [
     ("partial", pa.bool_(), "bracket in flight when tracing started or stopped: not a failure, not timed", False),
+    # The spawn cycle around dup_mmap (record --cycle; tracer/probes/cycle.c), joined by child pid.
+    ("ts_clone", pa.uint64(), "clone/fork syscall entered in the parent (0: not seen)", 0),
+    ("clone_ns", pa.float64(), "clone syscall entry -> exit in the parent; dup_mmap runs inside it (NaN: not seen)", float("nan")),
+    ("ts_exit_mmap", pa.uint64(), "the child's exit_mmap starts: its read lock on its own mm (0: not seen)", 0),
+    ("exit_mmap_ns", pa.float64(), "the child's exit_mmap: read lock -> write unlock of its mm (NaN: not seen)", float("nan")),
+    ("ts_wait", pa.uint64(), "wait4/waitid that reaped the child entered (0: not seen)", 0),
+    ("wait_ns", pa.float64(), "that wait4/waitid's entry -> exit in the parent (NaN: not seen)", float("nan")),
 ]
+
+# The ADDED_COLUMNS that record --cycle fills: (timestamp column, duration column) per part.
+CYCLE_PARTS: dict[str, tuple[str, str]] = {
+    "clone": ("ts_clone", "clone_ns"),
+    "exit_mmap": ("ts_exit_mmap", "exit_mmap_ns"),
+    "wait": ("ts_wait", "wait_ns"),
+}
 
 FORK_SCHEMA = pa.schema(
     [pa.field(name, dtype, metadata={"doc": doc}) for name, dtype, doc in FORK_COLUMNS]
@@ -87,6 +101,7 @@ METADATA_FIELDS = {
     "events": "{lost_ringbuf, ma_write, lock_events, dups, reentry, storage_fail, samples, sample_lost}: in-kernel counters",
     "sample": "{hz, stacks: [{stack: 'a;b;c', phase, count}], lost} or null",
     "maps": "[{pid, comm, ts_mono_ns, maps: /proc/PID/maps text}]: parent VMA layouts",
+    "cycle": "{backend, syscalls, events: in-kernel counters, joined: {part: forks}} or null: record --cycle",
 }
 
 

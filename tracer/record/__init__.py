@@ -16,9 +16,13 @@ from typing import Callable
 
 from analysis.errors import TracerError
 from analysis.recording.writer import write_recording
+from tracer.probes import cycle as cycle_probe
 from tracer.probes.bracket import BCC_MISSING, BracketConfig, BracketProbe, offsets_from_btf
+from tracer.probes.cycle import SYSCALLS, CycleConfig, CycleProbe
 from tracer.record.context import run_metadata
+from tracer.record.cycle import join_cycle
 from tracer.record.options import RecordOptions, validate
+from tracer.record.probes import ProbeSet
 from tracer.record.session import Session
 
 __all__ = ["RecordOptions", "record"]
@@ -46,20 +50,40 @@ def record(opts: RecordOptions, log: Callable[[str], None] | None = None) -> Pat
     headers.apply(hdrs)
     log(hdrs.description)
 
+    cycle_config = _cycle_config(opts, backend, log)
     session = Session(opts, log)
     probe = BracketProbe(config, on_dup=session.on_dup, on_child=session.on_child)
-    log(f"loading BPF ({backend}{', sampling %d Hz' % opts.sample_hz if opts.sample_hz else ''}) ...")
+    extras = [f"sampling {opts.sample_hz} Hz"] if opts.sample_hz else []
+    extras += ["clone/exit_mmap/wait"] if cycle_config else []
+    log(f"loading BPF ({', '.join([backend, *extras])}) ...")
     probe.load()
+    cycle = None
+    cycle_counters: dict[str, int] = {}
     try:
-        session.run(probe)
+        if cycle_config is not None:
+            cycle = CycleProbe(cycle_config).load()
+        session.run(ProbeSet(probe, cycle))
+        if cycle is not None:
+            cycle_counters = cycle.counters()  # while loaded; its records outlive close()
     finally:
         probe.close()
+        if cycle is not None:
+            cycle.close()
 
     # From here on the recording is only written: a second Ctrl-C must not lose it.
     previous_sigint = signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         forks = session.fork_table()
         meta = run_metadata(opts, session, facts, plan, hdrs.description, kernel.lockdown_mode())
+        meta["cycle"] = None
+        if cycle is not None:
+            forks, joined = join_cycle(forks, cycle.records())
+            meta["cycle"] = {
+                "backend": backend,
+                "syscalls": {str(nr): name for nr, name in sorted(SYSCALLS.items())},
+                "events": cycle_counters,
+                "joined": joined,
+            }
         write_recording(opts.output, forks, meta)
     finally:
         signal.signal(signal.SIGINT, previous_sigint)
@@ -84,3 +108,25 @@ def _bracket_config(opts: RecordOptions, backend: str) -> BracketConfig:
     )
 
 
+def _cycle_config(opts: RecordOptions, backend: str, log: Callable[[str], None]) -> CycleConfig | None:
+    """The cycle probe's build, or None when it is off (or, by default only, unsupported here)."""
+    if not opts.trace_cycle:
+        return None
+    why = cycle_probe.missing_support()
+    offsets: dict[str, int] = {}
+    if why is None and backend == "raw_tracepoint":
+        try:
+            offsets = cycle_probe.offsets_from_btf()
+        except TracerError as err:
+            why = str(err)
+    if why is not None:
+        if opts.cycle:
+            raise TracerError(f"--cycle: {why}")
+        log(f"not tracing clone/exit_mmap/wait: {why}")
+        return None
+    return CycleConfig(
+        backend=backend,
+        offsets=offsets,
+        filter_tgids=opts.mode != "system",
+        follow_children=opts.mode == "command",
+    )

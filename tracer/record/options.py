@@ -33,6 +33,12 @@ class RecordOptions:
     sample_hz: int = 0
     backend: str | None = None
     quiet: bool = False
+    layout: str = "gapped"  # --spawn: how the extra VMAs are laid out (tracer.workload.spawn.LAYOUTS)
+    cycle: bool | None = None  # clone/exit_mmap/wait per fork; None: on for --spawn, off otherwise
+
+    @property
+    def trace_cycle(self) -> bool:
+        return self.cycle if self.cycle is not None else self.spawn_vmas is not None
 
     @property
     def mode(self) -> str:
@@ -70,6 +76,10 @@ def validate(opts: RecordOptions) -> None:
             opts.forks = 1000
     if opts.cpu is not None and opts.cpu not in os.sched_getaffinity(0):
         raise UsageError(f"--cpu {opts.cpu}: not a CPU this process may run on")
+    if opts.layout != "gapped" and opts.spawn_vmas is None:
+        raise UsageError("--layout applies to the built-in workload (--spawn VMAS)")
+    if opts.layout not in ("gapped", "adjacent"):
+        raise UsageError(f"--layout must be gapped or adjacent, not {opts.layout!r}")
     if opts.cpu is not None and opts.spawn_vmas is None:
         raise UsageError("--cpu applies to the built-in workload (--spawn VMAS)")
     if opts.backend is not None and opts.backend not in BACKENDS:

@@ -155,7 +155,8 @@ class Session:
         opts = self.opts
         tracer_cpus = keep_off_cpu(opts.cpu)
         with SpawnWorkload(
-            vmas=opts.spawn_vmas, forks=opts.forks, seconds=opts.duration, cpu=opts.cpu, touch=opts.touch
+            vmas=opts.spawn_vmas, forks=opts.forks, seconds=opts.duration, cpu=opts.cpu, touch=opts.touch,
+            layout=opts.layout,
         ) as work:
             pid, _ = work.start()
             probe.add_targets([pid])

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from analysis.recording.schema import FORK_SCHEMA
+from analysis.recording.schema import FORK_SCHEMA, with_defaults
 from tracer.probes.bracket import DUP_EVENT_DTYPE
 
 __all__ = ["fork_table"]
@@ -27,4 +27,5 @@ def fork_table(dups: bytes | bytearray, children: list[tuple[int, int, int]]) ->
     columns["child_pid"] = child.fillna(-1).astype("int64").to_numpy()
     columns["failed"] = (ev["zero_stores"] > 0) | ~completed
     columns["partial"] = np.zeros(len(ev), dtype=bool)
-    return pa.table({name: columns[name] for name in FORK_SCHEMA.names}).cast(FORK_SCHEMA)
+    # Columns the bracket does not give (the cycle's) start at their defaults.
+    return with_defaults(pa.table({name: columns[name] for name in FORK_SCHEMA.names if name in columns})).cast(FORK_SCHEMA)

@@ -34,6 +34,7 @@ from typing import Any, NamedTuple
 from analysis.errors import TracerError, UsageError
 
 __all__ = [
+    "LAYOUTS",
     "SOURCE",
     "SpawnReady",
     "SpawnResult",
@@ -44,6 +45,10 @@ __all__ = [
 ]
 
 SOURCE = Path(__file__).with_name("spawn.c")
+
+# How spawn.c lays out its extra VMAs: one-page VMAs separated by one-page
+# holes, or side by side with alternating protections (see spawn.c).
+LAYOUTS = ("gapped", "adjacent")
 CFLAGS = ("-O2", "-Wall")
 
 # Seconds allowed between launch and the "ready" line. Making 65,000 VMAs
@@ -151,8 +156,10 @@ class SpawnResult:
         return os.strerror(self.fork_errno) if self.fork_errno else None
 
 
-def _check_args(vmas: int, forks: int | None, seconds: float | None, cpu: int | None) -> None:
+def _check_args(vmas: int, forks: int | None, seconds: float | None, cpu: int | None, layout: str = "gapped") -> None:
     """Refuse bad arguments with a UsageError before compiling or launching."""
+    if layout not in LAYOUTS:
+        raise UsageError(f"--layout must be one of {', '.join(LAYOUTS)}, not {layout!r}")
 
     def whole(value: Any) -> bool:
         return isinstance(value, int) and not isinstance(value, bool)
@@ -198,9 +205,11 @@ class SpawnWorkload:
         seconds: float | None = None,
         cpu: int | None = None,
         touch: bool = False,
+        layout: str = "gapped",
     ) -> None:
-        _check_args(vmas, forks, seconds, cpu)
+        _check_args(vmas, forks, seconds, cpu, layout)
         self.vmas = vmas
+        self.layout = layout
         self.forks = forks
         self.seconds = seconds
         self.cpu = cpu
@@ -212,7 +221,7 @@ class SpawnWorkload:
 
     def argv(self, binary: Path) -> list[str]:
         """The workload's command line for `binary`."""
-        args = [str(binary), "--vmas", str(self.vmas)]
+        args = [str(binary), "--vmas", str(self.vmas), "--layout", self.layout]
         if self.forks is not None:
             args += ["--forks", str(self.forks)]
         if self.seconds is not None:
@@ -336,6 +345,7 @@ class SpawnWorkload:
         meta: dict[str, Any] = {
             "kind": "spawn",
             "extra_vmas": self.vmas,
+            "layout": self.layout,
             "forks_requested": self.forks,
             "seconds": self.seconds,
             "cpu": self.cpu,
@@ -366,9 +376,10 @@ def run_spawn(
     cpu: int | None = None,
     touch: bool = False,
     timeout: float | None = None,
+    layout: str = "gapped",
 ) -> SpawnResult:
     """One untraced run: start, go at once, wait (the overhead baseline)."""
-    with SpawnWorkload(vmas, forks=forks, seconds=seconds, cpu=cpu, touch=touch) as spawn:
+    with SpawnWorkload(vmas, forks=forks, seconds=seconds, cpu=cpu, touch=touch, layout=layout) as spawn:
         spawn.start()
         spawn.go()
         return spawn.wait(timeout)
