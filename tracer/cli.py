@@ -63,7 +63,9 @@ def record(
         pids=pid, command=command or [], spawn_vmas=spawn, forks=forks, duration=duration, cpu=cpu,
         touch=touch, output=output, sample_hz=sample, backend=backend, quiet=quiet,
     )
-    run_record(opts)
+    status = run_record(opts).exit_status
+    if status:
+        raise typer.Exit(status)
 
 
 @app.command()
