@@ -27,6 +27,7 @@ class StopRequests:
         self.signum: int | None = None
         self.count = 0
         self.writing = False  # set once tracing is over: later signals get a different note
+        self._noted: set[bool] = set()  # phases (writing or not) whose repeat was noted
         self.ignored: set[int] = set()  # stop signals the tracer was started with ignored
         self._previous: dict[int, object] = {}
 
@@ -44,8 +45,11 @@ class StopRequests:
         return self
 
     def __exit__(self, *exc) -> None:
+        # Once a stop was asked for, more of them only end a process that is
+        # finishing anyway, and would turn a written recording's exit status
+        # into "killed by SIGTERM": ignore them from here to exit.
         for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
+            signal.signal(sig, signal.SIG_IGN if self.requested else handler)
 
     def _on_signal(self, signum: int, frame) -> None:
         self.count += 1
@@ -54,5 +58,8 @@ class StopRequests:
             return
         # os.write, not print: a handler that prints while the interrupted code
         # prints to the same buffered stream raises "reentrant call".
+        if self.writing in self._noted:
+            return
+        self._noted.add(self.writing)
         what = "writing the recording" if self.writing else "stopping"
         os.write(2, f"\ntracer: {signal.Signals(signum).name} again: already {what}; SIGKILL would lose the recording\n".encode())
