@@ -57,3 +57,26 @@ def test_comm_with_bad_utf8_is_kept_readable():
 def test_empty_run_gives_an_empty_table():
     table = fork_table(b"", [])
     assert table.num_rows == 0 and table.schema.equals(FORK_SCHEMA, check_metadata=False)
+
+
+def test_forks_in_flight_at_attach_or_detach_are_partial_not_failed():
+    # seq 1 began before tracing started (start_ns = its child lock) and its
+    # child event was missed; seq 2 is whole; seq 3 has no child and failed;
+    # seq 4 ended after tracing stopped, its child event unread.
+    start_ns = 1_000_000 * 1 + 100
+    end_ns = 1_000_000 * 4 + 100
+    dups = event(1, 1) + event(1, 2) + event(1, 3) + event(1, 4)
+    df = fork_table(dups, [(1, 2, 102)], start_ns=start_ns, end_ns=end_ns).to_pandas()
+    assert list(df.partial) == [True, False, False, True]
+    assert list(df.failed) == [False, False, True, False]
+
+
+def test_a_fork_that_stored_the_failure_mark_failed_even_in_flight():
+    df = fork_table(event(1, 1, zero_stores=1), [], start_ns=1_000_000 + 100, end_ns=0).to_pandas()
+    assert list(df.failed) == [True] and list(df.partial) == [False]
+
+
+def test_a_fork_with_its_child_after_the_end_is_whole():
+    # Ended after end_ns but its child was read: nothing is missing.
+    df = fork_table(event(1, 1), [(1, 1, 5)], start_ns=0, end_ns=1).to_pandas()
+    assert list(df.partial) == [False] and list(df.failed) == [False]

@@ -10,7 +10,6 @@ scripts/install.sh installs redis-server, so this runs in CI.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import socket

@@ -64,7 +64,9 @@ def record(
         touch=touch, output=output, sample_hz=sample, backend=backend, quiet=quiet, cycle=cycle,
         layout=layout,
     )
-    run_record(opts)
+    status = run_record(opts).exit_status
+    if status:
+        raise typer.Exit(status)
 
 
 @app.command()

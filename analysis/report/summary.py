@@ -2,7 +2,8 @@
 
 summarize() turns a Recording into a JSON-ready dict (pyperf style: results are
 data; rendering is separate). Latency figures use only `usable` rows (fork
-completed, bracket in order); failed and out-of-order forks are counted, and
+completed, bracket in order); failed, partial (in flight when tracing started
+or stopped) and out-of-order forks are counted, and
 every phase carries its n and the method the recording says produced it.
 """
 
@@ -40,7 +41,8 @@ def summarize(rec: Recording) -> dict[str, Any]:
     meta, df = rec.meta, rec.forks
     usable = df[df["usable"]]
     failed = int(df["failed"].sum())
-    unordered = int((~df["bracket_ok"] & ~df["failed"]).sum())
+    partial = int(df["partial"].sum())
+    unordered = int((~df["bracket_ok"] & ~df["failed"] & ~df["partial"]).sum())
     copied = usable[usable["stores"] > 0]
     methods = meta.get("methods") if isinstance(meta.get("methods"), dict) else {}
 
@@ -76,6 +78,7 @@ def summarize(rec: Recording) -> dict[str, Any]:
         "duration_s": _duration_s(meta),
         "forks": int(len(df)),
         "failed": failed,
+        "partial": partial,
         "unordered": unordered,
         "usable": int(len(usable)),
         "lost_events": sum(known) if known else None,
@@ -195,6 +198,8 @@ def _header(s: Mapping[str, Any]) -> list[str]:
         lost_line += "  (!) forks are missing from these figures"
     forks = f"{s['forks']} traced, {s['usable']} used for latencies"
     failed = f"{s['failed']} (excluded from latencies)" if s["failed"] else "0"
+    if s.get("partial"):
+        failed += f"; partial {s['partial']} (in flight when tracing started or stopped; excluded)"
     lines = [
         f"forktrace report: {s['recording']}",
         f"  kernel    {kernel}",
@@ -302,7 +307,7 @@ def render_text(summary: Mapping[str, Any]) -> str:
         lines.append("no forks were traced: nothing to report")
         return "\n".join(lines)
     if summary["usable"] == 0:
-        lines.append(f"no usable forks: all {summary['forks']} traced forks failed or were out of order")
+        lines.append(f"no usable forks: all {summary['forks']} traced forks failed, were partial or were out of order")
         return "\n".join(lines + _samples(summary))
     lines += _phase_table(summary)
     lines += _histograms(summary)

@@ -1,37 +1,54 @@
 """`tracer record`: attach the bracket, run or follow the targets, write one recording.
 
 Order matters here and is the point of this package: everything that can fail
-on bad input is checked before any BPF is loaded (options); the targets are
-known to the kernel filter before they fork (session); the recording is
+on bad input is checked before any BPF is loaded (options, output); the targets
+are known to the kernel filter before they fork (session); stop signals are
+flags from before loading until after writing (stopping); the recording is
 written once, atomically, whatever ends the run (count reached, -d elapsed,
-command exited, Ctrl-C), with the context of the run (context).
+command exited, Ctrl-C, SIGTERM, SIGHUP), with the context of the run
+(context), to the file asked for or, failing that, to one it names (output).
 """
 
 from __future__ import annotations
 
 import signal
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 from analysis.errors import TracerError
-from analysis.recording.writer import write_recording
 from tracer.probes import cycle as cycle_probe
 from tracer.probes.bracket import BCC_MISSING, BracketConfig, BracketProbe, offsets_from_btf
 from tracer.probes.cycle import SYSCALLS, CycleConfig, CycleProbe
 from tracer.record.context import run_metadata
 from tracer.record.cycle import join_cycle
 from tracer.record.options import RecordOptions, validate
+from tracer.record.output import save_recording
 from tracer.record.probes import ProbeSet
 from tracer.record.session import Session
+from tracer.record.stopping import StopRequests
 
-__all__ = ["RecordOptions", "record"]
+__all__ = ["RecordOptions", "Recorded", "record"]
 
 
-def record(opts: RecordOptions, log: Callable[[str], None] | None = None) -> Path:
-    """Run one recording to completion and return the path written."""
+@dataclass(frozen=True)
+class Recorded:
+    """What a run wrote, and the status `tracer record` exits with."""
+
+    path: Path
+    exit_status: int  # -- CMD: the command's, as a shell reports it (as perf); else 0
+
+
+def record(opts: RecordOptions, log: Callable[[str], None] | None = None) -> Recorded:
+    """Run one recording to completion and return what was written."""
     log = log or (lambda msg: print(msg, file=sys.stderr))
     validate(opts)
+    with StopRequests() as stop:
+        return _record(opts, log, stop)
+
+
+def _record(opts: RecordOptions, log: Callable[[str], None], stop: StopRequests) -> Recorded:
     from tracer.host import headers, kernel
     from tracer.host.methods import choose_methods
     from tracer.host.probe import probe_host
@@ -51,7 +68,7 @@ def record(opts: RecordOptions, log: Callable[[str], None] | None = None) -> Pat
     log(hdrs.description)
 
     cycle_config = _cycle_config(opts, backend, log)
-    session = Session(opts, log)
+    session = Session(opts, log, stop)
     probe = BracketProbe(config, on_dup=session.on_dup, on_child=session.on_child)
     extras = [f"sampling {opts.sample_hz} Hz"] if opts.sample_hz else []
     extras += ["clone/exit_mmap/wait"] if cycle_config else []
@@ -62,6 +79,10 @@ def record(opts: RecordOptions, log: Callable[[str], None] | None = None) -> Pat
     try:
         if cycle_config is not None:
             cycle = CycleProbe(cycle_config).load()
+        if stop.requested:  # while bcc compiled: nothing was traced, nothing to keep
+            err = TracerError(f"{signal.Signals(stop.signum).name} before tracing started; nothing recorded")
+            err.exit_code = 128 + stop.signum
+            raise err
         session.run(ProbeSet(probe, cycle))
         if cycle is not None:
             cycle_counters = cycle.counters()  # while loaded; its records outlive close()
@@ -70,26 +91,22 @@ def record(opts: RecordOptions, log: Callable[[str], None] | None = None) -> Pat
         if cycle is not None:
             cycle.close()
 
-    # From here on the recording is only written: a second Ctrl-C must not lose it.
-    previous_sigint = signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
-        forks = session.fork_table()
-        meta = run_metadata(opts, session, facts, plan, hdrs.description, kernel.lockdown_mode())
-        meta["cycle"] = None
-        if cycle is not None:
-            forks, joined = join_cycle(forks, cycle.records())
-            meta["cycle"] = {
-                "backend": backend,
-                "syscalls": {str(nr): name for nr, name in sorted(SYSCALLS.items())},
-                "events": cycle_counters,
-                "joined": joined,
-            }
-        write_recording(opts.output, forks, meta)
-    finally:
-        signal.signal(signal.SIGINT, previous_sigint)
+    stop.writing = True
+    forks = session.fork_table()
+    meta = run_metadata(opts, session, facts, plan, hdrs.description, kernel.lockdown_mode())
+    meta["cycle"] = None
+    if cycle is not None:
+        forks, joined = join_cycle(forks, cycle.records())
+        meta["cycle"] = {
+            "backend": backend,
+            "syscalls": {str(nr): name for nr, name in sorted(SYSCALLS.items())},
+            "events": cycle_counters,
+            "joined": joined,
+        }
+    path = save_recording(opts.output, forks, meta, log)
     lost = meta["lost"]["ringbuf"]
-    log(f"wrote {forks.num_rows} forks to {opts.output}" + (f" (LOST {lost} records)" if lost else " (no events lost)"))
-    return opts.output
+    log(f"wrote {forks.num_rows} forks to {path}" + (f" (LOST {lost} records)" if lost else " (no events lost)"))
+    return Recorded(path, session.exit_status or 0)
 
 
 def _bracket_config(opts: RecordOptions, backend: str) -> BracketConfig:

@@ -6,6 +6,7 @@ second with one line.
 
 from __future__ import annotations
 
+import math
 import os
 import platform
 import shutil
@@ -14,8 +15,8 @@ from datetime import datetime
 from pathlib import Path
 
 from analysis.errors import TracerError, UsageError
-from analysis.recording.writer import check_writable
 from tracer.probes.bracket import BACKENDS
+from tracer.record.output import prepare_output
 
 __all__ = ["RecordOptions", "default_output", "validate"]
 
@@ -67,19 +68,20 @@ def validate(opts: RecordOptions) -> None:
         raise UsageError("--forks applies to the built-in workload (--spawn VMAS)")
     if opts.forks is not None and opts.forks <= 0:
         raise UsageError("--forks must be positive")
-    if opts.duration is not None and opts.duration <= 0:
-        raise UsageError("-d/--duration must be positive")
+    if opts.duration is not None and not (math.isfinite(opts.duration) and opts.duration > 0):
+        raise UsageError(f"-d/--duration must be a positive number of seconds, not {opts.duration:g}")
     if opts.spawn_vmas is not None:
+        from tracer.workload.spawn import check_args
+
         if opts.spawn_vmas < 0:
             raise UsageError("--spawn VMAS must be >= 0")
         if opts.forks is None and opts.duration is None:
             opts.forks = 1000
+        check_args(opts.spawn_vmas, opts.forks, opts.duration, opts.cpu, opts.layout)
     if opts.cpu is not None and opts.cpu not in os.sched_getaffinity(0):
         raise UsageError(f"--cpu {opts.cpu}: not a CPU this process may run on")
     if opts.layout != "gapped" and opts.spawn_vmas is None:
         raise UsageError("--layout applies to the built-in workload (--spawn VMAS)")
-    if opts.layout not in ("gapped", "adjacent"):
-        raise UsageError(f"--layout must be gapped or adjacent, not {opts.layout!r}")
     if opts.cpu is not None and opts.spawn_vmas is None:
         raise UsageError("--cpu applies to the built-in workload (--spawn VMAS)")
     if opts.backend is not None and opts.backend not in BACKENDS:
@@ -89,10 +91,23 @@ def validate(opts: RecordOptions) -> None:
     for pid in opts.pids:
         if pid <= 0 or not Path(f"/proc/{pid}").is_dir():
             raise TracerError(f"no such process: {pid}")
-    if opts.command and shutil.which(opts.command[0]) is None:
-        raise TracerError(f"command not found: {opts.command[0]}")
+    if opts.command:
+        _check_command(opts.command[0])
     if os.geteuid() != 0:
         raise TracerError("tracer record loads BPF programs and needs root: run it with sudo")
-    opts.output = check_writable(opts.output or default_output(opts))
+    opts.output = prepare_output(opts.output or default_output(opts))
+
+
+def _check_command(name: str) -> None:
+    """As a shell says it: 127 for a command not found, 126 for one that cannot be run."""
+    if shutil.which(name) is not None:
+        return
+    if "/" in name and os.path.exists(name):
+        err = TracerError(f"cannot run {name}: not an executable file")
+        err.exit_code = 126
+    else:
+        err = TracerError(f"command not found: {name}")
+        err.exit_code = 127
+    raise err
 
 

@@ -35,6 +35,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <fcntl.h>
 #include <time.h>
@@ -359,6 +360,13 @@ int main(int argc, char **argv)
 	pid_t launcher = getppid();
 	char line[256];
 	int len;
+
+	/*
+	 * Die with the launcher, even by SIGKILL: SIGTERM is a stop request (the
+	 * loop ends after the current fork). Had the launcher died before this
+	 * call, stdin is already at EOF and wait_for_go() exits without forking.
+	 */
+	prctl(PR_SET_PDEATHSIG, SIGTERM);
 
 	opterr = 0; /* report problems ourselves, as one line */
 	while ((opt = getopt_long(argc, argv, ":", options, NULL)) != -1) {

@@ -41,6 +41,7 @@ __all__ = [
     "SpawnWorkload",
     "build_spawn",
     "cache_dir",
+    "check_args",
     "run_spawn",
 ]
 
@@ -54,6 +55,11 @@ CFLAGS = ("-O2", "-Wall")
 # Seconds allowed between launch and the "ready" line. Making 65,000 VMAs
 # takes well under a second; this only catches a child that hangs.
 READY_TIMEOUT = 60.0
+
+# The ranges spawn.c accepts (parse_count), checked here first so a bad value
+# fails before the tracer loads BPF rather than when the workload starts.
+MAX_VMAS = 1 << 24
+MAX_FORKS = 1 << 62
 
 
 def cache_dir() -> Path:
@@ -156,20 +162,24 @@ class SpawnResult:
         return os.strerror(self.fork_errno) if self.fork_errno else None
 
 
-def _check_args(vmas: int, forks: int | None, seconds: float | None, cpu: int | None, layout: str = "gapped") -> None:
-    """Refuse bad arguments with a UsageError before compiling or launching."""
+def check_args(vmas: int, forks: int | None, seconds: float | None, cpu: int | None, layout: str = "gapped") -> None:
+    """Refuse bad arguments with a UsageError before compiling or launching (or loading BPF)."""
     if layout not in LAYOUTS:
         raise UsageError(f"--layout must be one of {', '.join(LAYOUTS)}, not {layout!r}")
 
     def whole(value: Any) -> bool:
         return isinstance(value, int) and not isinstance(value, bool)
 
-    if not whole(vmas) or vmas < 0:
-        raise UsageError(f"--spawn needs a whole number of extra VMAs (0 or more), not {vmas!r}")
+    if not whole(vmas) or vmas < 0 or vmas > MAX_VMAS:
+        raise UsageError(f"--spawn needs a whole number of extra VMAs from 0 to {MAX_VMAS}, not {vmas!r}")
+    max_map_count = _max_map_count()
+    # The process has VMAs of its own (binary, libc, stack) besides the extra ones.
+    if max_map_count is not None and vmas >= max_map_count:
+        raise TracerError(f"--spawn {vmas}: vm.max_map_count is {max_map_count}, counting the VMAs the process already has")
     if forks is None and seconds is None:
         raise UsageError("the spawn workload needs --forks, a duration, or both")
-    if forks is not None and (not whole(forks) or forks < 1):
-        raise UsageError(f"--forks must be a whole number of at least 1, not {forks!r}")
+    if forks is not None and (not whole(forks) or not 1 <= forks <= MAX_FORKS):
+        raise UsageError(f"--forks must be a whole number from 1 to {MAX_FORKS}, not {forks!r}")
     if seconds is not None and (
         isinstance(seconds, bool)
         or not isinstance(seconds, (int, float))
@@ -179,6 +189,13 @@ def _check_args(vmas: int, forks: int | None, seconds: float | None, cpu: int | 
         raise UsageError(f"the spawn duration must be between 0.000001 and 1000000 seconds, not {seconds!r}")
     if cpu is not None and (not whole(cpu) or cpu < 0):
         raise UsageError(f"--cpu must be a CPU number, not {cpu!r}")
+
+
+def _max_map_count() -> int | None:
+    try:
+        return int(Path("/proc/sys/vm/max_map_count").read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def _failure(returncode: int, stderr: bytes, what: str) -> TracerError:
@@ -207,7 +224,7 @@ class SpawnWorkload:
         touch: bool = False,
         layout: str = "gapped",
     ) -> None:
-        _check_args(vmas, forks, seconds, cpu, layout)
+        check_args(vmas, forks, seconds, cpu, layout)
         self.vmas = vmas
         self.layout = layout
         self.forks = forks
