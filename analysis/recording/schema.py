@@ -45,6 +45,7 @@ FORK_COLUMNS: list[tuple[str, pa.DataType, str]] = [
 # without these; a file without a FORK_COLUMNS column is refused.
 ADDED_COLUMNS: list[tuple[str, pa.DataType, str, object]] = [
     ("partial", pa.bool_(), "bracket in flight when tracing started or stopped: not a failure, not timed", False),
+    ("min_step_ns", pa.uint64(), "shortest store -> next store among the first 17 stores, ns (0: stores < 2, or not recorded)", 0),
 ]
 
 FORK_SCHEMA = pa.schema(
@@ -60,7 +61,7 @@ COLUMN_DEFAULTS: dict[str, object] = {name: default for name, _, _, default in A
 PHASE_COLUMNS: list[tuple[str, pa.DataType, str]] = [
     ("dup_mmap_ns", pa.float64(), "parent lock -> parent unlock"),
     ("mt_dup_raw_ns", pa.float64(), "child lock -> first store (__mt_dup + first VMA's pre-store work)"),
-    ("mt_dup_ns", pa.float64(), "mt_dup_raw_ns less one mean VMA step, clamped at 0 (NaN: stores < 2)"),
+    ("mt_dup_ns", pa.float64(), "mt_dup_raw_ns less the shortest VMA step (the mean one where min_step_ns is 0), clamped at 0 (NaN: stores < 2)"),
     ("vma_loop_ns", pa.float64(), "first -> last store: stores - 1 VMA steps"),
     ("vma_step_ns", pa.float64(), "vma_loop_ns / (stores - 1)"),
     ("tail_ns", pa.float64(), "last store -> parent unlock"),
@@ -76,6 +77,7 @@ METADATA_FIELDS = {
     "host": "{hostname, cpus, cpu_model, lockdown}",
     "backend": "str: 'raw_tracepoint' or 'tracepoint' (how the bracket was attached)",
     "backend_reason": "str: why that backend (doctor's reason, or 'forced by --backend')",
+    "level": "str: 'fork' (lock bracket only), 'phase' (plus the per-VMA program) or 'full' (plus sampling); absent: phase",
     "methods": "{phase: method}: how each phase was obtained (bracket, bracket-corrected, sampled, unavailable)",
     "probes": "doctor's findings: per symbol and per tracepoint availability",
     "headers": "str: kernel headers bcc compiled against",
