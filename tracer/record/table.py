@@ -27,4 +27,5 @@ def fork_table(dups: bytes | bytearray, children: list[tuple[int, int, int]]) ->
     columns["child_pid"] = child.fillna(-1).astype("int64").to_numpy()
     columns["failed"] = (ev["zero_stores"] > 0) | ~completed
     columns["partial"] = np.zeros(len(ev), dtype=bool)
+    columns["min_step_ns"] = ev["min_step"]
     return pa.table({name: columns[name] for name in FORK_SCHEMA.names}).cast(FORK_SCHEMA)
