@@ -190,14 +190,14 @@ static __always_inline struct task_struct *task_of_current(void)
 	return (struct task_struct *)bpf_get_current_task();
 }
 
-static __always_inline void reset_agg(struct vma_agg *a, u64 task, u32 expected)
+/* Zero all but the owner (a claimed slot must never look free) and the cached fn. */
+static __always_inline void reset_agg(struct vma_agg *a, u32 expected)
 {
 	u64 fn = a->mas_store_fn;	/* the string's address never changes: keep it */
 
-	__builtin_memset(a, 0, sizeof(*a));
+	__builtin_memset(&a->mas_store_fn, 0, sizeof(*a) - __builtin_offsetof(struct vma_agg, mas_store_fn));
 	a->mas_store_fn = fn;
 	a->expected_writes = expected;
-	a->task = task;
 }
 
 /*
@@ -211,12 +211,13 @@ static __always_inline void claim_slot(struct thread_state *s, u64 task)
 	struct vma_agg *a;
 
 	s->slot_cpu = NO_SLOT;
-	reset_agg(&s->agg, 0, expected);
+	s->agg.task = 0;
+	reset_agg(&s->agg, expected);
 #ifndef LOOKUP_TASK_STORAGE
 	a = cpu_slots.lookup(&cpu);
 	if (!a || __sync_val_compare_and_swap(&a->task, 0, task) != 0)
 		return;
-	reset_agg(a, task, expected);
+	reset_agg(a, expected);
 	s->slot_cpu = cpu;
 #endif
 }
@@ -233,7 +234,7 @@ static __always_inline struct vma_agg *agg_of(struct thread_state *s)
 	return a ? a : &s->agg;
 }
 
-/* Copy the aggregates into the record and free the slot. */
+/* Copy the aggregates into the record and free the slot. Only in state IN_DUP. */
 static __always_inline void release_slot(struct thread_state *s)
 {
 	struct vma_agg *a = agg_of(s);
@@ -296,7 +297,8 @@ static __always_inline void on_lock_acquired(u64 mm, int write, int success)
 	}
 	/* A bracket that never closed (should not happen): start over here. */
 	count(C_REENTRY);
-	release_slot(s);
+	if (s->state == IN_DUP)
+		release_slot(s);
 	s->state = PARENT_LOCKED;
 	s->parent_mm = mm;
 	s->ev.ts_parent_lock = now;

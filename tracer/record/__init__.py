@@ -46,7 +46,7 @@ def record(opts: RecordOptions, log: Callable[[str], None] | None = None) -> Pat
 
     session = Session(opts, log)
     probe = BracketProbe(config, on_dup=session.on_dup, on_child=session.on_child)
-    log(f"loading BPF ({backend}{', sampling %d Hz' % opts.sample_hz if opts.sample_hz else ''}) ...")
+    log(f"loading BPF ({backend}, level {opts.level}{', sampling %d Hz' % opts.sample_hz if opts.sample_hz else ''}) ...")
     probe.load()
     try:
         session.run(probe)
@@ -78,6 +78,7 @@ def _bracket_config(opts: RecordOptions, backend: str) -> BracketConfig:
         filter_tgids=opts.mode != "system",
         follow_children=opts.mode == "command",
         sample_hz=opts.sample_hz,
+        level=opts.level,
         **offsets,
     )
 

@@ -21,7 +21,18 @@ if TYPE_CHECKING:
     from tracer.record.options import RecordOptions
     from tracer.record.session import Session
 
-__all__ = ["run_metadata", "keep_off_cpu", "wall_mono"]
+__all__ = ["level_methods", "run_metadata", "keep_off_cpu", "wall_mono"]
+
+# Phases timed from ma_write stores: --level fork attaches no per-VMA program.
+STORE_PHASES = ("mt_dup", "vma_loop", "tail")
+
+
+def level_methods(phases: dict[str, str], level: str | None) -> dict[str, str]:
+    """Doctor's method per phase, as the chosen level leaves it (pure)."""
+    if level != "fork":
+        return dict(phases)
+    why = "unavailable (--level fork: no per-VMA program; dup_mmap only)"
+    return {phase: why if phase in STORE_PHASES else method for phase, method in phases.items()}
 
 
 def run_metadata(
@@ -38,7 +49,8 @@ def run_metadata(
             "lockdown": lockdown,
         },
         "backend": backend,
-        "methods": methods["phases"],
+        "level": opts.level,
+        "methods": level_methods(methods["phases"], opts.level),
         "backend_reason": methods.get("backend_reason") if backend == methods["backend"] else "forced by --backend",
         "probes": caps,
         "headers": headers,

@@ -15,9 +15,12 @@ from pathlib import Path
 
 from analysis.errors import TracerError, UsageError
 from analysis.recording.writer import check_writable
-from tracer.probes.bracket import BACKENDS
+from tracer.probes.bracket import BACKENDS, LEVELS
 
-__all__ = ["RecordOptions", "default_output", "validate"]
+__all__ = ["DEFAULT_SAMPLE_HZ", "RecordOptions", "default_output", "validate"]
+
+# --level full without --sample: an odd rate, so samples do not beat with timer ticks.
+DEFAULT_SAMPLE_HZ = 4999
 
 
 @dataclass
@@ -32,6 +35,7 @@ class RecordOptions:
     output: Path | None = None
     sample_hz: int = 0
     backend: str | None = None
+    level: str | None = None  # LEVELS; None: full with --sample, else phase
     quiet: bool = False
 
     @property
@@ -76,6 +80,7 @@ def validate(opts: RecordOptions) -> None:
         raise UsageError(f"unknown backend {opts.backend!r} (known: {', '.join(BACKENDS)})")
     if opts.sample_hz < 0 or opts.sample_hz > 100_000:
         raise UsageError("--sample HZ must be between 0 (off) and 100000")
+    resolve_level(opts)
     for pid in opts.pids:
         if pid <= 0 or not Path(f"/proc/{pid}").is_dir():
             raise TracerError(f"no such process: {pid}")
@@ -86,3 +91,15 @@ def validate(opts: RecordOptions) -> None:
     opts.output = check_writable(opts.output or default_output(opts))
 
 
+
+
+def resolve_level(opts: RecordOptions) -> None:
+    """--level and --sample together: full samples (at DEFAULT_SAMPLE_HZ unless told), the others do not."""
+    if opts.level is None:
+        opts.level = "full" if opts.sample_hz else "phase"
+    if opts.level not in LEVELS:
+        raise UsageError(f"unknown level {opts.level!r} (known: {', '.join(LEVELS)})")
+    if opts.level == "full" and not opts.sample_hz:
+        opts.sample_hz = DEFAULT_SAMPLE_HZ
+    elif opts.level != "full" and opts.sample_hz:
+        raise UsageError(f"--sample takes stack samples, which is --level full, not {opts.level}")
