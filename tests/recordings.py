@@ -19,6 +19,9 @@ from analysis.recording.writer import write_recording
 
 __all__ = ["MONO_BASE_NS", "fork_row", "fork_rows", "default_metadata", "write_synthetic"]
 
+# bracket.c times the first 1 + MIN_STEP_STEPS stores (MIN_STEP_STORES there).
+MIN_STEP_STEPS = 16
+
 # A plausible CLOCK_MONOTONIC value (~3 h of uptime), so subtraction bugs show.
 MONO_BASE_NS = 11_000_000_000_000
 
@@ -44,6 +47,7 @@ def fork_row(
     null_stores: int = 0,
     step_jitter_ns: int = 0,
     cycle: tuple[int, int, int] | None = None,
+    steps_ns: list[int] | None = None,
     rng: random.Random | None = None,
 ) -> dict[str, Any]:
     """One dup_mmap row starting at `start_ns` with the given phase costs.
@@ -55,6 +59,8 @@ def fork_row(
     cycle: (clone_extra_ns, exit_mmap_ns, wait_ns) for the spawn cycle's columns:
     the clone syscall spans the bracket plus clone_extra_ns; the child's
     exit_mmap and the parent's wait follow it. None: not seen (as without --cycle).
+    `steps_ns` (vmas - 1 values) gives each step instead, and min_step_ns is
+    then what the probe records: the shortest of the first MIN_STEP_STEPS.
     """
     rng = rng or random.Random(0)
     first_step = vma_step_ns if first_step_ns is None else first_step_ns
@@ -63,12 +69,19 @@ def fork_row(
     if vmas > 0:
         first_store = child_lock + int(round(mt_dup_ns + first_step))
         last_store = first_store
-        for _ in range(vmas - 1):
-            jitter = rng.randint(-step_jitter_ns, step_jitter_ns) if step_jitter_ns else 0
-            last_store += max(1, int(round(vma_step_ns)) + jitter)
+        if steps_ns is None:
+            steps = []
+            for _ in range(vmas - 1):
+                jitter = rng.randint(-step_jitter_ns, step_jitter_ns) if step_jitter_ns else 0
+                steps.append(max(1, int(round(vma_step_ns)) + jitter))
+        else:
+            assert len(steps_ns) == vmas - 1, "steps_ns: one per store after the first"
+            steps = list(steps_ns)
+        last_store += sum(steps)
         parent_unlock = last_store + tail_ns
     else:
         first_store = last_store = 0
+        steps = []
         parent_unlock = child_lock + int(round(mt_dup_ns)) + tail_ns
     child_unlock = max(parent_unlock - child_unlock_before_end_ns, last_store, child_lock)
     return {
@@ -91,6 +104,7 @@ def fork_row(
         "parent_map_count": vmas + null_stores,
         "failed": failed,
         "partial": partial,
+        "min_step_ns": min(steps[:MIN_STEP_STEPS]) if steps_ns is not None and vmas >= 2 else 0,
         **_cycle_columns(parent_lock, parent_unlock, None if failed else cycle),
     }
 

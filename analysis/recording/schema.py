@@ -52,6 +52,7 @@ ADDED_COLUMNS: list[tuple[str, pa.DataType, str, object]] = [
     ("exit_mmap_ns", pa.float64(), "the child's exit_mmap: read lock -> write unlock of its mm (NaN: not seen)", float("nan")),
     ("ts_wait", pa.uint64(), "wait4/waitid that reaped the child entered (0: not seen)", 0),
     ("wait_ns", pa.float64(), "that wait4/waitid's entry -> exit in the parent (NaN: not seen)", float("nan")),
+    ("min_step_ns", pa.uint64(), "shortest store -> next store among the first 17 stores, ns (0: stores < 2, or not recorded)", 0),
 ]
 
 # The ADDED_COLUMNS that record --cycle fills: (timestamp column, duration column) per part.
@@ -74,7 +75,7 @@ COLUMN_DEFAULTS: dict[str, object] = {name: default for name, _, _, default in A
 PHASE_COLUMNS: list[tuple[str, pa.DataType, str]] = [
     ("dup_mmap_ns", pa.float64(), "parent lock -> parent unlock"),
     ("mt_dup_raw_ns", pa.float64(), "child lock -> first store (__mt_dup + first VMA's pre-store work)"),
-    ("mt_dup_ns", pa.float64(), "mt_dup_raw_ns less one mean VMA step, clamped at 0 (NaN: stores < 2)"),
+    ("mt_dup_ns", pa.float64(), "mt_dup_raw_ns less the shortest VMA step (the mean one where min_step_ns is 0), clamped at 0 (NaN: stores < 2)"),
     ("vma_loop_ns", pa.float64(), "first -> last store: stores - 1 VMA steps"),
     ("vma_step_ns", pa.float64(), "vma_loop_ns / (stores - 1)"),
     ("tail_ns", pa.float64(), "last store -> parent unlock"),
@@ -90,6 +91,7 @@ METADATA_FIELDS = {
     "host": "{hostname, cpus, cpu_model, lockdown, governor, isolated_cpus}",
     "backend": "str: 'raw_tracepoint' or 'tracepoint' (how the bracket was attached)",
     "backend_reason": "str: why that backend (doctor's reason, or 'forced by --backend')",
+    "level": "str: 'fork' (lock bracket only), 'phase' (plus the per-VMA program) or 'full' (plus sampling); absent: phase",
     "methods": "{phase: method}: how each phase was obtained (bracket, bracket-corrected, sampled, unavailable)",
     "probes": "doctor's findings: per symbol and per tracepoint availability",
     "headers": "str: kernel headers bcc compiled against",

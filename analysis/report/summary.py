@@ -72,6 +72,8 @@ def summarize(rec: Recording) -> dict[str, Any]:
         "machine": _field(meta, "kernel", "machine"),
         "host": meta.get("host") if isinstance(meta.get("host"), dict) else None,
         "backend": meta.get("backend"),
+        # Recordings made before levels existed are what `phase` records now.
+        "level": meta.get("level") or "phase (not recorded)",
         "targets": meta.get("targets"),
         "workload": meta.get("workload"),
         "start": _field(meta, "start", "wall"),
@@ -84,6 +86,7 @@ def summarize(rec: Recording) -> dict[str, Any]:
         "lost_events": sum(known) if known else None,
         "lost": {**lost_counts, "samples": _field(meta, "sample", "lost")},
         "vmas": _spread(copied["stores"]),
+        "map_count": _spread(usable["parent_map_count"][usable["parent_map_count"] >= 0]),
         "leaves": _spread(copied["leaves"]),
         "no_stores": int((usable["stores"] == 0).sum()),
         "null_stores": int(usable["null_stores"].sum()),
@@ -204,6 +207,7 @@ def _header(s: Mapping[str, Any]) -> list[str]:
         f"forktrace report: {s['recording']}",
         f"  kernel    {kernel}",
         f"  backend   {_or_unknown(s['backend'])}",
+        f"  level     {s['level']}",
         f"  host      {host_line or 'unknown'}",
         f"  workload  {wl}",
         f"  duration  {duration}",
@@ -217,6 +221,9 @@ def _header(s: Mapping[str, Any]) -> list[str]:
         v, lv = s["vmas"], s["leaves"]
         lines.append(f"  VMAs      copied per fork: min {v['min']}, median {v['median']}, max {v['max']}")
         lines.append(f"  leaves    distinct child leaves written: median {lv['median']}")
+    elif s["map_count"]["median"] is not None:
+        m = s["map_count"]
+        lines.append(f"  VMAs      parent map_count per fork: min {m['min']}, median {m['median']}, max {m['max']}")
     return lines
 
 

@@ -20,8 +20,24 @@
  * cheaper ones, which read ma_state and task_struct through offsets the
  * loader takes from the running kernel's BTF) and classic tracepoints.
  *
+ * The per-VMA program runs once per copied VMA and is most of the tracer's
+ * cost, so its state is found without a task storage lookup: the thread
+ * that enters the loop claims its CPU's slot in `cpu_slots` (keyed by the
+ * task pointer), and ma_write checks that slot first. dup_mmap() can sleep
+ * and migrate while it holds mmap_lock, so a thread whose CPU slot is not
+ * its own falls back to its task storage, which names the slot it claimed
+ * (or holds the aggregates itself when every slot was busy). Only the owner
+ * writes a slot, and a BPF program does not migrate while it runs.
+ *
+ * Stores are timed where a column needs it, not all of them: the first, the
+ * next MIN_STEP_STORES (for min_step), and the last, known in advance
+ * because dup_mmap() writes the child tree once per parent VMA
+ * (mm->map_count, read at the child lock; parent write-locked, so stable).
+ *
  * Macros set by the loader:
  *   RAW_TP                   use raw tracepoints
+ *   MAX_CPUS                 number of possible CPUs (size of cpu_slots)
+ *   NO_PER_VMA               --level fork: no ma_write program at all
  *   MA_STATE_NODE_OFF        offsetof(struct ma_state, node)       (RAW_TP)
  *   TASK_PID_OFF             offsetof(struct task_struct, pid)     (RAW_TP)
  *   MM_MAP_COUNT_OFF         offsetof(struct mm_struct, map_count) (-1: unknown)
@@ -29,6 +45,16 @@
  *   FOLLOW_CHILDREN          add children of targets to `targets`
  *   SAMPLE                   build the perf_event sampling program
  *   RINGBUF_PAGES            ring buffer size, in pages
+ *
+ * Ablation switches (scripts/bench_overhead.py builds one variant per set;
+ * each removes or replaces one piece of the per-VMA program):
+ *   ABLATE_VMA_BODY          ma_write finds its state, then returns
+ *   ABLATE_FN_CHECK          every ma_write counts as a store (no fn check)
+ *   ABLATE_MA_STATE          no read of ma_state->node (leaf = 0)
+ *   ABLATE_TIMESTAMP         no store is timed
+ *   ABLATE_LEAVES            no leaf tracking
+ *   LOOKUP_TASK_STORAGE      per-VMA state from task storage (no CPU slot)
+ *   TIME_EVERY_STORE         time every store (min_step over all stores)
  */
 
 #include <uapi/linux/ptrace.h>
@@ -36,6 +62,18 @@
 
 /* xa_mk_internal(257): what dup_mmap() stores where it failed (v6.8+). */
 #define DUP_FAILED_MARK 0x406UL
+
+/* Stores after the first that are timed for min_step (all with TIME_EVERY_STORE). */
+#define MIN_STEP_STORES 16
+
+#if MM_MAP_COUNT_OFF < 0 && !defined(TIME_EVERY_STORE)
+#define TIME_EVERY_STORE	/* no map_count: the last store is not known in advance */
+#endif
+#ifdef TIME_EVERY_STORE
+#define TIME_ALL 1
+#else
+#define TIME_ALL 0
+#endif
 
 enum bracket_state {
 	IDLE = 0,
@@ -46,14 +84,34 @@ enum bracket_state {
 
 #include "bracket.h"
 
+/* What the per-VMA program accumulates for one dup_mmap() call. */
+struct vma_agg {
+	u64 task;		/* cpu_slots: the owning task_struct, 0 when free */
+	u64 mas_store_fn;	/* address of the "mas_store" string, once seen */
+	u64 last_leaf;
+	u64 ts_first_store;
+	u64 ts_last_store;
+	u64 ts_prev_store;	/* last timed store, for min_step */
+	u64 min_step;
+	u32 writes;		/* ma_write events so far, of every function */
+	u32 expected_writes;	/* parent map_count: one write per VMA (0: unknown) */
+	u32 stores;
+	u32 null_stores;
+	u32 zero_stores;
+	u32 other_writes;
+	u32 leaves;
+	u32 _pad[5];		/* 128 bytes: CPUs' slots share no cache line */
+};
+
+#define NO_SLOT 0xffffffffU
+
 struct thread_state {
 	u32 state;
-	u32 _pad;
-	u64 mas_store_fn;	/* address of the "mas_store" string, once seen */
+	u32 slot_cpu;		/* cpu_slots index claimed at the child lock, or NO_SLOT */
 	u64 parent_mm;
 	u64 child_mm;
-	u64 last_leaf;
 	u64 seq;
+	struct vma_agg agg;	/* the aggregates when no slot could be claimed */
 	struct dup_event ev;
 };
 
@@ -63,6 +121,7 @@ struct sample_key {
 };
 
 BPF_TASK_STORAGE(threads, struct thread_state);
+BPF_ARRAY(cpu_slots, struct vma_agg, MAX_CPUS);
 BPF_RINGBUF_OUTPUT(events, RINGBUF_PAGES);
 BPF_PERCPU_ARRAY(counters, u64, NR_COUNTERS);
 
@@ -126,6 +185,75 @@ static __always_inline s32 read_map_count(u64 mm)
 #endif
 }
 
+static __always_inline struct task_struct *task_of_current(void)
+{
+	return (struct task_struct *)bpf_get_current_task();
+}
+
+/* Zero all but the owner (a claimed slot must never look free) and the cached fn. */
+static __always_inline void reset_agg(struct vma_agg *a, u32 expected)
+{
+	u64 fn = a->mas_store_fn;	/* the string's address never changes: keep it */
+
+	__builtin_memset(&a->mas_store_fn, 0, sizeof(*a) - __builtin_offsetof(struct vma_agg, mas_store_fn));
+	a->mas_store_fn = fn;
+	a->expected_writes = expected;
+}
+
+/*
+ * Take this CPU's slot for the loop to come, if free. A compare-and-swap,
+ * since a tracing program may be preempted by another thread on this CPU.
+ */
+static __always_inline void claim_slot(struct thread_state *s, u64 task)
+{
+	u32 cpu = bpf_get_smp_processor_id();
+	u32 expected = s->ev.parent_map_count > 0 ? s->ev.parent_map_count : 0;
+	struct vma_agg *a;
+
+	s->slot_cpu = NO_SLOT;
+	s->agg.task = 0;
+	reset_agg(&s->agg, expected);
+#ifndef LOOKUP_TASK_STORAGE
+	a = cpu_slots.lookup(&cpu);
+	if (!a || __sync_val_compare_and_swap(&a->task, 0, task) != 0)
+		return;
+	reset_agg(a, expected);
+	s->slot_cpu = cpu;
+#endif
+}
+
+/* The aggregates of this thread's current bracket: its slot's, or its own. */
+static __always_inline struct vma_agg *agg_of(struct thread_state *s)
+{
+	u32 cpu = s->slot_cpu;
+	struct vma_agg *a;
+
+	if (cpu == NO_SLOT)
+		return &s->agg;
+	a = cpu_slots.lookup(&cpu);
+	return a ? a : &s->agg;
+}
+
+/* Copy the aggregates into the record and free the slot. Only in state IN_DUP. */
+static __always_inline void release_slot(struct thread_state *s)
+{
+	struct vma_agg *a = agg_of(s);
+
+	s->ev.ts_first_store = a->ts_first_store;
+	s->ev.ts_last_store = a->ts_last_store;
+	s->ev.min_step = a->min_step;
+	s->ev.stores = a->stores;
+	s->ev.null_stores = a->null_stores;
+	s->ev.zero_stores = a->zero_stores;
+	s->ev.other_writes = a->other_writes;
+	s->ev.leaves = a->leaves;
+	if (a->stores && !a->ts_last_store)
+		count(C_LAST_STORE_MISSED);
+	if (s->slot_cpu != NO_SLOT)
+		a->task = 0;
+	s->slot_cpu = NO_SLOT;
+}
+
 static __always_inline void on_lock_acquired(u64 mm, int write, int success)
 {
 	struct thread_state *s;
@@ -163,12 +291,14 @@ static __always_inline void on_lock_acquired(u64 mm, int write, int success)
 		s->ev.tid = (u32)id;
 		s->ev.parent_map_count = read_map_count(s->parent_mm);
 		s->child_mm = mm;
-		s->last_leaf = 0;
+		claim_slot(s, (u64)task_of_current());
 		s->state = IN_DUP;
 		return;
 	}
 	/* A bracket that never closed (should not happen): start over here. */
 	count(C_REENTRY);
+	if (s->state == IN_DUP)
+		release_slot(s);
 	s->state = PARENT_LOCKED;
 	s->parent_mm = mm;
 	s->ev.ts_parent_lock = now;
@@ -188,11 +318,14 @@ static __always_inline void on_lock_released(u64 mm)
 	count(C_LOCK_EVENTS);
 	if (mm == s->child_mm && s->state == IN_DUP) {
 		s->ev.ts_child_unlock = bpf_ktime_get_ns();
+		release_slot(s);
 		s->state = CHILD_UNLOCKED;
 		return;
 	}
 	if (mm != s->parent_mm)
 		return;
+	if (s->state == IN_DUP)
+		release_slot(s);	/* child unlock not seen (should not happen) */
 	s->ev.ts_parent_unlock = bpf_ktime_get_ns();
 	if (!s->ev.ts_child_unlock)
 		s->ev.ts_child_unlock = s->ev.ts_parent_unlock;
@@ -207,58 +340,99 @@ static __always_inline void on_lock_released(u64 mm)
 }
 
 /*
- * ma_write passes __func__: compare the string once per thread, then the
- * pointer. Per-VMA work is kept to what the record needs; ma_write events are
+ * ma_write passes __func__: compare the string once, then the pointer.
+ * Per-VMA work is kept to what the record needs; ma_write events are
  * counted per record (stores + null_stores + zero_stores + other_writes), not
- * in a map, so the hot path touches only this thread's storage.
+ * in a map, so the hot path touches only this bracket's aggregates.
  */
-static __always_inline int is_mas_store(struct thread_state *s, u64 fn)
+static __always_inline int is_mas_store(struct vma_agg *a, u64 fn)
 {
 	char name[10] = {};
 
-	if (s->mas_store_fn)
-		return fn == s->mas_store_fn;
+	if (a->mas_store_fn)
+		return fn == a->mas_store_fn;
 	bpf_probe_read_kernel(name, sizeof(name), (void *)fn);
 	if (name[0] != 'm' || name[1] != 'a' || name[2] != 's' || name[3] != '_' ||
 	    name[4] != 's' || name[5] != 't' || name[6] != 'o' || name[7] != 'r' ||
 	    name[8] != 'e' || name[9] != 0)
 		return 0;
-	s->mas_store_fn = fn;
+	a->mas_store_fn = fn;
 	return 1;
 }
 
-/* Only the forking thread inside dup_mmap() gets here: see in_dup(). */
-static __always_inline void on_ma_write(struct thread_state *s, u64 fn, u64 leaf, u64 val)
+/* Whether this store's time is needed: see the top of this file. */
+static __always_inline int store_is_timed(struct vma_agg *a, u64 val)
 {
-	u64 now;
-
-	if (!is_mas_store(s, fn)) {
-		s->ev.other_writes++;
-		return;
-	}
-	now = bpf_ktime_get_ns();
-	if (!s->ev.ts_first_store)
-		s->ev.ts_first_store = now;
-	s->ev.ts_last_store = now;
-	if (val == 0)
-		s->ev.null_stores++;
-	else if (val == DUP_FAILED_MARK)
-		s->ev.zero_stores++;
-	else
-		s->ev.stores++;
-	/* The replace loop walks leaves in order: a change of node is a new leaf. */
-	if (leaf != s->last_leaf) {
-		s->ev.leaves++;
-		s->last_leaf = leaf;
-	}
+#ifdef ABLATE_TIMESTAMP
+	return 0;
+#elif defined(TIME_EVERY_STORE)
+	return 1;
+#else
+	return a->stores <= MIN_STEP_STORES || a->writes == a->expected_writes ||
+	       val == DUP_FAILED_MARK || !a->expected_writes;
+#endif
 }
 
-/* ma_write fires for every maple tree write system-wide: leave early. */
-static __always_inline struct thread_state *in_dup(void)
+/* Only the forking thread inside dup_mmap() gets here: see current_agg(). */
+static __always_inline void on_ma_write(struct vma_agg *a, u64 fn, u64 leaf, u64 val)
 {
-	struct thread_state *s = current_state(0);
+	a->writes++;
+#ifndef ABLATE_FN_CHECK
+	if (!is_mas_store(a, fn)) {
+		a->other_writes++;
+		return;
+	}
+#endif
+	if (store_is_timed(a, val)) {
+		u64 now = bpf_ktime_get_ns();
 
-	return s && s->state == IN_DUP ? s : NULL;
+		if (!a->ts_first_store)
+			a->ts_first_store = now;
+		else if (a->ts_prev_store && (!a->min_step || now - a->ts_prev_store < a->min_step))
+			a->min_step = now - a->ts_prev_store;
+		/* A gap in the timed stores is not one step: only consecutive ones count. */
+		a->ts_prev_store = a->stores < MIN_STEP_STORES || TIME_ALL ? now : 0;
+		a->ts_last_store = now;
+	}
+	if (val == 0)
+		a->null_stores++;
+	else if (val == DUP_FAILED_MARK)
+		a->zero_stores++;
+	else
+		a->stores++;
+#ifndef ABLATE_LEAVES
+	/* The replace loop walks leaves in order: a change of node is a new leaf. */
+	if (leaf != a->last_leaf) {
+		a->leaves++;
+		a->last_leaf = leaf;
+	}
+#endif
+}
+
+/*
+ * ma_write fires for every maple tree write system-wide: leave early. The
+ * CPU slot answers for the forking thread without a task storage lookup.
+ */
+static __always_inline struct vma_agg *current_agg(void)
+{
+	u64 task = (u64)task_of_current();
+	struct thread_state *s;
+	struct vma_agg *a;
+
+#ifndef LOOKUP_TASK_STORAGE
+	u32 cpu = bpf_get_smp_processor_id();
+
+	a = cpu_slots.lookup(&cpu);
+	if (a && a->task == task)
+		return a;
+#endif
+	s = current_state(0);
+	if (!s || s->state != IN_DUP)
+		return NULL;
+	if (s->slot_cpu != NO_SLOT)
+		count(C_SLOW_PATH);	/* migrated since the child lock */
+	a = agg_of(s);
+	return a->task == task || s->slot_cpu == NO_SLOT ? a : NULL;
 }
 
 static __always_inline void on_fork(u32 child_pid)
@@ -306,18 +480,24 @@ RAW_TRACEPOINT_PROBE(mmap_lock_released)
 	return 0;
 }
 
+#ifndef NO_PER_VMA
 RAW_TRACEPOINT_PROBE(ma_write)
 {
 	/* (const char *fn, struct ma_state *mas, unsigned long piv, void *val) */
-	struct thread_state *s = in_dup();
+	struct vma_agg *a = current_agg();
 	u64 leaf = 0;
 
-	if (!s)
+	if (!a)
 		return 0;
+#ifndef ABLATE_VMA_BODY
+#ifndef ABLATE_MA_STATE
 	bpf_probe_read_kernel(&leaf, sizeof(leaf), (void *)(ctx->args[1] + MA_STATE_NODE_OFF));
-	on_ma_write(s, ctx->args[0], leaf, ctx->args[3]);
+#endif
+	on_ma_write(a, ctx->args[0], leaf, ctx->args[3]);
+#endif
 	return 0;
 }
+#endif
 
 RAW_TRACEPOINT_PROBE(sched_process_fork)
 {
@@ -343,14 +523,23 @@ TRACEPOINT_PROBE(mmap_lock, mmap_lock_released)
 	return 0;
 }
 
+#ifndef NO_PER_VMA
 TRACEPOINT_PROBE(maple_tree, ma_write)
 {
-	struct thread_state *s = in_dup();
+	struct vma_agg *a = current_agg();
 
-	if (s)
-		on_ma_write(s, (u64)args->fn, (u64)args->node, (u64)args->val);
+	if (!a)
+		return 0;
+#ifndef ABLATE_VMA_BODY
+#ifdef ABLATE_MA_STATE
+	on_ma_write(a, (u64)args->fn, 0, (u64)args->val);
+#else
+	on_ma_write(a, (u64)args->fn, (u64)args->node, (u64)args->val);
+#endif
+#endif
 	return 0;
 }
+#endif
 
 TRACEPOINT_PROBE(sched, sched_process_fork)
 {
@@ -372,7 +561,7 @@ int on_sample(struct bpf_perf_event_data *ctx)
 	if (s->state == CHILD_UNLOCKED)
 		key.phase = SAMPLE_TAIL;
 	else
-		key.phase = s->ev.ts_first_store ? SAMPLE_VMA_LOOP : SAMPLE_MT_DUP;
+		key.phase = agg_of(s)->ts_first_store ? SAMPLE_VMA_LOOP : SAMPLE_MT_DUP;
 	key.stackid = stacks.get_stackid(ctx, 0);
 	if (key.stackid < 0) {
 		count(C_SAMPLE_LOST);

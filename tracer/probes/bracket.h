@@ -25,6 +25,8 @@ enum counter {
 	C_STORAGE_FAIL,		/* no per-thread storage could be had */
 	C_SAMPLES,		/* perf samples taken inside dup_mmap() */
 	C_SAMPLE_LOST,		/* samples whose stack could not be saved */
+	C_SLOW_PATH,		/* per-VMA events that missed the per-CPU slot */
+	C_LAST_STORE_MISSED,	/* brackets whose last store was not timed */
 	NR_COUNTERS,
 };
 
@@ -36,6 +38,7 @@ struct dup_event {
 	u64 ts_child_unlock;
 	u64 ts_parent_unlock;
 	u64 seq;		/* per-thread dup_mmap() count, pairs EVENT_CHILD */
+	u64 min_step;		/* shortest timed store -> next store, ns (0: < 2 stores) */
 	u32 kind;
 	u32 pid;
 	u32 tid;

@@ -70,7 +70,7 @@ def _record(opts: RecordOptions, log: Callable[[str], None], stop: StopRequests)
     cycle_config = _cycle_config(opts, backend, log)
     session = Session(opts, log, stop)
     probe = BracketProbe(config, on_dup=session.on_dup, on_child=session.on_child)
-    extras = [f"sampling {opts.sample_hz} Hz"] if opts.sample_hz else []
+    extras = [f"level {opts.level}"] + ([f"sampling {opts.sample_hz} Hz"] if opts.sample_hz else [])
     extras += ["clone/exit_mmap/wait"] if cycle_config else []
     log(f"loading BPF ({', '.join([backend, *extras])}) ...")
     probe.load()
@@ -121,6 +121,7 @@ def _bracket_config(opts: RecordOptions, backend: str) -> BracketConfig:
         filter_tgids=opts.mode != "system",
         follow_children=opts.mode == "command",
         sample_hz=opts.sample_hz,
+        level=opts.level,
         **offsets,
     )
 

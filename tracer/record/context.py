@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from tracer.host.methods import MethodPlan
     from tracer.record.options import RecordOptions
 
-__all__ = ["Collected", "run_metadata", "host_context", "keep_off_cpu", "wall_mono"]
+__all__ = ["Collected", "level_methods", "run_metadata", "host_context", "keep_off_cpu", "wall_mono"]
 
 
 class Collected(Protocol):
@@ -36,6 +36,17 @@ class Collected(Protocol):
     stacks: list[dict]
     maps: list[dict]
 
+# Phases timed from ma_write stores: --level fork attaches no per-VMA program.
+STORE_PHASES = ("mt_dup", "vma_loop", "tail")
+
+
+def level_methods(phases: dict[str, str], level: str | None) -> dict[str, str]:
+    """Doctor's method per phase, as the chosen level leaves it (pure)."""
+    if level != "fork":
+        return dict(phases)
+    why = "unavailable (--level fork: no per-VMA program; dup_mmap only)"
+    return {phase: why if phase in STORE_PHASES else method for phase, method in phases.items()}
+
 
 def run_metadata(
     opts: RecordOptions, session: Collected, facts: HostFacts, plan: MethodPlan, headers: str, lockdown: str
@@ -46,7 +57,8 @@ def run_metadata(
         "kernel": {"release": platform.release(), "version": platform.version(), "machine": platform.machine()},
         "host": host_context(lockdown),
         "backend": plan.backend,
-        "methods": plan.phase_texts(),
+        "level": opts.level,
+        "methods": level_methods(plan.phase_texts(), opts.level),
         "backend_reason": plan.reason,
         "probes": facts.to_dict(),
         "headers": headers,

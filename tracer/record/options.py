@@ -15,10 +15,13 @@ from datetime import datetime
 from pathlib import Path
 
 from analysis.errors import TracerError, UsageError
-from tracer.probes.bracket import BACKENDS
+from tracer.probes.bracket import BACKENDS, LEVELS
 from tracer.record.output import prepare_output
 
-__all__ = ["RecordOptions", "default_output", "validate"]
+__all__ = ["DEFAULT_SAMPLE_HZ", "RecordOptions", "default_output", "validate"]
+
+# --level full without --sample: an odd rate, so samples do not beat with timer ticks.
+DEFAULT_SAMPLE_HZ = 4999
 
 
 @dataclass
@@ -33,6 +36,7 @@ class RecordOptions:
     output: Path | None = None
     sample_hz: int = 0
     backend: str | None = None
+    level: str | None = None  # LEVELS; None: full with --sample, else phase
     quiet: bool = False
     layout: str = "gapped"  # --spawn: how the extra VMAs are laid out (tracer.workload.spawn.LAYOUTS)
     cycle: bool | None = None  # clone/exit_mmap/wait per fork; None: on for --spawn, off otherwise
@@ -88,6 +92,7 @@ def validate(opts: RecordOptions) -> None:
         raise UsageError(f"unknown backend {opts.backend!r} (known: {', '.join(BACKENDS)})")
     if opts.sample_hz < 0 or opts.sample_hz > 100_000:
         raise UsageError("--sample HZ must be between 0 (off) and 100000")
+    resolve_level(opts)
     for pid in opts.pids:
         if pid <= 0 or not Path(f"/proc/{pid}").is_dir():
             raise TracerError(f"no such process: {pid}")
@@ -111,3 +116,15 @@ def _check_command(name: str) -> None:
     raise err
 
 
+
+
+def resolve_level(opts: RecordOptions) -> None:
+    """--level and --sample together: full samples (at DEFAULT_SAMPLE_HZ unless told), the others do not."""
+    if opts.level is None:
+        opts.level = "full" if opts.sample_hz else "phase"
+    if opts.level not in LEVELS:
+        raise UsageError(f"unknown level {opts.level!r} (known: {', '.join(LEVELS)})")
+    if opts.level == "full" and not opts.sample_hz:
+        opts.sample_hz = DEFAULT_SAMPLE_HZ
+    elif opts.level != "full" and opts.sample_hz:
+        raise UsageError(f"--sample takes stack samples, which is --level full, not {opts.level}")

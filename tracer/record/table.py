@@ -46,5 +46,6 @@ def fork_table(
     failed = ev["zero_stores"] > 0
     columns["failed"] = failed | (~completed & ~partial)
     columns["partial"] = partial & ~failed
+    columns["min_step_ns"] = ev["min_step"]
     # Columns the bracket does not give (the cycle's) start at their defaults.
     return with_defaults(pa.table({name: columns[name] for name in FORK_SCHEMA.names if name in columns})).cast(FORK_SCHEMA)

@@ -139,12 +139,17 @@ static double parse_seconds(const char *arg)
 	return value;
 }
 
-static uint64_t now_ns(void)
+static uint64_t clock_ns(clockid_t clock)
 {
 	struct timespec ts;
 
-	clock_gettime(CLOCK_MONOTONIC, &ts);
+	clock_gettime(clock, &ts);
 	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+static uint64_t now_ns(void)
+{
+	return clock_ns(CLOCK_MONOTONIC);
 }
 
 /*
@@ -355,7 +360,7 @@ int main(int argc, char **argv)
 	double seconds = 0;
 	int touch = 0, adjacent = 0, fork_errno = 0, opt;
 	const char *stop = "forks";
-	uint64_t start, deadline, elapsed;
+	uint64_t start, deadline, elapsed, cpu_start, cpu_used;
 	long vmas_total;
 	pid_t launcher = getppid();
 	char line[256];
@@ -436,6 +441,7 @@ int main(int argc, char **argv)
 	wait_for_go();
 
 	start = now_ns();
+	cpu_start = clock_ns(CLOCK_THREAD_CPUTIME_ID);
 	deadline = seconds ? start + (uint64_t)(seconds * 1e9) : UINT64_MAX;
 	for (;;) {
 		pid_t child;
@@ -480,14 +486,15 @@ int main(int argc, char **argv)
 		}
 	}
 	elapsed = now_ns() - start;
+	cpu_used = clock_ns(CLOCK_THREAD_CPUTIME_ID) - cpu_start;
 
 	len = snprintf(line, sizeof(line),
 		       "{\"forks\": %lld, \"failed\": %lld, \"elapsed_ns\": %llu, "
 		       "\"forks_per_sec\": %.1f, \"vmas_total\": %ld, "
-		       "\"stop\": \"%s\", \"fork_errno\": %d}\n",
+		       "\"stop\": \"%s\", \"fork_errno\": %d, \"cpu_ns\": %llu}\n",
 		       forks, failed, (unsigned long long)elapsed,
 		       elapsed ? forks * 1e9 / (double)elapsed : 0.0, vmas_total,
-		       stop, fork_errno);
+		       stop, fork_errno, (unsigned long long)cpu_used);
 	write_all(STDOUT_FILENO, line, (size_t)len);
 	return 0;
 }
