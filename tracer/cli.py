@@ -1,4 +1,4 @@
-"""Command line: tracer doctor | record | report | model.
+"""Command line: tracer doctor | record | report | model | compare | bench.
 
 Thin: parses flags in the style of bcc's tools, calls into tracer/ (side
 effects) and analysis/ (pure), and turns TracerError into one line on stderr.
@@ -91,6 +91,31 @@ def model(
     from analysis.model.cli import run_model
 
     typer.echo(run_model(vmas=vmas, gaps=gaps, maps=maps, recording=recording, as_json=json_out))
+
+
+@app.command()
+def compare(
+    paths: Optional[List[Path]] = typer.Argument(None, metavar="BASE NEW", help="Two recordings, directories of recordings, or pyperf JSON files."),
+    base: List[Path] = typer.Option([], "-b", "--base", metavar="FILE|DIR", help="A base input (repeatable; instead of BASE NEW)."),
+    new: List[Path] = typer.Option([], "-n", "--new", metavar="FILE|DIR", help="A new input (repeatable; instead of BASE NEW)."),
+    fmt: str = typer.Option("text", "--format", "-f", help="text (80 columns), markdown, or json."),
+    plot: Optional[Path] = typer.Option(None, "--plot", metavar="FILE", help="Also draw each phase's distributions side by side (.png, .svg, .pdf)."),
+    fail_on_regression: Optional[float] = typer.Option(None, "--fail-on-regression", metavar="PCT", help="Exit 1 if a significant regression beyond PCT percent is found."),
+) -> None:
+    """Did it get slower? Per phase and VMA group: medians, delta with 95% CI, Mann-Whitney U, "~" if not significant.
+
+    Exit status: 0, or 1 with --fail-on-regression when a significant regression
+    beyond PCT is found; 2 on bad input.
+    """
+    from tracer.compare import run_compare
+
+    try:
+        text, failed = run_compare(paths or [], base, new, fmt, plot, fail_on_regression)
+    except TracerError as err:
+        fail(str(err), 2)
+    typer.echo(text)
+    if failed:
+        raise typer.Exit(1)
 
 
 def main() -> None:

@@ -93,7 +93,7 @@ def compare_benchmarks(
         for r in rows
         if not r.decided
     ]
-    return Comparison(
+    comparison = Comparison(
         kind="pyperf",
         unit="s",
         base_files=sorted({f for f, _ in base}),
@@ -108,3 +108,5 @@ def compare_benchmarks(
         min_samples=min_samples,
         groups=[""],
     )
+    comparison.values = {(p.group, p.metric): (p.base, p.new) for p in pairs}
+    return comparison

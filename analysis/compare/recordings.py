@@ -112,7 +112,7 @@ def compare_recordings(
             )
     if not pairs:
         warnings.append("NO GROUP IN COMMON: nothing was compared")
-    return Comparison(
+    comparison = Comparison(
         kind="recordings",
         unit="ns",
         base_files=[str(r.path) for r in base],
@@ -129,3 +129,5 @@ def compare_recordings(
         min_samples=min_samples,
         groups=labels,
     )
+    comparison.values = {(p.group, p.metric): (p.base, p.new) for p in sample_pairs}
+    return comparison

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Any
 
 from analysis.compare.components import ComponentRow, ShapeChange
 from analysis.compare.context import ContextItem
@@ -43,6 +44,8 @@ class Comparison:
     alpha: float = ALPHA
     min_samples: int = MIN_SAMPLES
     groups: list[str] = field(default_factory=list)  # matched groups, in order
+    # (group, metric) -> (base values, new values): what the rows were computed from, for plots.
+    values: dict[tuple[str, str], tuple[Any, Any]] = field(default_factory=dict, repr=False)
 
     @property
     def tests(self) -> int:
