@@ -50,6 +50,7 @@ def record(
     duration: Optional[float] = typer.Option(None, "-d", "--duration", metavar="SECS", help="Stop after SECS seconds."),
     cpu: Optional[int] = typer.Option(None, "--cpu", help="With --spawn: pin the workload to this CPU."),
     touch: bool = typer.Option(False, "--touch", help="With --spawn: touch each extra VMA's page, so fork copies page tables."),
+    layout: str = typer.Option("gapped", "--layout", help="With --spawn: extra VMAs gapped (a hole between each) or adjacent."),
     output: Optional[Path] = typer.Option(None, "-o", "--output", help="Recording file (default forktrace-<target>-<kernel>-<time>.parquet)."),
     sample: int = typer.Option(0, "--sample", metavar="HZ", help="Also sample kernel stacks at HZ inside dup_mmap (perf cpu-clock)."),
     backend: Optional[str] = typer.Option(None, "--backend", help="Force raw_tracepoint or tracepoint (default: what doctor chooses)."),
@@ -61,7 +62,7 @@ def record(
 
     opts = RecordOptions(
         pids=pid, command=command or [], spawn_vmas=spawn, forks=forks, duration=duration, cpu=cpu,
-        touch=touch, output=output, sample_hz=sample, backend=backend, quiet=quiet,
+        touch=touch, layout=layout, output=output, sample_hz=sample, backend=backend, quiet=quiet,
     )
     run_record(opts)
 

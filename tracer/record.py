@@ -56,6 +56,7 @@ class RecordOptions:
     duration: float | None = None
     cpu: int | None = None
     touch: bool = False
+    layout: str = "gapped"  # spawn.c --layout: gapped or adjacent
     output: Path | None = None
     sample_hz: int = 0
     backend: str | None = None
@@ -99,6 +100,12 @@ def validate(opts: RecordOptions) -> None:
         raise UsageError(f"--cpu {opts.cpu}: not a CPU this process may run on")
     if opts.cpu is not None and opts.spawn_vmas is None:
         raise UsageError("--cpu applies to the built-in workload (--spawn VMAS)")
+    from tracer.workload.spawn import LAYOUTS
+
+    if opts.layout not in LAYOUTS:
+        raise UsageError(f"--layout must be one of {', '.join(LAYOUTS)}, not {opts.layout!r}")
+    if opts.layout != "gapped" and opts.spawn_vmas is None:
+        raise UsageError("--layout applies to the built-in workload (--spawn VMAS)")
     if opts.backend is not None and opts.backend not in BACKENDS:
         raise UsageError(f"unknown backend {opts.backend!r} (known: {', '.join(BACKENDS)})")
     if opts.sample_hz < 0 or opts.sample_hz > 100_000:
@@ -357,7 +364,8 @@ class _Session:
         opts = self.opts
         tracer_cpus = keep_off_cpu(opts.cpu)
         with SpawnWorkload(
-            vmas=opts.spawn_vmas, forks=opts.forks, seconds=opts.duration, cpu=opts.cpu, touch=opts.touch
+            vmas=opts.spawn_vmas, forks=opts.forks, seconds=opts.duration, cpu=opts.cpu, touch=opts.touch,
+            layout=opts.layout,
         ) as work:
             pid, _ = work.start()
             probe.add_targets([pid])

@@ -3,7 +3,8 @@
  * spawn: unixbench's "spawn" loop (fork; the child _exit(0)s at once; the
  * parent waitpid()s) run by a process that first gives itself --vmas extra
  * VMAs that cannot merge, so that every fork's dup_mmap() has that many more
- * VMAs to copy.
+ * VMAs to copy. --layout gapped (the default) puts a hole between every two of
+ * them; --layout adjacent puts them side by side, alternating protections.
  *
  * It talks to its launcher (tracer/workload/spawn.py) in lines:
  *
@@ -39,7 +40,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#define USAGE "usage: spawn [--vmas N] [--forks N] [--seconds S] [--cpu C] [--touch]"
+#define USAGE "usage: spawn [--vmas N] [--layout gapped|adjacent] [--forks N] [--seconds S] [--cpu C] [--touch]"
 
 /* Give up after this many fork() failures in a row (e.g. EAGAIN at RLIMIT_NPROC). */
 #define MAX_CONSECUTIVE_FAILURES 1000
@@ -254,6 +255,51 @@ static void make_extra_vmas(long nr, int touch)
 	}
 }
 
+/*
+ * The adjacent layout: nr one-page VMAs side by side, with no hole between
+ * them, in a free range of nr + 2 pages:
+ *
+ *	hole | rw | r | rw | r | ... | hole
+ *
+ * Neighbours differ in protection, so none can merge. In mm->mm_mt the range
+ * takes nr slots (no NULL entry between VMAs): half the slots of the gapped
+ * layout for the same number of VMAs, so fewer leaves for fork to copy.
+ * The range is mapped in one go (read-write) and every other page made
+ * read-only with mprotect(), ascending: one split per call.
+ */
+static void make_adjacent_vmas(long nr, int touch)
+{
+	size_t page = (size_t)sysconf(_SC_PAGESIZE);
+	size_t span = (size_t)nr + 2;
+	char *base, *region;
+
+	if (nr == 0)
+		return;
+	base = mmap(NULL, span * page, PROT_NONE,
+		    MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+	if (base == MAP_FAILED || munmap(base, span * page))
+		die(1, "cannot find %zu free pages of address space for %ld extra VMAs: %s",
+		    span, nr, strerror(errno));
+	region = mmap(base + page, (size_t)nr * page, PROT_READ | PROT_WRITE,
+		      MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0);
+	if (region == MAP_FAILED)
+		die(1, "cannot map %ld pages for %ld extra VMAs: %s", nr, nr, strerror(errno));
+	if (region != base + page)
+		die(1, "the kernel ignored MAP_FIXED_NOREPLACE (it needs Linux 4.17 or later)");
+	if (touch)
+		for (long i = 0; i < nr; i++)
+			region[(size_t)i * page] = 1;
+	for (long i = 1; i < nr; i += 2) {
+		if (mprotect(region + (size_t)i * page, page, PROT_READ) == 0)
+			continue;
+		if (errno == ENOMEM)
+			die(1, "cannot create %ld extra VMAs: the kernel refused a new VMA "
+			    "after %ld (ENOMEM); vm.max_map_count is %ld, counting the VMAs "
+			    "the process already had", nr, i, read_max_map_count());
+		die(1, "mprotect of page %ld of the extra-VMA range failed: %s", i, strerror(errno));
+	}
+}
+
 /* SIGTERM ends the loop after the current fork; the result line is still printed. */
 static volatile sig_atomic_t stop_requested;
 
@@ -293,6 +339,7 @@ int main(int argc, char **argv)
 {
 	static const struct option options[] = {
 		{ "vmas", required_argument, NULL, 'v' },
+		{ "layout", required_argument, NULL, 'l' },
 		{ "forks", required_argument, NULL, 'f' },
 		{ "seconds", required_argument, NULL, 's' },
 		{ "cpu", required_argument, NULL, 'c' },
@@ -303,7 +350,7 @@ int main(int argc, char **argv)
 	long vmas = 0, cpu = -1;
 	long long max_forks = 0, forks = 0, failed = 0, consecutive_failures = 0;
 	double seconds = 0;
-	int touch = 0, fork_errno = 0, opt;
+	int touch = 0, adjacent = 0, fork_errno = 0, opt;
 	const char *stop = "forks";
 	uint64_t start, deadline, elapsed;
 	long vmas_total;
@@ -316,6 +363,12 @@ int main(int argc, char **argv)
 		switch (opt) {
 		case 'v':
 			vmas = (long)parse_count("vmas", optarg, 0, 1L << 24);
+			break;
+		case 'l':
+			if (!strcmp(optarg, "adjacent"))
+				adjacent = 1;
+			else if (strcmp(optarg, "gapped"))
+				bad_args("--layout must be gapped or adjacent, not \"%s\"", quoted(optarg));
 			break;
 		case 'f':
 			max_forks = parse_count("forks", optarg, 1, 1LL << 62);
@@ -353,7 +406,10 @@ int main(int argc, char **argv)
 			    cpu, strerror(errno));
 	}
 
-	make_extra_vmas(vmas, touch);
+	if (adjacent)
+		make_adjacent_vmas(vmas, touch);
+	else
+		make_extra_vmas(vmas, touch);
 	vmas_total = count_tree_vmas();
 	if (vmas_total < 0)
 		die(1, "cannot read /proc/self/maps: %s", strerror(errno));

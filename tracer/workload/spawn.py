@@ -34,6 +34,7 @@ from typing import Any, NamedTuple
 from analysis.errors import TracerError, UsageError
 
 __all__ = [
+    "LAYOUTS",
     "SOURCE",
     "SpawnReady",
     "SpawnResult",
@@ -49,6 +50,11 @@ CFLAGS = ("-O2", "-Wall")
 # Seconds allowed between launch and the "ready" line. Making 65,000 VMAs
 # takes well under a second; this only catches a child that hangs.
 READY_TIMEOUT = 60.0
+
+# How the extra VMAs are laid out (spawn.c --layout): a hole between every two
+# (unixbench's spawn as the thread measured it), or side by side with
+# alternating protections (half the tree slots for the same VMAs).
+LAYOUTS = ("gapped", "adjacent")
 
 
 def cache_dir() -> Path:
@@ -151,7 +157,7 @@ class SpawnResult:
         return os.strerror(self.fork_errno) if self.fork_errno else None
 
 
-def _check_args(vmas: int, forks: int | None, seconds: float | None, cpu: int | None) -> None:
+def _check_args(vmas: int, forks: int | None, seconds: float | None, cpu: int | None, layout: str = "gapped") -> None:
     """Refuse bad arguments with a UsageError before compiling or launching."""
 
     def whole(value: Any) -> bool:
@@ -172,6 +178,8 @@ def _check_args(vmas: int, forks: int | None, seconds: float | None, cpu: int | 
         raise UsageError(f"the spawn duration must be between 0.000001 and 1000000 seconds, not {seconds!r}")
     if cpu is not None and (not whole(cpu) or cpu < 0):
         raise UsageError(f"--cpu must be a CPU number, not {cpu!r}")
+    if layout not in LAYOUTS:
+        raise UsageError(f"--layout must be one of {', '.join(LAYOUTS)}, not {layout!r}")
 
 
 def _failure(returncode: int, stderr: bytes, what: str) -> TracerError:
@@ -198,9 +206,11 @@ class SpawnWorkload:
         seconds: float | None = None,
         cpu: int | None = None,
         touch: bool = False,
+        layout: str = "gapped",
     ) -> None:
-        _check_args(vmas, forks, seconds, cpu)
+        _check_args(vmas, forks, seconds, cpu, layout)
         self.vmas = vmas
+        self.layout = layout
         self.forks = forks
         self.seconds = seconds
         self.cpu = cpu
@@ -213,6 +223,8 @@ class SpawnWorkload:
     def argv(self, binary: Path) -> list[str]:
         """The workload's command line for `binary`."""
         args = [str(binary), "--vmas", str(self.vmas)]
+        if self.layout != "gapped":
+            args += ["--layout", self.layout]
         if self.forks is not None:
             args += ["--forks", str(self.forks)]
         if self.seconds is not None:
@@ -336,6 +348,7 @@ class SpawnWorkload:
         meta: dict[str, Any] = {
             "kind": "spawn",
             "extra_vmas": self.vmas,
+            "layout": self.layout,
             "forks_requested": self.forks,
             "seconds": self.seconds,
             "cpu": self.cpu,
@@ -366,9 +379,10 @@ def run_spawn(
     cpu: int | None = None,
     touch: bool = False,
     timeout: float | None = None,
+    layout: str = "gapped",
 ) -> SpawnResult:
     """One untraced run: start, go at once, wait (the overhead baseline)."""
-    with SpawnWorkload(vmas, forks=forks, seconds=seconds, cpu=cpu, touch=touch) as spawn:
+    with SpawnWorkload(vmas, forks=forks, seconds=seconds, cpu=cpu, touch=touch, layout=layout) as spawn:
         spawn.start()
         spawn.go()
         return spawn.wait(timeout)
