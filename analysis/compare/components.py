@@ -123,6 +123,13 @@ class ShapeChange:
 
 
 SHAPE_MEASURES = ("leaves_observed", "model_nodes", "model_height", "model_leaves")
+# How each measure is named in prose: the kernel's own count first, then the model's.
+SHAPE_NAMES = {
+    "leaves_observed": "leaves written",
+    "model_nodes": "model nodes",
+    "model_height": "model height",
+    "model_leaves": "model leaves",
+}
 
 
 def compare_shapes(group: str, base: Mapping[str, float | None], new: Mapping[str, float | None]) -> ShapeChange:

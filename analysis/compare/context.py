@@ -63,7 +63,8 @@ def _dict(meta: Mapping[str, Any], key: str) -> Mapping[str, Any]:
 
 def _methods(meta: Mapping[str, Any]) -> str | None:
     """'bracket (mt_dup: bracket-corrected)': the usual method, then the exceptions."""
-    methods = {str(k): str(v) for k, v in _dict(meta, "methods").items()}
+    # The method's name, without the explanation in parentheses that follows it.
+    methods = {str(k): str(v).split(" (")[0] for k, v in _dict(meta, "methods").items()}
     if not methods:
         return None
     hows = list(methods.values())

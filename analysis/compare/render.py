@@ -7,6 +7,7 @@ import math
 from dataclasses import asdict
 from typing import Any
 
+from analysis.compare.components import SHAPE_NAMES
 from analysis.compare.result import Comparison
 from analysis.compare.samples import IMPROVEMENT, REGRESSION, SAME, UNDECIDED, SampleRow
 
@@ -103,7 +104,7 @@ def render_text(c: Comparison) -> str:
             out.append(_row_text(r, c.unit, name_width))
         for s in c.shapes:
             if s.group == group:
-                out.append(_clip("  tree: " + _shape_text(s)))
+                out += _wrap("  tree " + _shape_text(s), "    ")
         comps = [r for r in c.components if r.group == group]
         if comps:
             out.append(f"  {'per-unit cost':<20} {'base':>8} {'new':>8} {'delta':>8}  {'95% CI':<16} {'p-adj':>6}")
@@ -142,9 +143,8 @@ def _row_text(r: SampleRow, unit: str, width: int) -> str:
 
 
 def _shape_text(s) -> str:
-    names = {"leaves_observed": "leaves", "model_nodes": "model nodes", "model_height": "height", "model_leaves": "model leaves"}
     parts = []
-    for key, name in names.items():
+    for key, name in SHAPE_NAMES.items():
         b, n = s.base.get(key), s.new.get(key)
         if b is None and n is None:
             continue
@@ -188,7 +188,7 @@ def render_markdown(c: Comparison) -> str:
         for s in c.shapes:
             if s.group == group:
                 out.append("")
-                out.append(f"tree: {_shape_text(s)}")
+                out.append(f"tree {_shape_text(s)}")
         comps = [r for r in c.components if r.group == group]
         if comps:
             out.append("")

@@ -6,7 +6,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from analysis.compare.components import ComponentRow, ShapeChange
+from analysis.compare.components import SHAPE_NAMES, ComponentRow, ShapeChange
 from analysis.compare.context import ContextItem
 from analysis.compare.samples import IMPROVEMENT, REGRESSION, UNDECIDED, SampleRow
 from analysis.compare.stats import ALPHA, MIN_SAMPLES
@@ -97,7 +97,7 @@ def verdict(c: Comparison) -> Verdict:
         text += f"; cost {top.unit} ({top.component}) {_pct(top.delta_pct)}"
     shape = next((s for s in c.shapes if s.group == main.group and s.any), None)
     if shape is not None:
-        text += "; the tree's shape changed (" + ", ".join(shape.changed) + ")"
+        text += "; the tree's shape changed (" + ", ".join(SHAPE_NAMES[m] for m in shape.changed) + ")"
     others = sum(1 for r in c.rows if r.significant) - 1 - (1 if total is not None and total.significant else 0)
     if others > 0:
         text += f"; {others} more significant"
