@@ -119,6 +119,38 @@ def compare(
         raise typer.Exit(1)
 
 
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": False})
+def bench(
+    vmas: str = typer.Option("0,100,200,400,800,1600,3200,6400", "--vmas", help="Extra VMA counts, comma-separated."),
+    layout: str = typer.Option("gapped", "--layout", help="Extra VMAs gapped (a hole between each) or adjacent."),
+    cpu: Optional[int] = typer.Option(None, "--cpu", help="Pin the forking process to this CPU."),
+    output: Path = typer.Option(Path("."), "-o", "--output", metavar="DIR", help="Directory for spawn-LAYOUT-N.json (and .parquet)."),
+    record_: bool = typer.Option(False, "--record", help="Trace each run with tracer record (root); recording beside the JSON."),
+    processes: Optional[int] = typer.Option(None, "-p", "--processes", help="pyperf worker processes."),
+    values: Optional[int] = typer.Option(None, "-n", "--values", help="pyperf values per worker."),
+    warmups: Optional[int] = typer.Option(None, "-w", "--warmups", help="pyperf warmup values per worker (default: calibrated)."),
+    loops: Optional[int] = typer.Option(None, "-l", "--loops", help="Forks per value (default: calibrated by pyperf)."),
+    min_time: Optional[float] = typer.Option(None, "--min-time", help="pyperf: minimum seconds per value when calibrating."),
+    fast: bool = typer.Option(False, "--fast", help="pyperf --fast: rough answers quickly."),
+    rigorous: bool = typer.Option(False, "--rigorous", help="pyperf --rigorous: more processes and values."),
+    quiet: bool = typer.Option(False, "-q", "--quiet", help="pyperf --quiet."),
+) -> None:
+    """Forks per second vs extra VMAs through pyperf (files for pyperf stats/hist/compare_to and tracer compare)."""
+    from tracer.bench.run import BenchOptions, parse_vmas, run_bench
+
+    pyperf_args: list[str] = []
+    for flag, value in (("--processes", processes), ("--values", values), ("--warmups", warmups), ("--loops", loops), ("--min-time", min_time)):
+        if value is not None:
+            if value < (0 if flag == "--warmups" else 1) and flag != "--min-time" or (flag == "--min-time" and value <= 0):
+                raise UsageError(f"{flag} {value}: out of range")
+            pyperf_args += [flag, str(value)]
+    pyperf_args += ["--fast"] * fast + ["--rigorous"] * rigorous
+    opts = BenchOptions(
+        vmas=parse_vmas(vmas), layout=layout, cpu=cpu, output=output, record=record_, pyperf_args=pyperf_args, quiet=quiet
+    )
+    typer.echo(run_bench(opts))
+
+
 def main() -> None:
     try:
         app()

@@ -76,6 +76,9 @@ def verdict(c: Comparison) -> Verdict:
     """Name the phase (and component) that moved most, or say that nothing moved."""
     main = _main_row(c)
     undecided = sum(1 for r in c.rows if r.change == UNDECIDED)
+    if main is None and c.tests == 0 and undecided:
+        what = "forks" if c.kind == "recordings" else "values"
+        return Verdict("?", f"undecided: too few {what} to decide (fewer than {c.min_samples} a side)")
     if main is None:
         text = f"no significant change (Mann-Whitney U, alpha {c.alpha:g}, Holm over {c.tests} tests)"
         if undecided:
