@@ -207,7 +207,7 @@ def test_cli_json_and_markdown(files):
     assert doc["verdict"]["metric"] == "vma_loop" and doc["correction"] == "holm"
     assert len(doc["new"]["files"]) == 2
     (group,) = doc["groups"]
-    assert {row["phase"] if "phase" in row else row["metric"] for row in group["rows"]} == {
+    assert {row["metric"] for row in group["rows"]} == {
         "dup_mmap", "mt_dup", "vma_loop", "vma_step", "tail"}
     proc = tracer("compare", str(files["base"]), str(files["same"]), "--format", "markdown")
     assert proc.returncode == 0 and "| phase |" in proc.stdout and "**verdict:** no significant change" in proc.stdout

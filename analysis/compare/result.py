@@ -82,7 +82,7 @@ def verdict(c: Comparison) -> Verdict:
     if main is None:
         text = f"no significant change (Mann-Whitney U, alpha {c.alpha:g}, Holm over {c.tests} tests)"
         if undecided:
-            text += f"; {undecided} rows had too few values to decide"
+            text += f"; {undecided} row{'s' if undecided != 1 else ''} had too few values to decide"
         return Verdict("~", text)
     word = "REGRESSION" if main.change == REGRESSION else "IMPROVEMENT"
     lo, hi = main.ci95_pct
