@@ -1,4 +1,4 @@
-"""Command line: tracer doctor | record | report | model.
+"""Command line: tracer doctor | record | report | model | compare | bench.
 
 Thin: parses flags in the style of bcc's tools, calls into tracer/ (side
 effects) and analysis/ (pure), and turns TracerError into one line on stderr.
@@ -135,6 +135,64 @@ def model(
     from analysis.model.cli import run_model
 
     typer.echo(run_model(vmas=vmas, gaps=gaps, maps=maps, recording=recording, as_json=json_out))
+
+
+@app.command()
+def compare(
+    paths: Optional[List[Path]] = typer.Argument(None, metavar="BASE NEW", help="Two recordings, directories of recordings, or pyperf JSON files."),
+    base: List[Path] = typer.Option([], "-b", "--base", metavar="FILE|DIR", help="A base input (repeatable; instead of BASE NEW)."),
+    new: List[Path] = typer.Option([], "-n", "--new", metavar="FILE|DIR", help="A new input (repeatable; instead of BASE NEW)."),
+    fmt: str = typer.Option("text", "--format", "-f", help="text (80 columns), markdown, or json."),
+    plot: Optional[Path] = typer.Option(None, "--plot", metavar="FILE", help="Also draw each phase's distributions side by side (.png, .svg, .pdf)."),
+    fail_on_regression: Optional[float] = typer.Option(None, "--fail-on-regression", metavar="PCT", help="Exit 1 if a significant regression beyond PCT percent is found."),
+) -> None:
+    """Did it get slower? Per phase and VMA group: medians, delta with 95% CI, Mann-Whitney U, "~" if not significant.
+
+    Exit status: 0, or 1 with --fail-on-regression when a significant regression
+    beyond PCT is found; 2 on bad input.
+    """
+    from tracer.compare import run_compare
+
+    try:
+        text, failed = run_compare(paths or [], base, new, fmt, plot, fail_on_regression)
+    except TracerError as err:
+        err.exit_code = 2  # bad input, as opposed to 1: a regression found (for CI gating)
+        raise
+    typer.echo(text)
+    if failed:
+        raise typer.Exit(1)
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": False})
+def bench(
+    vmas: str = typer.Option("0,100,200,400,800,1600,3200,6400", "--vmas", help="Extra VMA counts, comma-separated."),
+    layout: str = typer.Option("gapped", "--layout", help="Extra VMAs gapped (a hole between each) or adjacent."),
+    cpu: Optional[int] = typer.Option(None, "--cpu", help="Pin the forking process to this CPU."),
+    output: Path = typer.Option(Path("."), "-o", "--output", metavar="DIR", help="Directory for spawn-LAYOUT-N.json (and .parquet)."),
+    record_: bool = typer.Option(False, "--record", help="Trace each run with tracer record (root); recording beside the JSON."),
+    processes: Optional[int] = typer.Option(None, "-p", "--processes", help="pyperf worker processes."),
+    values: Optional[int] = typer.Option(None, "-n", "--values", help="pyperf values per worker."),
+    warmups: Optional[int] = typer.Option(None, "-w", "--warmups", help="pyperf warmup values per worker (default: calibrated)."),
+    loops: Optional[int] = typer.Option(None, "-l", "--loops", help="Forks per value (default: calibrated by pyperf)."),
+    min_time: Optional[float] = typer.Option(None, "--min-time", help="pyperf: minimum seconds per value when calibrating."),
+    fast: bool = typer.Option(False, "--fast", help="pyperf --fast: rough answers quickly."),
+    rigorous: bool = typer.Option(False, "--rigorous", help="pyperf --rigorous: more processes and values."),
+    quiet: bool = typer.Option(False, "-q", "--quiet", help="pyperf --quiet."),
+) -> None:
+    """Forks per second vs extra VMAs through pyperf (files for pyperf stats/hist/compare_to and tracer compare)."""
+    from tracer.bench.run import BenchOptions, parse_vmas, run_bench
+
+    pyperf_args: list[str] = []
+    for flag, value in (("--processes", processes), ("--values", values), ("--warmups", warmups), ("--loops", loops), ("--min-time", min_time)):
+        if value is not None:
+            if value < (0 if flag == "--warmups" else 1) and flag != "--min-time" or (flag == "--min-time" and value <= 0):
+                raise UsageError(f"{flag} {value}: out of range")
+            pyperf_args += [flag, str(value)]
+    pyperf_args += ["--fast"] * fast + ["--rigorous"] * rigorous
+    opts = BenchOptions(
+        vmas=parse_vmas(vmas), layout=layout, cpu=cpu, output=output, record=record_, pyperf_args=pyperf_args, quiet=quiet
+    )
+    typer.echo(run_bench(opts))
 
 
 def main() -> None:
