@@ -99,7 +99,7 @@ METADATA_FIELDS = {
     "workload": "--spawn: {kind, pid, extra_vmas, forks, cpu, vmas_total, forks_per_sec, ...}; -- CMD: {kind, command, pid, exit_status}; else null",
     "start": "{wall: ISO-8601 UTC, mono_ns}",
     "end": "{wall, mono_ns}",
-    "lost": "{ringbuf: records dropped in the kernel, unpaired: bracket state anomalies}",
+    "lost": "{ringbuf: records dropped in the kernel, unpaired: brackets that never closed after attach (anomalies); open_at_attach: those left open by attaching}",
     "events": "{lost_ringbuf, ma_write, lock_events, dups, reentry, storage_fail, samples, sample_lost}: in-kernel counters",
     "sample": "{hz, stacks: [{stack: 'a;b;c', phase, count}], lost} or null",
     "maps": "[{pid, comm, ts_mono_ns, maps: /proc/PID/maps text}]: parent VMA layouts",

@@ -124,6 +124,13 @@ BPF_TASK_STORAGE(threads, struct thread_state);
 BPF_ARRAY(cpu_slots, struct vma_agg, MAX_CPUS);
 BPF_RINGBUF_OUTPUT(events, RINGBUF_PAGES);
 BPF_PERCPU_ARRAY(counters, u64, NR_COUNTERS);
+/*
+ * bcc attaches one program at a time: a write section that began before the
+ * release program was attached never closes. The loader stores here the time
+ * every program was attached; an unclosed bracket that began before it is
+ * an artefact of attaching, not an anomaly of the kernel's locking.
+ */
+BPF_ARRAY(armed_at, u64, 1);
 
 #ifdef FILTER_TGIDS
 BPF_HASH(targets, u32, u8, 10240);
@@ -295,8 +302,13 @@ static __always_inline void on_lock_acquired(u64 mm, int write, int success)
 		s->state = IN_DUP;
 		return;
 	}
-	/* A bracket that never closed (should not happen): start over here. */
-	count(C_REENTRY);
+	/* A bracket that never closed: start over here. */
+	{
+		int zero = 0;
+		u64 *armed = armed_at.lookup(&zero);
+
+		count(!armed || !*armed || s->ev.ts_parent_lock < *armed ? C_OPEN_AT_ATTACH : C_REENTRY);
+	}
 	if (s->state == IN_DUP)
 		release_slot(s);
 	s->state = PARENT_LOCKED;

@@ -27,6 +27,7 @@ enum counter {
 	C_SAMPLE_LOST,		/* samples whose stack could not be saved */
 	C_SLOW_PATH,		/* per-VMA events that missed the per-CPU slot */
 	C_LAST_STORE_MISSED,	/* brackets whose last store was not timed */
+	C_OPEN_AT_ATTACH,	/* bracket left open from before every program was attached */
 	NR_COUNTERS,
 };
 

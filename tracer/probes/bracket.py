@@ -9,6 +9,7 @@ which processes to trace, and the decoding of the records it emits.
 from __future__ import annotations
 
 import ctypes
+import time
 
 import numpy as np
 from dataclasses import dataclass, field
@@ -224,6 +225,8 @@ class BracketProbe:
             except Exception as err:
                 raise TracerError(f"perf_event sampling could not be attached: {_one_line(err)}") from None
         self._bpf["events"].open_ring_buffer(self._on_event)
+        # Every program is attached now; CLOCK_MONOTONIC, as bpf_ktime_get_ns().
+        self._bpf["armed_at"][ctypes.c_int(0)] = ctypes.c_uint64(time.monotonic_ns())
         return self
 
     def detach(self) -> None:

@@ -66,7 +66,11 @@ def run_metadata(
         "workload": session.workload,
         "start": session.start,
         "end": session.end,
-        "lost": {"ringbuf": session.counters.get("lost_ringbuf", 0), "unpaired": session.counters.get("reentry", 0)},
+        "lost": {
+            "ringbuf": session.counters.get("lost_ringbuf", 0),
+            "unpaired": session.counters.get("reentry", 0),
+            "open_at_attach": session.counters.get("open_at_attach", 0),
+        },
         "events": {**session.counters, "ma_write": session.ma_writes},
         "sample": (
             {"hz": opts.sample_hz, "stacks": session.stacks, "lost": session.counters.get("sample_lost", 0)}
