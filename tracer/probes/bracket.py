@@ -224,9 +224,9 @@ class BracketProbe:
                 )
             except Exception as err:
                 raise TracerError(f"perf_event sampling could not be attached: {_one_line(err)}") from None
-        self._bpf["events"].open_ring_buffer(self._on_event)
+        self._bpf[b"events"].open_ring_buffer(self._on_event)
         # Every program is attached now; CLOCK_MONOTONIC, as bpf_ktime_get_ns().
-        self._bpf["armed_at"][ctypes.c_int(0)] = ctypes.c_uint64(time.monotonic_ns())
+        self._bpf[b"armed_at"][ctypes.c_int(0)] = ctypes.c_uint64(time.monotonic_ns())
         return self
 
     def detach(self) -> None:
@@ -250,7 +250,7 @@ class BracketProbe:
         return [(cat, event) for cat, event in TRACEPOINTS if event not in skip]
 
     def add_targets(self, tgids: Iterable[int]) -> None:
-        table = self._bpf["targets"]
+        table = self._bpf[b"targets"]
         for tgid in tgids:
             table[ctypes.c_uint32(tgid)] = ctypes.c_uint8(1)
 
@@ -269,7 +269,7 @@ class BracketProbe:
         """Sum of the per-CPU counters, by name."""
         if self.config.empty:
             return {name: 0 for name in COUNTER_NAMES}
-        table = self._bpf["counters"]
+        table = self._bpf[b"counters"]
         return {name: int(sum(table[ctypes.c_int(i)])) for i, name in enumerate(COUNTER_NAMES)}
 
     def sampled_stacks(self) -> list[dict]:
@@ -280,9 +280,9 @@ class BracketProbe:
         """
         if not self.config.sample_hz:
             return []
-        stacks = self._bpf["stacks"]
+        stacks = self._bpf[b"stacks"]
         folded: dict[tuple[str, str], int] = {}
-        for key, value in self._bpf["samples"].items():
+        for key, value in self._bpf[b"samples"].items():
             try:
                 addrs = list(stacks.walk(key.stackid))
             except KeyError:

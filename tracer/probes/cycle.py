@@ -163,11 +163,11 @@ class CycleProbe:
         except Exception as err:  # bcc raises plain Exception for compile/load failures
             text = " ".join(str(err).split())[:300]
             raise TracerError(f"cycle BPF programs failed to load ({self.config.backend}): {text}") from None
-        self._bpf["cycle_events"].open_ring_buffer(self._on_event)
+        self._bpf[b"cycle_events"].open_ring_buffer(self._on_event)
         return self
 
     def add_targets(self, tgids: Iterable[int]) -> None:
-        table = self._bpf["targets"]
+        table = self._bpf[b"targets"]
         for tgid in tgids:
             table[ctypes.c_uint32(tgid)] = ctypes.c_uint8(1)
 
@@ -180,7 +180,7 @@ class CycleProbe:
         return bytes(self._records)
 
     def counters(self) -> dict[str, int]:
-        table = self._bpf["cycle_counters"]
+        table = self._bpf[b"cycle_counters"]
         return {name: int(sum(table[ctypes.c_int(i)])) for i, name in enumerate(COUNTER_NAMES)}
 
     def close(self) -> None:
