@@ -46,12 +46,13 @@ step() {
 tracer=("$python" -m tracer.cli)
 pytest=("$python" -m pytest -p no:cacheprovider -q -ra)
 
-# The tests that depend on the kernel: every BPF test, and the whole files about host
-# facts (kallsyms, tracefs, lockdown, BTF, headers, doctor).
-step tests-bpf "${pytest[@]}" -m bpf --junitxml="$results/tests-bpf.xml" tests
-step tests-host "${pytest[@]}" -m "not bpf" --junitxml="$results/tests-host.xml" \
-    tests/test_host.py tests/test_doctor.py tests/test_btf.py tests/test_headers.py
 step doctor-json sh -c '"$@" doctor --json >"$0"' "$results/doctor.json" "${tracer[@]}"
-step doctor "${tracer[@]}" doctor
 step record "${tracer[@]}" record --spawn 200 --forks 50 --quiet -o "$results/spawn-200.parquet"
 step report "${tracer[@]}" report "$results/spawn-200.parquet"
+
+# Last, since it takes longest: the tests that depend on the kernel, in one pytest
+# process (imports alone cost a minute under emulation): every test marked bpf (marks
+# are keywords for -k), and the whole files about host facts (kallsyms, tracefs,
+# lockdown, BTF, headers, doctor).
+step tests "${pytest[@]}" --tb=short --durations=20 --junitxml="$results/tests.xml" \
+    -k "bpf or test_host.py or test_doctor.py or test_btf.py or test_headers.py" tests
