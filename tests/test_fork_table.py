@@ -25,7 +25,7 @@ def event(tid: int, seq: int, stores: int = 10, zero_stores: int = 0, comm: byte
 
 
 def test_numpy_dtype_mirrors_the_ctypes_struct():
-    assert DUP_EVENT_DTYPE.itemsize == ctypes.sizeof(DupEvent) == 128
+    assert DUP_EVENT_DTYPE.itemsize == ctypes.sizeof(DupEvent) == 168
     raw = event(tid=7, seq=3, stores=42, comm=b"bash")
     (row,) = np.frombuffer(raw, dtype=DUP_EVENT_DTYPE)
     assert (row["tid"], row["seq"], row["stores"], row["comm"]) == (7, 3, 42, b"bash")
