@@ -88,14 +88,14 @@ BTF_OFFSETS = {
     ("mm_struct", "map_count"): "mm_map_count_off",
 }
 
-# struct dup_event of bracket.h (168 bytes; a test checks the layout against the compiled BPF).
+# struct dup_event of bracket.h (160 bytes; a test checks the layout against the compiled BPF).
 DupEvent = HEADER.structure("dup_event")
 
 
 _NUMPY_OF_CTYPE = {ctypes.c_uint64: "<u8", ctypes.c_uint32: "<u4", ctypes.c_int32: "<i4"}
 
 # The same record as a numpy dtype, so a run's records can stay one packed
-# buffer (168 bytes a fork) and become columns at the end without a Python
+# buffer (160 bytes a fork) and become columns at the end without a Python
 # object per fork.
 DUP_EVENT_DTYPE = np.dtype(
     {
