@@ -217,7 +217,7 @@ def render_group(g: Mapping[str, Any], fmt: str = "text") -> list[str]:
 
 
 def render_fit(fit: Mapping[str, Any], fmt: str = "text") -> list[str]:
-    out = ["", "fit: dup_mmap per fork on the model's counts, across layouts" if fmt == "text" else "### Fit"]
+    out = ["", "fit: on-CPU dup_mmap per fork on the model's counts, across layouts" if fmt == "text" else "### Fit"]
     if fit.get("missing"):
         out.append(f"  missing: {fit['missing']}")
         return out
