@@ -105,6 +105,8 @@ def fork_row(
         "failed": failed,
         "partial": partial,
         "min_step_ns": min(steps[:MIN_STEP_STEPS]) if steps_ns is not None and vmas >= 2 else 0,
+        # Never switched out: synthetic brackets are all on-CPU time.
+        "offcpu_ns": 0, "offcpu_mt_dup_ns": 0, "offcpu_vma_loop_ns": 0, "offcpu_tail_ns": 0, "switches": 0,
         **_cycle_columns(parent_lock, parent_unlock, None if failed else cycle),
     }
 

@@ -15,8 +15,8 @@ from tracer.record.table import fork_table
 from analysis.recording.schema import FORK_SCHEMA
 
 
-def event(tid: int, seq: int, stores: int = 10, zero_stores: int = 0, comm: bytes = b"spawn") -> bytes:
-    ev = DupEvent(kind=EVENT_DUP, pid=tid, tid=tid, seq=seq, stores=stores, zero_stores=zero_stores, comm=comm)
+def event(tid: int, seq: int, stores: int = 10, zero_stores: int = 0, comm: bytes = b"spawn", **fields) -> bytes:
+    ev = DupEvent(kind=EVENT_DUP, pid=tid, tid=tid, seq=seq, stores=stores, zero_stores=zero_stores, comm=comm, **fields)
     t0 = 1_000_000 * seq
     for i, name in enumerate(["ts_parent_lock", "ts_child_lock", "ts_first_store", "ts_last_store",
                               "ts_child_unlock", "ts_parent_unlock"]):
@@ -25,7 +25,7 @@ def event(tid: int, seq: int, stores: int = 10, zero_stores: int = 0, comm: byte
 
 
 def test_numpy_dtype_mirrors_the_ctypes_struct():
-    assert DUP_EVENT_DTYPE.itemsize == ctypes.sizeof(DupEvent) == 128
+    assert DUP_EVENT_DTYPE.itemsize == ctypes.sizeof(DupEvent) == 160
     raw = event(tid=7, seq=3, stores=42, comm=b"bash")
     (row,) = np.frombuffer(raw, dtype=DUP_EVENT_DTYPE)
     assert (row["tid"], row["seq"], row["stores"], row["comm"]) == (7, 3, 42, b"bash")
@@ -80,3 +80,11 @@ def test_a_fork_with_its_child_after_the_end_is_whole():
     # Ended after end_ns but its child was read: nothing is missing.
     df = fork_table(event(1, 1), [(1, 1, 5)], start_ns=0, end_ns=1).to_pandas()
     assert list(df.partial) == [False] and list(df.failed) == [False]
+
+
+def test_offcpu_fields_become_columns():
+    raw = event(tid=7, seq=1, offcpu_ns=900, offcpu_mt_dup=100, offcpu_vma_loop=500, offcpu_tail=300, switches=4)
+    df = fork_table(raw, [(7, 1, 70)]).to_pandas()
+    row = df.iloc[0]
+    assert (row.offcpu_ns, row.offcpu_mt_dup_ns, row.offcpu_vma_loop_ns, row.offcpu_tail_ns, row.switches) == (
+        900, 100, 500, 300, 4)

@@ -337,3 +337,23 @@ def test_ablation_variants_load(ablate, backend):
     with BracketProbe(BracketConfig(backend=backend, ablate=ablate, **offsets_from_btf())) as probe:
         probe.detach()
         probe.attach()
+
+
+def test_offcpu_time_is_seen_when_a_hog_shares_the_cpu(tmp_path):
+    """A busy loop pinned to the workload's CPU preempts the forking thread inside dup_mmap."""
+    path = tmp_path / "hog.parquet"
+    hog = subprocess.Popen([sys.executable, "-c", "import os; os.sched_setaffinity(0, {0})\nwhile True: pass"])
+    try:
+        proc = run_tracer("record", "--spawn", "1600", "--forks", "100", "--cpu", "0", "-q", "-o", str(path))
+    finally:
+        hog.kill()
+        hog.wait()
+    assert proc.returncode == 0, proc.stderr
+    f = load_recording(path).forks
+    f = f[f.usable]
+    assert (f.offcpu_ns > 0).any() and (f.switches > 0).any()
+    assert (f.offcpu_ns <= f.dup_mmap_ns).all()
+    placed = f.offcpu_mt_dup_ns + f.offcpu_vma_loop_ns + f.offcpu_tail_ns
+    assert (placed == f.offcpu_ns).all()  # level phase: every interval has its window
+    assert ((f.offcpu_ns > 0) == (f.switches > 0)).all()
+    assert (f.dup_mmap_oncpu_ns == f.dup_mmap_ns - f.offcpu_ns).all()

@@ -122,8 +122,8 @@ def attribute_groups(groups: Sequence[Group], boot: int = 400, seed: int = 0) ->
     all_forks = pd.concat([ga.forks for ga in out], ignore_index=True) if out else pd.DataFrame()
     model_cols = {f"model_{c}": c for c in COUNT_COLUMNS}
     if len(all_forks):
-        fit = fit_costs(all_forks["dup_mmap_ns"].to_numpy(), all_forks[list(model_cols)].rename(columns=model_cols),
-                        boot=boot, seed=seed)
+        fit = fit_costs(_oncpu(all_forks), all_forks[list(model_cols)].rename(columns=model_cols),
+                        response="dup_mmap_oncpu_ns", boot=boot, seed=seed)
     else:
         fit = fit_costs(np.array([]), pd.DataFrame(columns=list(COUNT_COLUMNS)))
     if fit.missing is None and any(ga.counts_missing for ga in out):
@@ -131,6 +131,16 @@ def attribute_groups(groups: Sequence[Group], boot: int = 400, seed: int = 0) ->
     for ga in out:
         _split(ga, fit)
     return Attribution(out, fit)
+
+
+def _oncpu(forks: pd.DataFrame) -> np.ndarray:
+    """dup_mmap time on a CPU per fork: what the model's counts can explain (off-CPU time is load)."""
+    col = "dup_mmap_oncpu_ns" if "dup_mmap_oncpu_ns" in forks else "dup_mmap_ns"
+    return forks[col].to_numpy(dtype="float64")
+
+
+def _offcpu_mean(forks: pd.DataFrame) -> float:
+    return float(forks["offcpu_ns"].astype("float64").mean()) if "offcpu_ns" in forks and len(forks) else 0.0
 
 
 def _unit_count(ga: GroupAttribution, component: str) -> float | None:
@@ -163,6 +173,12 @@ def _split(ga: GroupAttribution, fit: FitResult) -> None:
             e["share_untraced"] = None if c == "tracer" or untraced <= 0 else est.ns_per_fork[c] / untraced
             ga.components[c] = e
         ga.estimate = "samples"
+        off = est.ns_per_fork["offcpu"]
+        if off > 0:
+            ga.corrections.append(
+                f"offcpu: {100 * off / total:.1f}% of the dup_mmap time ({off / 1e3:.1f} us per fork) the thread "
+                f"was switched out; sample shares split only the on-CPU time"
+            )
         ga.corrections.append(
             f"tracer: {100 * tracer / total:.1f}% of the traced dup_mmap time ({tracer / 1e3:.1f} us of "
             f"{total / 1e3:.1f} us per fork) ran in forktrace's BPF programs; share_untraced gives the rest as "
@@ -192,6 +208,9 @@ def _split(ga: GroupAttribution, fit: FitResult) -> None:
         else:
             for c in comps:
                 ga.components[c]["inseparable"] = name
+    off = _offcpu_mean(ga.forks)
+    ga.components["offcpu"] = _entry(off, total, 1.0, None, unit=COMPONENT_UNITS["offcpu"],
+                                     note="measured (sched_switch), not fitted")
     ga.components["tracer"]["note"] = "a fit cannot separate the tracer: its per-store cost is inside the per-store coefficient"
     ga.corrections.append("no samples: the split is the fit's, and includes the tracer's own cost (not separable)")
 
@@ -225,16 +244,17 @@ def predict(source: Attribution, target: Attribution) -> dict[str, Any]:
     rows: list[dict[str, Any]] = []
     how, missing = None, None
     if source.fit.missing is None:
-        how = f"fit over {source.fit.cells} layouts of the source ({source.fit.method})"
+        how = f"fit over {source.fit.cells} layouts of the source ({source.fit.method}); on-CPU dup_mmap"
     else:
         sampled = [g for g in source.groups if g.estimate == "samples" and g.counts is not None]
         if not sampled:
             missing = f"the source has no fit ({source.fit.missing}) and no sampled group with model counts"
             return {"method": None, "missing": missing, "groups": []}
         base = max(sampled, key=lambda g: g.sample_est.samples if g.sample_est else 0)
-        how = f"per-unit costs from the samples of {base.key.label()} (the source has one layout: no fit)"
+        how = (f"per-unit costs from the samples of {base.key.label()} (the source has one layout: no fit); "
+               f"on-CPU dup_mmap")
     for g in target.groups:
-        measured = float(g.forks["dup_mmap_ns"].mean()) if len(g.forks) else None
+        measured = float(_oncpu(g.forks).mean()) if len(g.forks) else None
         if g.counts is None or measured is None:
             rows.append({"group": g.key.label(), "measured_ns": measured, "predicted_ns": None,
                          "error_pct": None, "why": g.counts_missing})
@@ -251,6 +271,7 @@ def predict(source: Attribution, target: Attribution) -> dict[str, Any]:
 def _predict_from_samples(base: GroupAttribution, counts: dict[str, float]) -> tuple[float, float, float]:
     assert base.sample_est is not None and base.counts is not None
     scale = np.array([
+        0.0 if c == "offcpu" else  # the host's load, not the layout's cost: predicted on-CPU
         (1.0 if COMPONENT_UNITS[c] == "forks" else counts[COMPONENT_UNITS[c]] / base.counts[COMPONENT_UNITS[c]])
         if base.counts.get(COMPONENT_UNITS[c], 1.0) else 0.0
         for c in COMPONENTS

@@ -7,13 +7,16 @@ other      the rest of the per-VMA work: vm_area_dup, anon_vma_fork, copy_page_r
 fixed      once per fork, whatever the layout
 tracer     forktrace's own BPF programs (mostly the per-store ma_write program):
            never silently part of another component
+offcpu     the forking thread switched out (preempted, or blocked) inside dup_mmap:
+           wall-clock time no code ran in, measured by sched_switch, never
+           spread over the on-CPU components by their sample shares
 """
 
 from __future__ import annotations
 
 __all__ = ["COMPONENTS", "COMPONENT_UNITS", "REGRESSORS", "REGRESSOR_ORDER", "UNIT_DOC"]
 
-COMPONENTS: tuple[str, ...] = ("copy", "traversal", "replace", "other", "fixed", "tracer")
+COMPONENTS: tuple[str, ...] = ("copy", "traversal", "replace", "other", "fixed", "tracer", "offcpu")
 
 # The model count one unit of a component's work is measured in (ns_per_unit divides by it).
 COMPONENT_UNITS: dict[str, str] = {
@@ -23,6 +26,7 @@ COMPONENT_UNITS: dict[str, str] = {
     "other": "vmas",
     "fixed": "forks",
     "tracer": "stores",  # the ma_write program runs once per mas_store
+    "offcpu": "forks",  # scheduling, not work: per fork, driven by the host's load
 }
 
 UNIT_DOC: dict[str, str] = {

@@ -3,10 +3,16 @@
 Each stack (folded, root first) carries the bracket window it was taken in:
 mt_dup (child lock -> first mas_store), vma_loop (first store -> child
 unlock) or tail (child unlock -> parent unlock). A window's samples split its
-measured mean time by share; the parent lock -> child lock gap is not sampled
-and goes to `fixed` as measured. So per fork:
+measured mean ON-CPU time by share; the parent lock -> child lock gap is not
+sampled and goes to `fixed` as measured. cpu-clock samples fire only while the
+thread runs, so a window's time off CPU (offcpu_*_ns, from sched_switch) is
+taken out of it first and reported as the `offcpu` component. So per fork:
 
-    ns(component) = sum over windows of share(component | window) * mean window time
+    ns(component) = sum over windows of share(component | window) * mean on-CPU window time
+    ns(offcpu)    = mean offcpu_ns
+
+Off-CPU time the probe could not place in a window (level fork: only the
+total) is taken from the windows in proportion to their time.
 
 Classification, first rule that matches:
 1. tracer: any frame of forktrace's BPF programs (bpf_trace_run*, bpf_prog_*,
@@ -134,18 +140,34 @@ def sample_counts(metas: Iterable[Mapping[str, Any]], where: str = "recording") 
 
 
 def window_times(forks: pd.DataFrame) -> pd.DataFrame:
-    """Per fork, the sampling windows in ns (and the unsampled lock gap), from the raw bracket."""
+    """Per fork, the sampling windows' on-CPU time in ns, the unsampled lock gap, and the off-CPU time.
+
+    The columns sum to dup_mmap_ns. Recordings without off-CPU columns read 0.
+    """
     ts = {c: forks[c].astype("int64").to_numpy() for c in ("ts_parent_lock", "ts_child_lock", "ts_first_store",
                                                           "ts_child_unlock", "ts_parent_unlock")}
-    return pd.DataFrame(
-        {
-            "gap": ts["ts_child_lock"] - ts["ts_parent_lock"],
-            "mt_dup": ts["ts_first_store"] - ts["ts_child_lock"],
-            "vma_loop": ts["ts_child_unlock"] - ts["ts_first_store"],
-            "tail": ts["ts_parent_unlock"] - ts["ts_child_unlock"],
-        },
-        index=forks.index,
-    ).astype("float64")
+    wall = {
+        "mt_dup": (ts["ts_first_store"] - ts["ts_child_lock"]).astype("float64"),
+        "vma_loop": (ts["ts_child_unlock"] - ts["ts_first_store"]).astype("float64"),
+        "tail": (ts["ts_parent_unlock"] - ts["ts_child_unlock"]).astype("float64"),
+    }
+
+    def col(name: str) -> np.ndarray:
+        return forks[name].astype("float64").to_numpy() if name in forks else np.zeros(len(forks))
+
+    off = {w: np.minimum(col(f"offcpu_{w}_ns"), np.maximum(wall[w], 0)) for w in WINDOWS}
+    total_off = np.maximum(col("offcpu_ns"), sum(off.values()))
+    on = {w: wall[w] - off[w] for w in WINDOWS}
+    # Off-CPU time not placed in a window: out of the windows in proportion to their on-CPU time.
+    unplaced = total_off - sum(off.values())
+    on_sum = sum(np.maximum(on[w], 0) for w in WINDOWS)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        keep = np.where(on_sum > 0, np.clip(1 - unplaced / on_sum, 0, 1), 1.0)
+    on = {w: np.where(on[w] > 0, on[w] * keep, on[w]) for w in WINDOWS}
+    gap = (ts["ts_child_lock"] - ts["ts_parent_lock"]).astype("float64")
+    dup_mmap = (ts["ts_parent_unlock"] - ts["ts_parent_lock"]).astype("float64")
+    offcpu = dup_mmap - gap - sum(on.values())  # what the windows lost: the columns sum to dup_mmap
+    return pd.DataFrame({"gap": gap, **on, "offcpu": offcpu}, index=forks.index)
 
 
 @dataclass
@@ -166,14 +188,16 @@ def sample_estimate(
     forks: pd.DataFrame, counts: SampleCounts, boot: int = 400, seed: int = 0
 ) -> SampleEstimate:
     """Split the forks' mean dup_mmap time by sample shares per window (forks: usable, stores > 0)."""
-    times = window_times(forks).to_numpy()  # columns: gap, mt_dup, vma_loop, tail
+    times = window_times(forks).to_numpy()  # columns: gap, mt_dup, vma_loop, tail, offcpu
     k = len(COMPONENTS)
     mat = np.array([[counts.counts[w][c] for c in COMPONENTS] for w in WINDOWS], dtype="float64")  # (3, k)
     fixed = COMPONENTS.index("fixed")
+    offcpu = COMPONENTS.index("offcpu")
 
     def split(window_means: np.ndarray, sample_mat: np.ndarray) -> np.ndarray:
         out = np.zeros(k)
         out[fixed] += window_means[0]
+        out[offcpu] += window_means[-1]
         for wi in range(len(WINDOWS)):
             n = sample_mat[wi].sum()
             if n > 0:

@@ -25,6 +25,14 @@ ns, as float (NaN where not measurable):
     mt_dup_step_ns = min_step_ns, or vma_step_ns where min_step_ns is 0
     mt_dup_ns     = max(mt_dup_raw_ns - mt_dup_step_ns, 0)   (stores >= 2)
     tail_ns       = ts_parent_unlock - ts_last_store
+    dup_mmap_oncpu_ns = dup_mmap_ns - offcpu_ns
+
+Phases are wall-clock: a thread preempted (or blocked) inside dup_mmap, which
+holds both mmap locks all along, has that time in its phases. The probe times
+it (`offcpu_ns`, switch-out -> switch-in, from the child lock on, split by the
+window it began in); `dup_mmap_oncpu_ns` is what ran on a CPU, and the
+attribution reports off-CPU time as its own part. Recordings without the
+columns read 0: on a loaded host their phases include it unseen.
 
 mt_dup_ns removes one per-VMA step from mt_dup_raw_ns: the first VMA's
 pre-store work. Which step: VMAs differ wildly in cost (a large heap's
@@ -142,6 +150,8 @@ def derive_phases(forks: pd.DataFrame) -> pd.DataFrame:
     df["mt_dup_ns"] = mt_dup
     df["mt_dup_clamped"] = clamped
     df["tail_ns"] = tail
+    offcpu = df["offcpu_ns"].astype("float64").to_numpy() if "offcpu_ns" in df else np.zeros(len(df))
+    df["dup_mmap_oncpu_ns"] = dup_mmap - offcpu
     df["bracket_ok"] = ordered & bracket
     df["usable"] = ordered & bracket & ~failed & ~partial
     return df

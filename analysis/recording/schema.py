@@ -53,6 +53,12 @@ ADDED_COLUMNS: list[tuple[str, pa.DataType, str, object]] = [
     ("ts_wait", pa.uint64(), "wait4/waitid that reaped the child entered (0: not seen)", 0),
     ("wait_ns", pa.float64(), "that wait4/waitid's entry -> exit in the parent (NaN: not seen)", float("nan")),
     ("min_step_ns", pa.uint64(), "shortest store -> next store among the first 17 stores, ns (0: stores < 2, or not recorded)", 0),
+    # Off-CPU time inside the bracket (sched_switch out -> back in), child lock -> parent unlock.
+    ("offcpu_ns", pa.uint64(), "time switched out (preempted or blocked) between the child lock and the parent unlock, ns (0: none, or not recorded)", 0),
+    ("offcpu_mt_dup_ns", pa.uint64(), "offcpu_ns that began in the child lock -> first store window (0 at level fork)", 0),
+    ("offcpu_vma_loop_ns", pa.uint64(), "offcpu_ns that began in the first store -> child unlock window (0 at level fork)", 0),
+    ("offcpu_tail_ns", pa.uint64(), "offcpu_ns that began in the child unlock -> parent unlock window", 0),
+    ("switches", pa.uint32(), "times the thread was switched out between the child lock and the parent unlock", 0),
 ]
 
 # The ADDED_COLUMNS that record --cycle fills: (timestamp column, duration column) per part.
@@ -79,6 +85,7 @@ PHASE_COLUMNS: list[tuple[str, pa.DataType, str]] = [
     ("vma_loop_ns", pa.float64(), "first -> last store: stores - 1 VMA steps"),
     ("vma_step_ns", pa.float64(), "vma_loop_ns / (stores - 1)"),
     ("tail_ns", pa.float64(), "last store -> parent unlock"),
+    ("dup_mmap_oncpu_ns", pa.float64(), "dup_mmap_ns less offcpu_ns: time on a CPU (off-CPU time is its own part, never in a phase's cost)"),
 ]
 
 PHASE_SCHEMA = pa.schema([pa.field(name, dtype, metadata={"doc": doc}) for name, dtype, doc in PHASE_COLUMNS])

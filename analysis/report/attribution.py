@@ -205,7 +205,7 @@ def render_group(g: Mapping[str, Any], fmt: str = "text") -> list[str]:
             format_ns(e["ns_per_fork"]),
             f"{format_ns(ci[0])}-{format_ns(ci[1])}" if ci else "-",
             _num(e.get("ns_per_unit")) if e.get("ns_per_unit") is not None else "-",
-            UNIT_DOC.get(COMPONENT_UNITS[c], COMPONENT_UNITS[c]).split(" (")[0] if c != "fixed" else "fork",
+            UNIT_DOC.get(COMPONENT_UNITS[c], COMPONENT_UNITS[c]).split(" (")[0] if COMPONENT_UNITS[c] != "forks" else "fork",
         ])
     out += ["  " + line for line in render_table(header, rows, fmt)] if fmt == "text" else render_table(header, rows, fmt)
     for note in g["attribution_notes"] + g["disagreements"]:
@@ -217,7 +217,7 @@ def render_group(g: Mapping[str, Any], fmt: str = "text") -> list[str]:
 
 
 def render_fit(fit: Mapping[str, Any], fmt: str = "text") -> list[str]:
-    out = ["", "fit: dup_mmap per fork on the model's counts, across layouts" if fmt == "text" else "### Fit"]
+    out = ["", "fit: on-CPU dup_mmap per fork on the model's counts, across layouts" if fmt == "text" else "### Fit"]
     if fit.get("missing"):
         out.append(f"  missing: {fit['missing']}")
         return out
@@ -279,7 +279,7 @@ def render_sweep(rows: Sequence[Mapping[str, Any]], groups: Sequence[Mapping[str
                                    for c in COMPONENTS), g["attribution_estimate"] or "-"])
     out += render_table(header, body, fmt)
     out += ["", "ns per unit of work (95% CI)" if fmt == "text" else "### ns per unit of work (95% CI)"]
-    per_unit = [c for c in COMPONENTS if c != "fixed"]
+    per_unit = [c for c in COMPONENTS if COMPONENT_UNITS[c] != "forks"]
     out += _wrap("units: " + "; ".join(f"{c} per {UNIT_DOC[COMPONENT_UNITS[c]].split(' (')[0]}" for c in per_unit))
     header = ["group", *per_unit]
     body = []

@@ -29,6 +29,14 @@
  * (or holds the aggregates itself when every slot was busy). Only the owner
  * writes a slot, and a BPF program does not migrate while it runs.
  *
+ * Time off CPU: sched_switch runs in the thread leaving the CPU, so one task
+ * storage lookup tells whether it is inside a bracket (child lock -> parent
+ * unlock); if so, its switch-out time goes into `offcpu`, keyed by tid. The
+ * thread coming in is known only by its pid there, so it is looked up in
+ * `offcpu` -- and only while some bracket thread is off CPU (`parked`), so
+ * the usual context switch costs a task storage lookup and an array read.
+ * This runs per switch, not per VMA: it is on at every level.
+ *
  * Stores are timed where a column needs it, not all of them: the first, the
  * next MIN_STEP_STORES (for min_step), and the last, known in advance
  * because dup_mmap() writes the child tree once per parent VMA
@@ -44,6 +52,7 @@
  *   FILTER_TGIDS             only trace processes in the `targets` map
  *   FOLLOW_CHILDREN          add children of targets to `targets`
  *   SAMPLE                   build the perf_event sampling program
+ *   OFFCPU_THREADS           bracket threads that can be off CPU at once (size of `offcpu`)
  *   RINGBUF_PAGES            ring buffer size, in pages
  *
  * Ablation switches (scripts/bench_overhead.py builds one variant per set;
@@ -135,6 +144,25 @@ BPF_ARRAY(armed_at, u64, 1);
 #ifdef FILTER_TGIDS
 BPF_HASH(targets, u32, u8, 10240);
 #endif
+
+#ifndef OFFCPU_THREADS
+#define OFFCPU_THREADS 10240
+#endif
+
+/* Off-CPU time of one thread's open bracket, by tid (see the top of this file). */
+struct offcpu_acc {
+	u64 out_ts;		/* switched out at; 0 while on CPU */
+	u64 ns;
+	u64 mt_dup_ns;		/* by the window it left the CPU in (enum sample_phase) */
+	u64 vma_loop_ns;
+	u64 tail_ns;
+	u32 switches;
+	u32 window;		/* enum sample_phase at the switch-out; 0: unknown */
+};
+
+BPF_HASH(offcpu, u32, struct offcpu_acc, OFFCPU_THREADS);
+/* Bracket threads switched out now: the switch-in lookup is skipped while 0. */
+BPF_ARRAY(parked, s64, 1);
 
 #ifdef SAMPLE
 BPF_STACK_TRACE(stacks, 16384);
@@ -261,6 +289,96 @@ static __always_inline void release_slot(struct thread_state *s)
 	s->slot_cpu = NO_SLOT;
 }
 
+/* The window this thread is in now, as enum sample_phase (0: not known at this level). */
+static __always_inline u32 window_of(struct thread_state *s)
+{
+	if (s->state == CHILD_UNLOCKED)
+		return SAMPLE_TAIL;
+#ifdef NO_PER_VMA
+	return 0;
+#else
+	return agg_of(s)->ts_first_store ? SAMPLE_VMA_LOOP : SAMPLE_MT_DUP;
+#endif
+}
+
+static __always_inline void forget_offcpu(u32 tid)
+{
+	offcpu.delete(&tid);
+}
+
+/* At the parent unlock, in the thread itself (so on CPU): its off-CPU time into the record. */
+static __always_inline void collect_offcpu(struct dup_event *ev)
+{
+	u32 tid = ev->tid;
+	struct offcpu_acc *acc = offcpu.lookup(&tid);
+
+	if (!acc)
+		return;
+	ev->offcpu_ns = acc->ns;
+	ev->offcpu_mt_dup = acc->mt_dup_ns;
+	ev->offcpu_vma_loop = acc->vma_loop_ns;
+	ev->offcpu_tail = acc->tail_ns;
+	ev->switches = acc->switches;
+	offcpu.delete(&tid);
+}
+
+/* sched_switch, in the thread leaving the CPU: note the time if it is inside a bracket. */
+static __always_inline void on_switch_out(void)
+{
+	struct thread_state *s = current_state(0);
+	struct offcpu_acc fresh = {}, *acc;
+	u32 tid;
+	int zero = 0;
+	s64 *n;
+
+	if (!s || s->state < IN_DUP)
+		return;
+	tid = (u32)bpf_get_current_pid_tgid();
+	acc = offcpu.lookup_or_try_init(&tid, &fresh);
+	if (!acc) {
+		count(C_OFFCPU_FULL);
+		return;
+	}
+	if (!acc->out_ts) {
+		n = parked.lookup(&zero);
+		if (n)
+			__sync_fetch_and_add(n, 1);
+	}
+	acc->window = window_of(s);
+	acc->out_ts = bpf_ktime_get_ns();
+}
+
+/* sched_switch, for the thread coming in: close its off-CPU interval, if it has one open. */
+static __always_inline s64 *parked_count(void)
+{
+	int zero = 0;
+	s64 *n = parked.lookup(&zero);
+
+	return n && *n > 0 ? n : NULL;
+}
+
+/* n: parked_count(), non-NULL (checked before reading the incoming pid). */
+static __always_inline void on_switch_in(s64 *n, u32 tid)
+{
+	struct offcpu_acc *acc;
+	u64 d;
+
+	acc = offcpu.lookup(&tid);
+	if (!acc || !acc->out_ts)
+		return;
+	d = bpf_ktime_get_ns() - acc->out_ts;
+	acc->out_ts = 0;
+	__sync_fetch_and_add(n, -1);
+	acc->ns += d;
+	acc->switches++;
+	if (acc->window == SAMPLE_MT_DUP)
+		acc->mt_dup_ns += d;
+	else if (acc->window == SAMPLE_VMA_LOOP)
+		acc->vma_loop_ns += d;
+	else if (acc->window == SAMPLE_TAIL)
+		acc->tail_ns += d;
+}
+
 static __always_inline void on_lock_acquired(u64 mm, int write, int success)
 {
 	struct thread_state *s;
@@ -299,6 +417,7 @@ static __always_inline void on_lock_acquired(u64 mm, int write, int success)
 		s->ev.parent_map_count = read_map_count(s->parent_mm);
 		s->child_mm = mm;
 		claim_slot(s, (u64)task_of_current());
+		forget_offcpu((u32)id);	/* a bracket that never closed may have left its entry */
 		s->state = IN_DUP;
 		return;
 	}
@@ -344,6 +463,7 @@ static __always_inline void on_lock_released(u64 mm)
 	s->ev.kind = EVENT_DUP;
 	s->ev.cpu = bpf_get_smp_processor_id();
 	s->ev.seq = ++s->seq;
+	collect_offcpu(&s->ev);
 	bpf_get_current_comm(&s->ev.comm, sizeof(s->ev.comm));
 	if (events.ringbuf_output(&s->ev, sizeof(s->ev), wakeup_flags(s->seq)) < 0)
 		count(C_LOST_RINGBUF);
@@ -521,6 +641,21 @@ RAW_TRACEPOINT_PROBE(sched_process_fork)
 	return 0;
 }
 
+RAW_TRACEPOINT_PROBE(sched_switch)
+{
+	/* (bool preempt, struct task_struct *prev, struct task_struct *next, unsigned int prev_state) */
+	u32 next_pid = 0;
+	s64 *n;
+
+	on_switch_out();
+	n = parked_count();
+	if (!n)
+		return 0;
+	bpf_probe_read_kernel(&next_pid, sizeof(next_pid), (void *)(ctx->args[2] + TASK_PID_OFF));
+	on_switch_in(n, next_pid);
+	return 0;
+}
+
 #else /* classic tracepoints: fields as in events/<sys>/<name>/format */
 
 TRACEPOINT_PROBE(mmap_lock, mmap_lock_acquire_returned)
@@ -556,6 +691,17 @@ TRACEPOINT_PROBE(maple_tree, ma_write)
 TRACEPOINT_PROBE(sched, sched_process_fork)
 {
 	on_fork(args->child_pid);
+	return 0;
+}
+
+TRACEPOINT_PROBE(sched, sched_switch)
+{
+	s64 *n;
+
+	on_switch_out();	/* current is still prev */
+	n = parked_count();
+	if (n)
+		on_switch_in(n, args->next_pid);
 	return 0;
 }
 

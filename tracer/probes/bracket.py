@@ -59,12 +59,13 @@ TRACEPOINTS = (
     ("mmap_lock", "mmap_lock_released"),
     ("maple_tree", "ma_write"),
     ("sched", "sched_process_fork"),
+    ("sched", "sched_switch"),  # off-CPU time inside the bracket, at every level
 )
 
 # Recording levels (`record --level`), cheapest first: what each attaches.
 LEVELS = {
-    "fork": "lock bracket, map_count, child pid: dup_mmap only, no per-VMA program",
-    "phase": "plus the per-VMA program: store-based phases, stores, leaves",
+    "fork": "lock bracket, map_count, child pid, off-CPU total: dup_mmap only, no per-VMA program",
+    "phase": "plus the per-VMA program: store-based phases, stores, leaves, off-CPU time per window",
     "full": "plus perf sampling of kernel stacks inside dup_mmap",
 }
 
@@ -87,14 +88,14 @@ BTF_OFFSETS = {
     ("mm_struct", "map_count"): "mm_map_count_off",
 }
 
-# struct dup_event of bracket.h (128 bytes; a test checks the layout against the compiled BPF).
+# struct dup_event of bracket.h (160 bytes; a test checks the layout against the compiled BPF).
 DupEvent = HEADER.structure("dup_event")
 
 
 _NUMPY_OF_CTYPE = {ctypes.c_uint64: "<u8", ctypes.c_uint32: "<u4", ctypes.c_int32: "<i4"}
 
 # The same record as a numpy dtype, so a run's records can stay one packed
-# buffer (120 bytes a fork) and become columns at the end without a Python
+# buffer (160 bytes a fork) and become columns at the end without a Python
 # object per fork.
 DUP_EVENT_DTYPE = np.dtype(
     {

@@ -47,5 +47,7 @@ def fork_table(
     columns["failed"] = failed | (~completed & ~partial)
     columns["partial"] = partial & ~failed
     columns["min_step_ns"] = ev["min_step"]
+    for window in ("mt_dup", "vma_loop", "tail"):
+        columns[f"offcpu_{window}_ns"] = ev[f"offcpu_{window}"]
     # Columns the bracket does not give (the cycle's) start at their defaults.
     return with_defaults(pa.table({name: columns[name] for name in FORK_SCHEMA.names if name in columns})).cast(FORK_SCHEMA)
