@@ -35,7 +35,7 @@ def test_children_pair_by_thread_and_sequence_and_order_is_kept():
     dups = event(1, 1) + event(2, 1) + event(1, 2) + event(2, 2, zero_stores=1)
     # Children arrive in any order; a duplicate must not multiply rows.
     children = [(2, 1, 201), (1, 2, 102), (1, 1, 101), (1, 1, 999)]
-    table = fork_table(dups, children)
+    table, _ = fork_table(dups, children)
     assert table.schema.equals(FORK_SCHEMA, check_metadata=False)
     df = table.to_pandas()
     assert list(zip(df.tid, df.child_pid)) == [(1, 101), (2, 201), (1, 102), (2, -1)]
@@ -44,16 +44,16 @@ def test_children_pair_by_thread_and_sequence_and_order_is_kept():
 
 
 def test_a_fork_without_a_child_is_failed_even_without_zero_entry():
-    df = fork_table(event(5, 1) + event(5, 2), [(5, 2, 77)]).to_pandas()
+    df = fork_table(event(5, 1) + event(5, 2), [(5, 2, 77)])[0].to_pandas()
     assert list(df.failed) == [True, False]
     assert list(df.child_pid) == [-1, 77]
 
 
 def test_comm_with_bad_utf8_is_kept_readable():
-    df = fork_table(event(1, 1, comm=b"ab\xffcd"), [(1, 1, 2)]).to_pandas()
+    df = fork_table(event(1, 1, comm=b"ab\xffcd"), [(1, 1, 2)])[0].to_pandas()
     assert df.comm[0].startswith("ab") and df.comm[0].endswith("cd")
 
 
 def test_empty_run_gives_an_empty_table():
-    table = fork_table(b"", [])
+    table, _ = fork_table(b"", [])
     assert table.num_rows == 0 and table.schema.equals(FORK_SCHEMA, check_metadata=False)

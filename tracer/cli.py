@@ -50,7 +50,7 @@ def record(
     touch: bool = typer.Option(False, "--touch", help="With --spawn: touch each extra VMA's page, so fork copies page tables."),
     output: Optional[Path] = typer.Option(None, "-o", "--output", help="Recording file (default forktrace-<target>-<kernel>-<time>.parquet)."),
     sample: int = typer.Option(0, "--sample", metavar="HZ", help="Also sample kernel stacks at HZ inside dup_mmap (perf cpu-clock)."),
-    backend: Optional[str] = typer.Option(None, "--backend", help="Force raw_tracepoint or tracepoint (default: what doctor chooses)."),
+    backend: Optional[str] = typer.Option(None, "--backend", help="Force one: fentry or kprobe (exact probes, beside the preferred bracket), raw_tracepoint or tracepoint (the bracket alone). Default: what doctor chooses."),
     quiet: bool = typer.Option(False, "-q", "--quiet", help="No progress line."),
 ) -> None:
     """Trace dup_mmap per fork (system-wide, -p PID, --spawn VMAS, or -- CMD) into a recording."""

@@ -50,6 +50,8 @@ TARGET_SYMBOLS: dict[str, dict[str, str | None]] = {
     "__mt_dup": {"source": "lib/maple_tree.c", "absent": None},
     "mas_store": {"source": "lib/maple_tree.c", "absent": "inlined (no symbol on this kernel)"},
     "undo_dup_mmap": {"source": "mm/mmap.c (proposed patch)", "absent": "absent (undo_dup_mmap never landed upstream)"},
+    # A neighbour: dup_mmap's first call of it, after the child's lock, ends the tree copy.
+    "vm_area_dup": {"source": "kernel/fork.c", "absent": "inlined (no symbol on this kernel)"},
 }
 
 # The tracepoints the bracket attaches to, as "system:event".
@@ -261,11 +263,13 @@ class _SymbolProber:
         return _load_check("kprobe", f"int kprobe__{symbol}(void *ctx) {{ return 0; }}", self.facts.lockdown)
 
 
-def probe_host(try_load: bool = True) -> HostFacts:
+def probe_host(try_load: bool = True, lazy: bool = False) -> HostFacts:
     """Everything doctor reports and record's method choice depends on.
 
     With try_load (and root, bcc and headers), fentry and kprobe are checked by
-    loading an empty program on each symbol and detaching it at once.
+    loading an empty program on each symbol and detaching it at once. lazy
+    (record's choice): when neither attaches to dup_mmap, the other symbols
+    are not tried, since exact probes time them only inside dup_mmap.
     """
     uts = kernel.uname()
     config = kernel.kernel_config(uts["release"])
@@ -320,16 +324,25 @@ def probe_host(try_load: bool = True) -> HostFacts:
             facts = replace(facts, headers=replace(facts.headers, compiles=True))
             raw_load = LoadCheck(ok=check.ok, errno=check.errno, log=check.log)
     facts = replace(facts, raw_tracepoint_load=raw_load, load_skipped=", ".join(skipped) or None)
-    return replace(facts, symbols=_probe_symbols(facts, config, can_load=not skipped))
+    return replace(facts, symbols=_probe_symbols(facts, config, can_load=not skipped, lazy=lazy))
 
 
-def _probe_symbols(facts: HostFacts, config: kernel.KernelConfig | None, can_load: bool) -> dict[str, SymbolFacts]:
+def _probe_symbols(
+    facts: HostFacts, config: kernel.KernelConfig | None, can_load: bool, lazy: bool = False
+) -> dict[str, SymbolFacts]:
     found = symbol_names([*TARGET_SYMBOLS, *_HELPERS])
     kprobes_built = config.enabled("CONFIG_KPROBES") if config is not None else bool(found["register_kprobe"])
     prober = _SymbolProber(facts, bool(found["bpf_trampoline_link_prog"]), kprobes_built, can_load)
     filter_functions, why_unknown = _read_filter_functions(facts.tracefs)
     symbols: dict[str, SymbolFacts] = {}
-    for symbol in TARGET_SYMBOLS:
+    for symbol in TARGET_SYMBOLS:  # dup_mmap first
+        if lazy and symbol != "dup_mmap" and prober.can_load:
+            dup = symbols["dup_mmap"]
+            if not (dup.fentry.available or dup.kprobe.available):
+                prober = _SymbolProber(
+                    replace(facts, load_skipped="dup_mmap cannot be probed"),
+                    prober.trampoline, kprobes_built, can_load=False,
+                )
         names = found[symbol]
         if not names:
             no = ProbeCheck(False, _absent_reason(symbol, facts.kernel.version_tuple))

@@ -17,8 +17,10 @@ from typing import Callable
 from analysis.errors import TracerError
 from analysis.recording.writer import write_recording
 from tracer.probes.bracket import BCC_MISSING, BracketConfig, BracketProbe, offsets_from_btf
+from tracer.probes.exact import ExactConfig, ExactProbe
 from tracer.record.context import run_metadata
 from tracer.record.options import RecordOptions, validate
+from tracer.record.probeset import ProbeSet
 from tracer.record.session import Session
 
 __all__ = ["RecordOptions", "record"]
@@ -32,7 +34,9 @@ def record(opts: RecordOptions, log: Callable[[str], None] | None = None) -> Pat
     from tracer.host.methods import choose_methods
     from tracer.host.probe import probe_host
 
-    facts = probe_host(try_load=False)
+    # Real load attempts decide the exact probes (lazy: nothing more is tried
+    # where dup_mmap itself cannot be probed), as doctor's do.
+    facts = probe_host(try_load=True, lazy=True)
     if facts.bcc.importable is False:
         raise TracerError(BCC_MISSING)
     plan = choose_methods(facts, forced=opts.backend)
@@ -47,8 +51,19 @@ def record(opts: RecordOptions, log: Callable[[str], None] | None = None) -> Pat
     log(hdrs.description)
 
     session = Session(opts, log)
-    probe = BracketProbe(config, on_dup=session.on_dup, on_child=session.on_child)
-    log(f"loading BPF ({backend}{', sampling %d Hz' % opts.sample_hz if opts.sample_hz else ''}) ...")
+    exact = None
+    if plan.exact:
+        exact_config = ExactConfig(
+            attach={fn: (a.via, a.symbol) for fn, a in plan.exact.items()},
+            filter_tgids=config.filter_tgids,
+            follow_children=config.follow_children and config.task_pid_off is not None,
+            task_pid_off=config.task_pid_off,
+        )
+        exact = ExactProbe(exact_config, on_event=session.on_exact)
+        session.exact_timed = set(plan.exact)
+    probe = ProbeSet(BracketProbe(config, on_dup=session.on_dup, on_child=session.on_child), exact)
+    timed = f"; exact: {', '.join(f'{fn} ({a.via})' for fn, a in plan.exact.items())}" if plan.exact else ""
+    log(f"loading BPF ({backend}{timed}{', sampling %d Hz' % opts.sample_hz if opts.sample_hz else ''}) ...")
     probe.load()
     try:
         session.run(probe)
@@ -63,7 +78,7 @@ def record(opts: RecordOptions, log: Callable[[str], None] | None = None) -> Pat
         write_recording(opts.output, forks, meta)
     finally:
         signal.signal(signal.SIGINT, previous_sigint)
-    lost = meta["lost"]["ringbuf"]
+    lost = meta["lost"]["ringbuf"] + ((meta.get("exact") or {}).get("counters") or {}).get("lost_ringbuf", 0)
     log(f"wrote {forks.num_rows} forks to {opts.output}" + (f" (LOST {lost} records)" if lost else " (no events lost)"))
     return opts.output
 

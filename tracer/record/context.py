@@ -56,7 +56,26 @@ def run_metadata(
             else None
         ),
         "maps": session.maps,
+        "exact": (
+            {
+                "attach": plan.to_dict()["exact"],
+                "counters": session.exact_counters,
+                "missed": session.exact_missed,
+                "unmatched": session.exact_unmatched,
+            }
+            if plan.exact
+            else None
+        ),
+        "algorithm": _algorithm(facts, session),
     }
+
+
+def _algorithm(facts: "HostFacts", session: "Session") -> dict:
+    """Which tree-building algorithm ran: kallsyms, corroborated by the writes seen in the brackets."""
+    from analysis.recording.algorithm import infer_algorithm
+
+    mt_dup = facts.symbol("__mt_dup").kallsyms
+    return infer_algorithm(mt_dup, session.forks, session.stores, session.other_writes)
 
 
 

@@ -15,7 +15,10 @@ from pathlib import Path
 
 from analysis.errors import TracerError, UsageError
 from analysis.recording.writer import check_writable
-from tracer.probes.bracket import BACKENDS
+from tracer.probes.bracket import BACKENDS as BRACKET_BACKENDS
+from tracer.probes.exact import EXACT_BACKENDS
+
+BACKENDS = (*BRACKET_BACKENDS, *EXACT_BACKENDS)
 
 __all__ = ["RecordOptions", "default_output", "validate"]
 

@@ -15,10 +15,11 @@ from typing import Callable
 import pyarrow as pa
 
 from analysis.errors import TracerError
-from tracer.probes.bracket import BracketProbe, DupEvent
+from tracer.probes.bracket import DupEvent
 from tracer.record.context import keep_off_cpu, wall_mono
 from tracer.record.options import RecordOptions
-from tracer.record.table import fork_table
+from tracer.record.probeset import ProbeSet
+from tracer.record.table import exact_frame, fork_table
 
 __all__ = ["Session"]
 
@@ -36,6 +37,11 @@ class Session:
         self.opts = opts
         self.log = log
         self._dups = bytearray()  # struct dup_event records, packed as they came
+        self._exact = bytearray()  # struct exact_event records, packed as they came
+        self.exact_timed: set[str] = set()  # kernel functions the exact probes attached to
+        self.exact_counters: dict[str, int] | None = None
+        self.exact_missed: dict[str, object] | None = None
+        self.exact_unmatched = 0
         self.forks = 0
         self._children: list[tuple[int, int, int]] = []  # (tid, seq, child pid)
         self.maps: list[dict] = []
@@ -45,6 +51,8 @@ class Session:
         self.counters: dict[str, int] = {}
         self.stacks: list[dict] = []
         self.ma_writes = 0  # ma_write events inside brackets, summed from the records
+        self.stores = 0  # of which mas_store of a VMA
+        self.other_writes = 0  # of which from other functions (node splits on the bulk build)
         self.start: dict = {}
         self.end: dict = {}
         self._stop = False
@@ -54,8 +62,13 @@ class Session:
         self._dups += raw
         self.forks += 1
         self.ma_writes += event.stores + event.null_stores + event.zero_stores + event.other_writes
+        self.stores += event.stores
+        self.other_writes += event.other_writes
         if self.opts.mode in ("system", "command") and event.pid not in self._maps_seen:
             self._snapshot_rate_limited(event.pid)
+
+    def on_exact(self, raw: bytes) -> None:
+        self._exact += raw
 
     def on_child(self, tid: int, seq: int, child_pid: int) -> None:
         self._children.append((tid, seq, child_pid))
@@ -82,7 +95,7 @@ class Session:
         self.snapshot(pid)
 
     # -- the loop -------------------------------------------------------------
-    def run(self, probe: BracketProbe) -> None:
+    def run(self, probe: ProbeSet) -> None:
         # A flag, not KeyboardInterrupt: an exception raised while Python runs
         # a ring buffer callback under ctypes would be printed and dropped.
         previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
@@ -109,13 +122,15 @@ class Session:
                 probe.poll(20)
             self.end = wall_mono()
             self.counters = probe.counters()
+            self.exact_counters = probe.exact_counters()
+            self.exact_missed = probe.exact_missed()
             self.stacks = probe.sampled_stacks()
             self._progress(final=True)
 
     def _on_signal(self, signum, frame) -> None:
         self._stop = True
 
-    def _loop(self, probe: BracketProbe, done: Callable[[], bool]) -> None:
+    def _loop(self, probe: ProbeSet, done: Callable[[], bool]) -> None:
         self.start = self.start or wall_mono()
         t0 = time.monotonic()
         next_progress = t0 + 1.0
@@ -149,7 +164,7 @@ class Session:
         elif final:
             self.log(line)
 
-    def _run_spawn(self, probe: BracketProbe) -> None:
+    def _run_spawn(self, probe: ProbeSet) -> None:
         from tracer.workload.spawn import SpawnWorkload
 
         opts = self.opts
@@ -167,7 +182,7 @@ class Session:
             work.wait(timeout=60)
         self.workload = {"pid": pid, **work.metadata(), "tracer_cpus": tracer_cpus}
 
-    def _run_command(self, probe: BracketProbe) -> None:
+    def _run_command(self, probe: ProbeSet) -> None:
         # fork + wait-on-pipe + exec, so the pid is in the filter before the
         # command can fork (subprocess would exec before we know the pid).
         read_fd, write_fd = os.pipe()
@@ -218,4 +233,6 @@ class Session:
         A record whose thread saw no sched_process_fork after it (same tid and
         per-thread sequence number) is a fork that did not complete.
         """
-        return fork_table(self._dups, self._children)
+        exact = exact_frame(self._exact, self.exact_timed) if self.exact_counters is not None else None
+        table, self.exact_unmatched = fork_table(self._dups, self._children, exact)
+        return table
