@@ -14,10 +14,13 @@ import pandas as pd
 
 from analysis.recording.schema import ADDED_COLUMNS
 
-__all__ = ["EXACT_COLUMNS", "join_exact"]
+__all__ = ["EXACT_COLUMNS", "EXACT_PHASE_COLUMNS", "join_exact"]
 
 # The fork-table columns the exact probes fill, with their "not measured" defaults.
 EXACT_COLUMNS: dict[str, object] = {name: default for name, _, _, default in ADDED_COLUMNS if name.startswith("exact_")}
+
+# A phase whose method is "exact" takes its figures from this column, not the bracket's.
+EXACT_PHASE_COLUMNS: dict[str, str] = {"dup_mmap": "exact_dup_mmap_ns", "mt_dup": "exact_mt_dup_sum_ns"}
 
 
 def join_exact(forks: pd.DataFrame, exact: pd.DataFrame) -> tuple[pd.DataFrame, int]:

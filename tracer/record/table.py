@@ -78,4 +78,6 @@ def fork_table(
     for name, default in COLUMN_DEFAULTS.items():
         if name not in frame:
             frame[name] = default
-    return pa.Table.from_pandas(frame[FORK_SCHEMA.names], preserve_index=False).cast(FORK_SCHEMA), unmatched
+    # pa.array on numpy keeps NaN as NaN ("not measured"); from_pandas would make it null.
+    table = pa.table({name: pa.array(np.asarray(frame[name].to_numpy())) for name in FORK_SCHEMA.names})
+    return table.cast(FORK_SCHEMA), unmatched
