@@ -306,3 +306,37 @@ def test_report_shows_the_exact_figure_and_names_the_algorithm(both_methods):
     usable = both_methods.forks[both_methods.forks.usable]
     assert summary["phases"]["dup_mmap"]["p50_ns"] == pytest.approx(float(np.median(usable.exact_dup_mmap_ns)))
     assert summary["algorithm"]["name"] == both_methods.meta["algorithm"]["name"]
+
+
+# -- scripts/bracket_vs_exact.py ----------------------------------------------------------------
+
+
+def test_bracket_vs_exact_compares_per_fork():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bracket_vs_exact", ROOT / "scripts" / "bracket_vs_exact.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    forks = pd.DataFrame(
+        {
+            "usable": [True, True, True, False],
+            "dup_mmap_ns": [900.0, 1800.0, 950.0, 1.0],
+            "exact_dup_mmap_ns": [1000.0, 2000.0, np.nan, 5.0],
+            "exact_ts_entry": [100, 5000, 0, 9],
+            "exact_ts_exit": [1100, 7000, 0, 14],
+            "ts_parent_lock": [150, 5100, 1, 10],
+            "ts_parent_unlock": [1050, 6900, 951, 11],
+            "ts_child_lock": [200, 5200, 2, 10],
+            "exact_vm_area_dup_first_ns": [300.0, 400.0, np.nan, np.nan],
+            "mt_dup_ns": [150.0, 200.0, 10.0, 0.0],
+            "mt_dup_raw_ns": [250.0, 300.0, 20.0, 0.0],
+        }
+    )
+    result = script.compare(forks)
+    assert result["forks"] == {"traced": 4, "both": 2}  # unusable and unmatched forks are left out
+    assert result["dup_mmap"]["difference_ns"]["median"] == 150.0  # (100 + 200) / 2
+    assert result["dup_mmap"]["ratio"]["median"] == pytest.approx(0.9)
+    assert result["outside"]["entry_to_parent_lock_ns"]["median"] == 75.0
+    # child lock -> first vm_area_dup: 100 + 300 - 200 = 200 and 5000 + 400 - 5200 = 200
+    assert result["tree_copy"]["neighbour_ns"]["median"] == 200.0
+    assert result["tree_copy"]["ratio"]["median"] == pytest.approx(0.875)
