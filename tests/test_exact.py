@@ -177,12 +177,12 @@ def test_algorithm_from_kallsyms_with_the_events_as_evidence():
 # -- on this kernel -----------------------------------------------------------------------------
 
 
-@lru_cache(maxsize=1)
-def _record_facts():
-    """What record sees: real load attempts, nothing past dup_mmap where it cannot be probed."""
+@lru_cache(maxsize=None)
+def _record_facts(kinds: tuple[str, ...] = ("fentry", "kprobe")):
+    """What record sees: real load attempts of the kinds it may use, nothing past dup_mmap where it cannot be probed."""
     from tracer.host.probe import probe_host
 
-    return probe_host(try_load=True, lazy=True)
+    return probe_host(try_load=True, kinds=kinds)
 
 
 @pytest.mark.bpf
@@ -218,7 +218,7 @@ def run_tracer(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
 @pytest.mark.bpf
 @pytest.mark.parametrize("kind", ["fentry", "kprobe"])
 def test_forcing_an_exact_backend_follows_what_the_kernel_allows(bpf_host, kind, tmp_path):
-    check = getattr(_record_facts().symbol("dup_mmap"), kind)
+    check = getattr(_record_facts((kind,)).symbol("dup_mmap"), kind)
     out = tmp_path / "forced.parquet"
     proc = run_tracer("record", "--backend", kind, "--spawn", "20", "--forks", "5", "-q", "-o", str(out))
     if check.available:
@@ -340,3 +340,17 @@ def test_bracket_vs_exact_compares_per_fork():
     # child lock -> first vm_area_dup: 100 + 300 - 200 = 200 and 5000 + 400 - 5200 = 200
     assert result["tree_copy"]["neighbour_ns"]["median"] == 200.0
     assert result["tree_copy"]["ratio"]["median"] == pytest.approx(0.875)
+
+
+@pytest.mark.bpf
+def test_record_tries_only_the_kinds_it_may_use(bpf_host):
+    """Under --backend tracepoint nothing is loaded on the functions; by default fentry first."""
+    from tracer.host.probe import probe_host
+
+    alone = probe_host(try_load=True, kinds=()).symbol("dup_mmap")
+    for check in (alone.fentry, alone.kprobe):  # nothing loaded: never a yes, and a no only for a static reason
+        assert check.available is not True and check.errno is None
+        assert check.available is False or check.reason == "not tried (not a kind record may use here)"
+    default = _record_facts().symbol("dup_mmap")
+    if default.fentry.available:
+        assert default.kprobe.available is None and default.kprobe.reason == "not tried (fentry attaches)"

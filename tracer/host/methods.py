@@ -25,6 +25,7 @@ __all__ = [
     "EXACT_FUNCTIONS",
     "ExactAttach",
     "ExactBackend",
+    "exact_kinds",
     "Backend",
     "BracketBackend",
     "DOCTOR_PHASES",
@@ -194,6 +195,13 @@ class ExactBackend:
 
     def notes(self, facts: HostFacts) -> list[str]:
         return exact_notes(facts, self.attachments(facts))
+
+
+def exact_kinds(forced: str | None) -> tuple[str, ...]:
+    """The probe kinds record may use under --backend `forced`, in order of preference."""
+    if forced is None:
+        return tuple(b.name for b in EXACT_BACKENDS)
+    return (forced,) if forced in {b.name for b in EXACT_BACKENDS} else ()
 
 
 def best_attachments(facts: HostFacts) -> dict[str, ExactAttach]:

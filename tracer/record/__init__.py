@@ -31,12 +31,12 @@ def record(opts: RecordOptions, log: Callable[[str], None] | None = None) -> Pat
     log = log or (lambda msg: print(msg, file=sys.stderr))
     validate(opts)
     from tracer.host import headers, kernel
-    from tracer.host.methods import choose_methods
+    from tracer.host.methods import choose_methods, exact_kinds
     from tracer.host.probe import probe_host
 
-    # Real load attempts decide the exact probes (lazy: nothing more is tried
-    # where dup_mmap itself cannot be probed), as doctor's do.
-    facts = probe_host(try_load=True, lazy=True)
+    # Real load attempts decide the exact probes, as doctor's do; only the
+    # kinds this run could use are tried (each load takes seconds under emulation).
+    facts = probe_host(try_load=True, kinds=exact_kinds(opts.backend))
     if facts.bcc.importable is False:
         raise TracerError(BCC_MISSING)
     plan = choose_methods(facts, forced=opts.backend)
