@@ -48,7 +48,7 @@ def assert_one_line_error(proc: subprocess.CompletedProcess, *words: str) -> Non
         (["record", "--forks", "10"], ["--spawn"]),
         (["record", "--spawn", "-5"], [">= 0"]),
         (["record", "--spawn", "10", "-d", "0"], ["positive"]),
-        (["record", "--spawn", "10", "--backend", "kprobe", "-o", "/tmp/forktrace-test-never.parquet"], ["unknown backend"]),
+        (["record", "--spawn", "10", "--backend", "uprobe", "-o", "/tmp/forktrace-test-never.parquet"], ["unknown backend"]),
         (["report", "/nonexistent.parquet"], ["nonexistent.parquet"]),
         (["report", "/etc/passwd"], ["/etc/passwd"]),
         (["report", "--format", "xml", "/etc/passwd"], ["--format"]),
