@@ -113,7 +113,7 @@ def test_exact_frame_leaves_functions_not_probed_unmeasured():
     assert row.exact_vm_area_dup_first_ns == 400  # after dup_mmap's entry
     # __mt_dup was not attached: whatever the record holds there is not a measurement.
     assert row.exact_mt_dup_calls == 0 and np.isnan(row.exact_mt_dup_sum_ns)
-    assert set(frame.columns) == {"tid", *EXACT_COLUMNS}
+    assert set(frame.columns) == {"tid", "seq", *EXACT_COLUMNS}
 
 
 def test_fork_table_joins_exact_records_per_thread_by_containment():
@@ -263,15 +263,18 @@ def both_methods(exact_host, tmp_path_factory):
 def test_every_fork_is_timed_by_both_methods_and_the_exact_span_contains_the_bracket(both_methods):
     rec = both_methods
     forks = rec.forks[rec.forks.pid == rec.meta["workload"]["pid"]]
-    assert len(forks) == 30
+    counters = rec.meta["exact"]["counters"]
+    # The exact probe sees every dup_mmap call of the workload; the bracket may lose
+    # some (seen on 6.1), and those are the exact records left unmatched.
+    assert counters["dups"] == rec.meta["workload"]["forks"] == 30
+    assert rec.meta["exact"]["unmatched"] == counters["dups"] - len(forks)
+    assert len(rec.meta["exact"]["unmatched_calls"]) == min(rec.meta["exact"]["unmatched"], 20)
     assert (forks.exact_ts_entry > 0).all(), "a traced fork has no exact record"
     assert (forks.exact_ts_entry <= forks.ts_parent_lock).all()
     assert (forks.exact_ts_exit >= forks.ts_parent_unlock).all()
     assert (forks.exact_dup_mmap_ns >= forks.dup_mmap_ns).all()
     assert (forks.exact_ret == 0).all() and not forks.failed.any()
-    counters = rec.meta["exact"]["counters"]
-    assert counters["dup_no_exit"] == 0 and counters["lost_ringbuf"] == 0
-    assert rec.meta["exact"]["unmatched"] == 0 or rec.meta["targets"]["mode"] != "spawn"
+    assert counters["dup_no_exit"] == 0 and counters["lost_ringbuf"] == 0 and counters["stray_exits"] == 0
     missed = rec.meta["exact"]["missed"]
     assert missed["recursion_misses"] is None or sum(missed["recursion_misses"].values()) == 0
 

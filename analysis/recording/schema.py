@@ -100,7 +100,7 @@ METADATA_FIELDS = {
     "backend": "str: 'raw_tracepoint' or 'tracepoint' (how the bracket was attached)",
     "backend_reason": "str: why that backend (doctor's reason, or 'forced by --backend')",
     "methods": "{phase: method}: how each phase was obtained (exact, bracket, bracket-corrected, sampled, unavailable)",
-    "exact": "{attach: {function: {via, symbol}}, counters, missed, unmatched} or null: the exact probes beside the bracket",
+    "exact": "{attach: {function: {via, symbol}}, counters, missed, unmatched, unmatched_calls: first 20 [{tid, seq, ts_entry, dup_mmap_ns}]} or null: the exact probes beside the bracket",
     "algorithm": "{name: 'mt_dup', 'bulk_append' or 'unknown'; evidence: [str]}: how this kernel builds the child's tree",
     "probes": "doctor's findings: per symbol and per tracepoint availability",
     "headers": "str: kernel headers bcc compiled against",

@@ -62,6 +62,7 @@ def run_metadata(
                 "counters": session.exact_counters,
                 "missed": session.exact_missed,
                 "unmatched": session.exact_unmatched,
+                "unmatched_calls": session.exact_unmatched_calls,
             }
             if plan.exact
             else None

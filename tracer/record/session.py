@@ -28,6 +28,8 @@ __all__ = ["Session"]
 # turn the tracer into the load.
 MAPS_MAX_PROCESSES = 64
 MAPS_MIN_INTERVAL_S = 0.1
+# Exact records that matched no bracket, kept in the metadata for diagnosis.
+UNMATCHED_KEPT = 20
 
 
 class Session:
@@ -42,6 +44,7 @@ class Session:
         self.exact_counters: dict[str, int] | None = None
         self.exact_missed: dict[str, object] | None = None
         self.exact_unmatched = 0
+        self.exact_unmatched_calls: list[dict] = []
         self.forks = 0
         self._children: list[tuple[int, int, int]] = []  # (tid, seq, child pid)
         self.maps: list[dict] = []
@@ -235,4 +238,12 @@ class Session:
         """
         exact = exact_frame(self._exact, self.exact_timed) if self.exact_counters is not None else None
         table, self.exact_unmatched = fork_table(self._dups, self._children, exact)
+        if exact is not None and self.exact_unmatched:
+            # dup_mmap calls the exact probe saw and the bracket did not: which ones, for diagnosis.
+            joined = set(table.column("exact_ts_entry").to_numpy().tolist())
+            missed = exact[~exact["exact_ts_entry"].isin(joined)].head(UNMATCHED_KEPT)
+            self.exact_unmatched_calls = [
+                {"tid": int(r.tid), "seq": int(r.seq), "ts_entry": int(r.exact_ts_entry), "dup_mmap_ns": float(r.exact_dup_mmap_ns)}
+                for r in missed.itertuples()
+            ]
         return table

@@ -28,6 +28,7 @@ def exact_frame(records: bytes | bytearray, timed: set[str]) -> pd.DataFrame:
     entry = ev["ts_entry"].astype("int64")
     cols: dict[str, object] = {
         "tid": ev["tid"],
+        "seq": ev["seq"],
         "exact_ts_entry": ev["ts_entry"],
         "exact_ts_exit": ev["ts_exit"],
         "exact_dup_mmap_ns": (ev["ts_exit"].astype("int64") - entry).astype("float64"),
