@@ -270,7 +270,11 @@ def _phase_table(s: Mapping[str, Any]) -> list[str]:
         return "  ".join(c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))).rstrip()
 
     out = [line(cols)] + [line(r) for r in rows]
-    notes = [f"{name}: {doc}" for name, doc in PHASE_DOC.items()]
+    notes = [
+        f"{_phase_label(name, s)}: "
+        + ("entry -> return (exact probe)" if str(s["phases"][name]["method"]).startswith("exact") else doc)
+        for name, doc in PHASE_DOC.items()
+    ]
     out.append("")
     out.extend("  " + n for n in notes)
     if s["mt_dup_clamped"]:
