@@ -41,6 +41,13 @@ def render(caps: dict) -> str:
     return render_doctor(facts, choose_methods(facts))
 
 
+# What doctor notes on a host like this one, where nothing attaches to dup_mmap.
+NO_EXACT_HERE = (
+    "no exact probes: dup_mmap: fentry: fentry refused by the kernel (EPERM; lockdown=integrity);"
+    " kprobe: kprobes not built (CONFIG_KPROBES unset)"
+)
+
+
 def synthetic_host() -> dict:
     """A host shaped like this one: BTF, tracefs, root, every tracepoint, nothing direct."""
     refused = {
@@ -85,7 +92,7 @@ def test_this_kind_of_host_gets_raw_tracepoints_and_brackets():
     assert methods["phases"]["mt_dup"] == "bracket-corrected (child lock -> first store, minus one VMA step)"
     assert methods["phases"]["vma_loop"] == "bracket (first -> last mas_store)"
     assert methods["phases"]["undo_dup_mmap"] == "unavailable (symbol absent)"
-    assert methods["notes"] == []
+    assert methods["notes"] == [NO_EXACT_HERE]  # doctor says why nothing is timed exactly
 
 
 def test_without_btf_falls_back_to_classic_tracepoints():
@@ -141,7 +148,7 @@ def test_a_raw_tracepoint_that_does_not_load_means_classic_tracepoints():
     caps["raw_tracepoint_load"] = {"ok": False, "errno": "EINVAL", "log": None}
     methods = plan(caps)
     assert methods["backend"] == "tracepoint"
-    assert methods["notes"] == ["a raw tracepoint program did not load (EINVAL)"]
+    assert methods["notes"] == ["a raw tracepoint program did not load (EINVAL)", NO_EXACT_HERE]
 
 
 def test_missing_ma_write_only_loses_the_store_phases():
@@ -322,7 +329,9 @@ def test_debian_6_12_like_host():
     assert methods["backend"] == "raw_tracepoint"
     assert methods["phases"]["dup_mmap"] == "bracket (mmap_lock acquire/release)"  # the bracket needs no symbol
     assert methods["phases"]["mt_dup"].startswith("bracket-corrected")
-    assert methods["notes"] == [] and methods["exact"] == {}  # nothing to time exactly: dup_mmap is inlined
+    assert methods["exact"] == {}  # nothing to time exactly: dup_mmap is inlined
+    inlined = "inlined (no symbol on this kernel)"
+    assert methods["notes"] == [f"no exact probes: dup_mmap: fentry: {inlined}; kprobe: {inlined}"]
     text = render(caps)
     assert "✗ dup_mmap         not in kallsyms" in text and "inlined (no symbol on this kernel)" in text
 

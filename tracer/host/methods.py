@@ -364,6 +364,8 @@ def choose_methods(facts: HostFacts, forced: str | None = None) -> MethodPlan:
     direct = [how for how, check in (("fentry", dup.fentry), ("kprobe", dup.kprobe)) if check.available]
     if direct and chosen is not None and not exact:
         notes.append(f"dup_mmap: {' and '.join(direct)} available; not used with --backend {forced}")
+    elif chosen is not None and not direct:
+        notes.append(f"no exact probes: dup_mmap: fentry: {dup.fentry.reason or '?'}; kprobe: {dup.kprobe.reason or '?'}")
     if chosen is not None and not facts.root:
         notes.append("not root: record needs root to load BPF programs")
     if chosen is not None:
