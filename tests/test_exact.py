@@ -211,7 +211,8 @@ def test_exact_c_compiles_with_bcc_for_every_variant(bpf_host, attach):
     assert "raw_tracepoint__sched_process_fork" in programs
 
 
-def run_tracer(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+def run_tracer(*args: str, timeout: float = 1200) -> subprocess.CompletedProcess:
+    """The CLI as a user runs it; minutes under emulation (real load attempts, then two bcc compiles)."""
     return subprocess.run([*TRACER, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
 
 
