@@ -1,16 +1,26 @@
 #!/usr/bin/env python3
-"""How much does tracing slow fork() down? Side by side, interleaved, in one run.
+"""How much does tracing slow fork() down, and which piece of the tracer costs what?
 
-For each extra-VMA count, the spawn workload (pinned to one CPU) runs:
-  untraced  no BPF at all
-  empty     programs that return at once, on the same tracepoints: the floor
-            any tracepoint-based tracer pays here
-  traced    the full bracket, system-wide, as `tracer record` runs it
-Rounds interleave the three (A B C A B C ...) because this shared machine
-drifts by several percent between minutes; medians over rounds are compared.
-Prints forks/s and ratios; it asserts nothing. Needs root.
+For each extra-VMA count, the spawn workload (pinned to one CPU) runs under
+each mode, side by side in one run:
+  untraced        no BPF at all
+  empty           programs that return at once, on the same tracepoints: the
+                  floor any tracepoint-based tracer pays here
+  fork            `record --level fork`: the lock bracket, no per-VMA program
+  phase           `record --level phase` (the default): the full bracket
+  before          the per-VMA program as it was before the CPU slot and the
+                  sparse timestamps (task storage lookup, every store timed)
+  -<piece>        `phase` without one piece of its per-VMA program (ablation;
+                  see ABLATIONS in tracer/probes/bracket.py): its cost is
+                  what the mode saves against `phase`
+Every variant is compiled and loaded once, then attached only for its own
+runs. Rounds interleave the modes (A B C ... A B C ...) because this shared
+machine drifts by several percent between minutes; medians over rounds are
+compared. Prints forks/s and its ratio to untraced, and the ns per VMA a mode
+adds to the forking thread's CPU time (relative to untraced, and as a
+multiple of what the empty programs add); asserts nothing. Needs root.
 
-    sudo .venv/bin/python scripts/bench_overhead.py [--rounds 5] [--seconds 1]
+    sudo .venv/bin/python scripts/bench_overhead.py [--rounds 5] [--seconds 1] [--json FILE]
 """
 
 from __future__ import annotations
@@ -31,39 +41,132 @@ from tracer.probes.bracket import BracketConfig, BracketProbe, offsets_from_btf 
 from tracer.record.context import keep_off_cpu  # noqa: E402
 from tracer.workload.spawn import SpawnWorkload  # noqa: E402
 
-MODES = ("untraced", "empty", "traced")
+# mode -> BracketConfig fields beyond backend and offsets (None: untraced).
+MODES: dict[str, dict | None] = {
+    "untraced": None,
+    "empty": {"empty": True},
+    "fork": {"level": "fork"},
+    "phase": {},
+    "before": {"ablate": ("lookup_task_storage", "time_every_store")},
+    "no_body": {"ablate": ("vma_body",)},
+    "no_fn_check": {"ablate": ("fn_check",)},
+    "no_ma_state": {"ablate": ("ma_state",)},
+    "no_timestamp": {"ablate": ("timestamp",)},
+    "no_leaves": {"ablate": ("leaves",)},
+    "task_storage": {"ablate": ("lookup_task_storage",)},
+    "every_ts": {"ablate": ("time_every_store",)},
+}
+DEFAULT_MODES = list(MODES)
+
+# Ablation rows: mode -> (what the row measures, sign). A "no_" mode removes a
+# piece, whose cost is phase minus the mode; the others replace a piece with
+# what the program did before, whose extra cost is the mode minus phase.
+MEANING = {
+    "no_body": ("everything after the state lookup", +1),
+    "no_fn_check": ("function-name check", +1),
+    "no_ma_state": ("ma_state->node read", +1),
+    "no_timestamp": ("store timestamps", +1),
+    "no_leaves": ("leaf tracking", +1),
+    "task_storage": ("task storage lookup, over the CPU slot", -1),
+    "every_ts": ("timing every store, over sparse", -1),
+}
 
 
-def one_run(vmas: int, seconds: float, cpu: int, probe: BracketProbe | None) -> float:
-    """forks/s of one spawn run, with `probe` (if any) drained meanwhile."""
+def one_run(vmas: int, seconds: float, cpu: int, probe: BracketProbe | None) -> tuple[float, float, int]:
+    """forks/s, CPU ns per fork of the forking thread, and VMAs per fork of one spawn run,
+    with `probe` (if any) attached and drained."""
     with SpawnWorkload(vmas, seconds=seconds, cpu=cpu) as work:
-        work.start()
+        _, vmas_total = work.start()
         stop = threading.Event()
         poller = None
-        if probe is not None and not probe.config.empty:
-            def drain() -> None:
-                while not stop.is_set():
-                    probe.poll(50)
-            poller = threading.Thread(target=drain, daemon=True)
-            poller.start()
-        work.go()
-        result = work.wait(timeout=seconds + 120)
-        stop.set()
-        if poller:
-            poller.join()
-    return result.forks_per_sec
+        if probe is not None:
+            probe.attach()
+            if not probe.config.empty:
+                def drain() -> None:
+                    while not stop.is_set():
+                        probe.poll(50)
+                poller = threading.Thread(target=drain, daemon=True)
+                poller.start()
+        try:
+            work.go()
+            result = work.wait(timeout=seconds + 120)
+        finally:
+            stop.set()
+            if poller:
+                poller.join()
+            if probe is not None:
+                probe.detach()
+                probe.poll(0)
+    return result.forks_per_sec, result.cpu_ns / max(result.forks, 1), vmas_total
+
+
+def summarise(figures: dict, cpu: dict, vmas_totals: dict, modes: list[str]) -> dict:
+    """Medians per mode and VMA count; ratios to untraced; per-VMA cost vs the empty floor.
+
+    The per-VMA cost comes from the forking thread's CPU time per fork, not
+    from forks/s: on a shared machine the wall clock also counts whoever else
+    ran on the CPU, while the thread's CPU time holds fork's own work and the
+    BPF programs that run inside it.
+    """
+    summary = {}
+    for vmas, by_mode in figures.items():
+        med = {m: statistics.median(by_mode[m]) for m in modes}
+        cpu_med = {m: statistics.median(cpu[vmas][m]) for m in modes}
+        base = med["untraced"]
+        added = {m: (cpu_med[m] - cpu_med["untraced"]) / max(vmas_totals[vmas], 1) for m in modes if m != "untraced"}
+        floor = added.get("empty")
+        summary[vmas] = {
+            "vmas_total": vmas_totals[vmas],
+            "forks_per_s": med,
+            "cpu_ns_per_fork": cpu_med,
+            "vs_untraced": {m: med[m] / base for m in modes},
+            "added_ns_per_vma": added,
+            "x_empty": {m: a / floor for m, a in added.items()} if floor and floor > 0 else {},
+            "ablation_ns_per_vma": (
+                {m: MEANING[m][1] * (added["phase"] - added[m]) for m in modes if m in MEANING and "phase" in added}
+            ),
+        }
+    return summary
+
+
+def render(summary: dict, modes: list[str]) -> str:
+    lines = []
+    traced = [m for m in modes if m != "untraced"]
+    head = f"{'mode':<13}" + "".join(f"{f'{v} VMAs':>34}" for v in summary)
+    sub = f"{'':<13}" + "".join(f"{'forks/s':>9}{'/untr':>7}{'ns/VMA':>9}{'x empty':>9}" for _ in summary)
+    lines += [head, sub]
+    for m in modes:
+        row = f"{m:<13}"
+        for s in summary.values():
+            add = s["added_ns_per_vma"].get(m)
+            xe = s["x_empty"].get(m)
+            row += f"{s['forks_per_s'][m]:>9.0f}{s['vs_untraced'][m]:>7.3f}"
+            row += f"{add:>9.1f}" if add is not None else f"{'':>9}"
+            row += f"{xe:>9.2f}" if xe is not None else f"{'':>9}"
+        lines.append(row)
+    ablated = [m for m in modes if m in MEANING]
+    if ablated and "phase" in traced:
+        lines += ["", "ablation: ns per VMA that each piece of the per-VMA program costs (no_X: phase - no_X;"
+                  " the last rows: what the older way costs over phase's)"]
+        lines.append(f"{'piece':<40}" + "".join(f"{f'{v} VMAs':>12}" for v in summary))
+        for m in ablated:
+            lines.append(f"{MEANING[m][0]:<40}" + "".join(f"{s['ablation_ns_per_vma'][m]:>12.1f}" for s in summary.values()))
+    return "\n".join(lines)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--vmas", type=int, nargs="+", default=[0, 1600, 6400])
+    parser.add_argument("--vmas", type=int, nargs="+", default=[1600, 6400])
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--seconds", type=float, default=1.0, help="length of one run")
     parser.add_argument("--cpu", type=int, default=0)
+    parser.add_argument("--modes", nargs="+", default=DEFAULT_MODES, choices=list(MODES),
+                        help="modes to run (untraced is always run)")
     parser.add_argument("--backend", default=None, help="raw_tracepoint or tracepoint (default: doctor's choice)")
-    parser.add_argument("--json", type=Path, help="also write the raw figures here")
+    parser.add_argument("--json", type=Path, help="also write the raw figures and the summary here")
     args = parser.parse_args()
 
+    modes = ["untraced"] + [m for m in args.modes if m != "untraced"]
     keep_off_cpu(args.cpu)  # as `tracer record --cpu` does
     plan = choose_methods(probe_host(try_load=False), forced=args.backend)
     if plan.backend is None:
@@ -71,40 +174,40 @@ def main() -> int:
     backend = plan.backend
     headers.apply(headers.resolve_headers())
     offsets = offsets_from_btf()
-    configs = {
-        "empty": BracketConfig(backend=backend, empty=True, **offsets),
-        "traced": BracketConfig(backend=backend, **offsets),
-    }
-    print(f"backend {backend}; {args.rounds} interleaved rounds of {args.seconds:g} s per mode, CPU {args.cpu}", flush=True)
+    probes: dict[str, BracketProbe] = {}
+    print(f"backend {backend}; loading {len(modes) - 1} variants ...", file=sys.stderr, flush=True)
+    try:
+        for m in modes[1:]:
+            probes[m] = BracketProbe(BracketConfig(backend=backend, **offsets, **MODES[m])).load()
+            probes[m].detach()
+        print(f"{args.rounds} interleaved rounds of {args.seconds:g} s per mode, CPU {args.cpu}", flush=True)
+        figures = {v: {m: [] for m in modes} for v in args.vmas}
+        cpu_per_fork = {v: {m: [] for m in modes} for v in args.vmas}
+        vmas_totals: dict[int, int] = {}
+        lost = 0
+        for rnd in range(args.rounds):
+            for vmas in args.vmas:
+                for m in modes:
+                    rate, cpu_ns, vmas_totals[vmas] = one_run(vmas, args.seconds, args.cpu, probes.get(m))
+                    figures[vmas][m].append(rate)
+                    cpu_per_fork[vmas][m].append(cpu_ns)
+            print(f"  round {rnd + 1}/{args.rounds} done", file=sys.stderr, flush=True)
+        lost = sum(p.counters()["lost_ringbuf"] for p in probes.values())
+    finally:
+        for p in probes.values():
+            p.close()
 
-    figures: dict[int, dict[str, list[float]]] = {v: {m: [] for m in MODES} for v in args.vmas}
-    lost = 0
-    for rnd in range(args.rounds):
-        for vmas in args.vmas:
-            for mode in MODES:
-                if mode == "untraced":
-                    figures[vmas][mode].append(one_run(vmas, args.seconds, args.cpu, None))
-                    continue
-                with BracketProbe(configs[mode]) as probe:
-                    figures[vmas][mode].append(one_run(vmas, args.seconds, args.cpu, probe))
-                    lost += probe.counters()["lost_ringbuf"]
-        print(f"  round {rnd + 1}/{args.rounds} done", file=sys.stderr, flush=True)
-
+    summary = summarise(figures, cpu_per_fork, vmas_totals, modes)
     print()
-    print(f"{'extra VMAs':>10} {'untraced/s':>11} {'empty/s':>9} {'traced/s':>9} "
-          f"{'empty/untr':>10} {'traced/untr':>11} {'traced/empty':>12} {'ns/fork added':>13}")
-    summary = {}
-    for vmas in args.vmas:
-        med = {m: statistics.median(figures[vmas][m]) for m in MODES}
-        added_ns = (1 / med["traced"] - 1 / med["untraced"]) * 1e9
-        summary[vmas] = {**{f"{m}_forks_per_s": med[m] for m in MODES}, "added_ns_per_fork": added_ns}
-        print(f"{vmas:>10} {med['untraced']:>11.0f} {med['empty']:>9.0f} {med['traced']:>9.0f} "
-              f"{med['empty'] / med['untraced']:>10.3f} {med['traced'] / med['untraced']:>11.3f} "
-              f"{med['traced'] / med['empty']:>12.3f} {added_ns:>13.0f}")
-    print(f"\nratios are forks/s relative to untraced (1.000 = no slowdown); ring buffer records lost: {lost}")
+    print(render(summary, modes))
+    print(f"\n/untr: forks/s relative to untraced (1.000 = no slowdown); ns/VMA: CPU time the forking thread "
+          f"spends per fork over untraced's, over VMAs copied; x empty: that as a multiple of the empty "
+          f"programs'. Ring buffer records lost: {lost}")
     if args.json:
         args.json.write_text(json.dumps({"backend": backend, "rounds": args.rounds, "seconds": args.seconds,
-                                         "raw": figures, "median": summary}, indent=2))
+                                         "cpu": args.cpu, "modes": {m: MODES[m] for m in modes},
+                                         "raw": {"forks_per_s": figures, "cpu_ns_per_fork": cpu_per_fork},
+                                         "summary": summary}, indent=2))
     return 0
 
 

@@ -1,14 +1,12 @@
 #!/usr/bin/env bash
-# Install, then record the built-in workload at a few VMA counts and report.
-# Usage: sudo scripts/demo.sh [VMAS ...]   (default: 0 1000 6400)
+# Install, then the main job on the built-in workload: record it at a few VMA
+# counts in both layouts (with sampling and the spawn cycle), and report where
+# fork's time goes (attribution over all of them).
+# Usage: sudo scripts/demo.sh [VMAS_LIST]   (default: 0,100,400,1600,6400)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install.sh
-mkdir -p recordings
-for vmas in "${@:-0 1000 6400}"; do
-    for v in $vmas; do
-        out="recordings/spawn-$v.parquet"
-        .venv/bin/tracer record --spawn "$v" --forks 2000 --cpu 0 -o "$out"
-        .venv/bin/tracer report "$out"
-    done
-done
+out="recordings/sweep-$(uname -r)-$(date +%Y%m%d-%H%M%S)"
+.venv/bin/tracer sweep -o "$out" --vmas "${1:-0,100,400,1600,6400}" --forks 500 --cpu 0
+.venv/bin/tracer report "$out"
+echo "demo: recordings, report.md, report.json and plots/ in $out"

@@ -12,7 +12,8 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 
 need=()
-for pkg in python3-bpfcc python3-venv gcc libc6-dev; do
+# redis-server: the real application tests/test_real_app.py traces (BGSAVE forks).
+for pkg in python3-bpfcc python3-venv gcc libc6-dev redis-server; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || need+=("$pkg")
 done
 # Headers for bcc: the running kernel's if the distribution has them, else the

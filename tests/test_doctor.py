@@ -19,7 +19,7 @@ from analysis.errors import UsageError
 from tracer.host.doctor import doctor_json, render_doctor
 from tracer.host.facts import HostFacts
 from tracer.host.kernel import is_root
-from tracer.host.methods import BACKENDS, DOCTOR_PHASES, PhaseMethod, choose_methods
+from tracer.host.methods import BACKENDS, DOCTOR_PHASES, choose_methods
 from tracer.host.probe import TARGET_SYMBOLS, TRACEPOINT_NAMES, probe_host
 from tracer.probes import bracket
 

@@ -28,7 +28,7 @@ from conftest import ROOT, TRACER
 from tracer.probes import exact
 from tracer.probes.bracket import DUP_EVENT_DTYPE
 from tracer.probes.cheader import read_header
-from tracer.record.table import exact_frame, fork_table
+from tracer.record.table import exact_frame, fork_table, unmatched_exact
 
 # -- exact.h as the loader reads it ---------------------------------------------------------
 
@@ -125,9 +125,10 @@ def test_fork_table_joins_exact_records_per_thread_by_containment():
         + exact_record(3, 10, 20)  # a thread the bracket never saw
     )
     frame = exact_frame(records, timed={"dup_mmap", "vm_area_dup"})
-    table, unmatched = fork_table(dups, [(1, 1, 11), (2, 1, 22), (1, 2, 12)], frame)
+    table = fork_table(dups, [(1, 1, 11), (2, 1, 22), (1, 2, 12)], exact=frame)
     df = table.to_pandas()
-    assert unmatched == 2
+    missed = unmatched_exact(table, frame)
+    assert sorted(zip(missed.tid, missed.exact_ts_entry)) == [(2, 140), (3, 10)]
     assert df.exact_dup_mmap_ns.tolist()[0::2] == [120.0, 120.0] and np.isnan(df.exact_dup_mmap_ns[1])
     assert df.exact_ret.tolist() == [0, 0, -12]
     assert df.failed.tolist() == [False, False, True]  # dup_mmap returned an error

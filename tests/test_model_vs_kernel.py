@@ -27,7 +27,8 @@ import pytest
 from analysis.recording import load_recording, write_recording
 from analysis.recording.layout import Vma, format_maps, parse_maps
 from analysis.model.build import build_bulk, build_from_history, layout_slots
-from analysis.model.cli import RecordedTarget, choose_parent_build, run_model
+from analysis.model.cli import run_model
+from analysis.model.parent import RecordedTarget, choose_parent_build
 from analysis.model.history import (
     PAGE_SIZE,
     TEMPORARY,
@@ -44,7 +45,7 @@ PAGE = PAGE_SIZE
 # -- pure: the history generator ----------------------------------------------------
 
 
-def spawn_like_layout(extra: int, region_top: int = 0x7F0000100000) -> list[Vma]:
+def spawn_like_layout(extra: int, region_top: int = 0x7F0000100000, adjacent: bool = False) -> list[Vma]:
     """A layout shaped like spawn.c's: a binary, its bss, the extra VMAs, libc-like and stack VMAs."""
     exe = dict(dev="fe:00", inode=42, path="/usr/bin/spawn")
     libc = dict(dev="fe:00", inode=7, path="/usr/lib/libc.so.6")
@@ -55,8 +56,12 @@ def spawn_like_layout(extra: int, region_top: int = 0x7F0000100000) -> list[Vma]
         Vma(0x555500004000, 0x555500005000, "rw-p", 0x4000, **exe),
         Vma(0x555500005000, 0x555500015000, "rw-p"),  # bss
     ]
-    first = region_top - (2 * extra) * PAGE  # one free page above the last extra VMA
-    region = [Vma(first + 2 * i * PAGE, first + (2 * i + 1) * PAGE, "rw-p") for i in range(extra)]
+    if adjacent:  # side by side, rw-p and r--p alternating
+        first = region_top - (extra + 1) * PAGE
+        region = [Vma(first + i * PAGE, first + (i + 1) * PAGE, ("rw-p", "r--p")[i % 2]) for i in range(extra)]
+    else:
+        first = region_top - (2 * extra) * PAGE  # one free page above the last extra VMA
+        region = [Vma(first + 2 * i * PAGE, first + (2 * i + 1) * PAGE, "rw-p") for i in range(extra)]
     base_hi = [
         Vma(region_top, region_top + 0x3000, "rw-p"),  # TLS, right above the top hole
         Vma(region_top + 0x3000, region_top + 0x29000, "r--p", **libc),
@@ -134,10 +139,54 @@ def test_choose_parent_build():
     assert (build, extra) == ("spawn_history", 20) and "spawn --vmas 20" in why
     wrong = RecordedTarget(layout, 3.0, "", 1, {"kind": "spawn", "pid": 1, "extra_vmas": 21})
     build, why, extra = choose_parent_build(wrong)
-    assert (build, extra) == ("mmap_descending", None) and "no run of 21" in why
+    assert (build, extra) == ("observed_leaves", None) and "no run of 21" in why
+    # An unknown history uses what the recording observed; with nothing observed, top-down order.
     command = RecordedTarget(layout, 3.0, "", 1, {"kind": "command", "pid": 1})
-    assert choose_parent_build(command)[0] == "mmap_descending"
-    assert choose_parent_build(RecordedTarget(layout, 3.0, "", 1, None))[0] == "mmap_descending"
+    assert choose_parent_build(command)[0] == "observed_leaves"
+    assert choose_parent_build(RecordedTarget(layout, 3.0, "", 1, None))[0] == "observed_leaves"
+    assert choose_parent_build(RecordedTarget(layout, None, "", 1, None))[0] == "mmap_descending"
+    # The layout in the metadata selects the history: an adjacent region is not a gapped one.
+    adjacent = spawn_like_layout(20, adjacent=True)
+    target = RecordedTarget(adjacent, 3.0, "", 1, {"kind": "spawn", "pid": 1, "extra_vmas": 20, "layout": "adjacent"})
+    build, why, extra = choose_parent_build(target)
+    assert (build, extra) == ("spawn_history", 20) and "adjacent" in why
+    target.workload["layout"] = "gapped"
+    assert choose_parent_build(target)[0] == "observed_leaves"
+
+
+@pytest.mark.parametrize("extra", [0, 1, 2, 3, 8, 301])
+def test_adjacent_spawn_history_ends_with_the_layout(extra):
+    layout = spawn_like_layout(extra, adjacent=True)
+    stores = spawn_history(layout, extra, spawn_layout="adjacent")
+    base = len(layout) - extra
+    # base mmaps; probe mmap + munmap; the region's mmap; per odd page a split below and, but for the last page, above.
+    cuts = sum(1 + (i != extra - 1) for i in range(1, extra, 2))
+    assert len(stores) == base + (3 + cuts if extra else 0)
+    assert not [st for st in stores[base + 2 :] if st[2] is None], "mprotect stores no NULL"
+    tree = build_from_history(stores)
+    tree.validate()
+    assert tree.entries() == [(v.start, v.end - 1, i) for i, v in enumerate(layout)]
+    assert tree.shape().slots_used == layout_slots(layout)
+    if extra > 1:
+        with pytest.raises(ValueError, match="not the layout spawn.c makes"):
+            find_spawn_region(layout, extra)  # an adjacent region is not a gapped one
+
+
+def test_unknown_history_uses_the_observed_leaves_and_says_how_far_off(tmp_path):
+    layout = spawn_like_layout(300)
+    maps = [{"pid": 9, "comm": "redis-server", "ts_mono_ns": 0, "maps": format_maps(layout)}]
+    forks = [fork_row(MONO_BASE_NS + i * 10**6, vmas=40, mt_dup_ns=5_000, vma_step_ns=600, pid=9, leaves=n)
+             for i, n in enumerate([50, 52, 52])]
+    path = tmp_path / "app.parquet"
+    write_recording(path, forks, default_metadata(forks, maps=maps, workload=None))
+    doc = json.loads(run_model(None, False, None, path, True))
+    assert doc["parent_build"] == "observed_leaves"
+    assert doc["shape"]["parent"]["leaves"] == 52 == doc["leaf_counts"]["observed_leaves"]
+    assumed = doc["leaf_counts"]["mmap_descending"]
+    assert assumed != 52
+    assert f"would predict {assumed} leaves ({(assumed - 52) / 52:+.0%} off)" in doc["parent_build_reason"]
+    text = run_model(None, False, None, path, False)
+    assert "observed leaves (used)" in text
 
 
 def _write_spawn_recording(path, layout, extra, leaves):

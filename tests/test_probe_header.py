@@ -48,6 +48,6 @@ def test_unknown_field_type_is_refused():
 def test_bracket_header_matches_what_the_loader_uses():
     from tracer.probes import bracket
 
-    assert ctypes.sizeof(bracket.DupEvent) == 120
+    assert ctypes.sizeof(bracket.DupEvent) == 160
     assert bracket.COUNTER_NAMES[0] == "lost_ringbuf" and "sample_lost" in bracket.COUNTER_NAMES
     assert set(bracket.SAMPLE_PHASES.values()) == {"mt_dup", "vma_loop", "tail"}

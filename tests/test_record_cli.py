@@ -7,8 +7,11 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
+import stat
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -49,6 +52,8 @@ def assert_one_line_error(proc: subprocess.CompletedProcess, *words: str) -> Non
         (["record", "--spawn", "-5"], [">= 0"]),
         (["record", "--spawn", "10", "-d", "0"], ["positive"]),
         (["record", "--spawn", "10", "--backend", "uprobe", "-o", "/tmp/forktrace-test-never.parquet"], ["unknown backend"]),
+        (["record", "--spawn", "10", "--level", "vma", "-o", "/tmp/forktrace-test-never.parquet"], ["unknown level", "vma"]),
+        (["record", "--spawn", "10", "--level", "fork", "--sample", "99", "-o", "/tmp/forktrace-test-never.parquet"], ["--level full"]),
         (["report", "/nonexistent.parquet"], ["nonexistent.parquet"]),
         (["report", "/etc/passwd"], ["/etc/passwd"]),
         (["report", "--format", "xml", "/etc/passwd"], ["--format"]),
@@ -119,3 +124,91 @@ def test_unusable_headers_are_one_line(tmp_path):
     )
     assert_one_line_error(proc, "BCC_KERNEL_SOURCE")
     assert not (tmp_path / "x.parquet").exists()
+
+
+# --- output files: refused before tracing, never destroyed --------------------------------
+
+
+def _special_output(kind: str, tmp_path):
+    """An output a rename would destroy; returns (path, a function describing it now)."""
+    path = tmp_path / "out.parquet"
+    if kind == "device":
+        return Path("/dev/full"), lambda: stat.S_ISCHR(os.lstat("/dev/full").st_mode)
+    if kind == "fifo":
+        os.mkfifo(path)
+        return path, lambda: stat.S_ISFIFO(os.lstat(path).st_mode)
+    if kind == "socket":
+        sock = socket.socket(socket.AF_UNIX)
+        sock.bind(str(path))
+        return path, lambda: stat.S_ISSOCK(os.lstat(path).st_mode)
+    if kind == "symlink":
+        (tmp_path / "target").write_text("keep me")
+        path.symlink_to("target")
+        return path, lambda: path.is_symlink() and (tmp_path / "target").read_text() == "keep me"
+    if kind == "read-only":
+        path.write_text("keep me")
+        path.chmod(0o444)
+        return path, lambda: path.read_text() == "keep me" and not os.stat(path).st_mode & 0o222
+    raise AssertionError(kind)
+
+
+@pytest.mark.parametrize(
+    "kind, words",
+    [
+        ("device", ["character device"]),
+        ("fifo", ["FIFO"]),
+        ("socket", ["socket"]),
+        ("symlink", ["symbolic link"]),
+        ("read-only", ["read-only"]),
+    ],
+)
+def test_output_a_rename_would_destroy_is_refused_before_tracing(tmp_path, kind, words):
+    path, unchanged = _special_output(kind, tmp_path)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    proc = run("record", "--spawn", "10", "-o", str(path))
+    assert_one_line_error(proc, str(path), *words)
+    assert "loading BPF" not in proc.stderr
+    assert unchanged()
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_file_name_too_long_for_the_file_system_is_refused_before_tracing(tmp_path):
+    name_max = os.pathconf(tmp_path, "PC_NAME_MAX")
+    proc = run("record", "--spawn", "10", "-o", str(tmp_path / ("x" * (name_max + 1))))
+    assert_one_line_error(proc, "file name", str(name_max))
+    assert "loading BPF" not in proc.stderr
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["-d", "nan"], ["-d", "nan"]),
+        (["-d", "inf"], ["-d", "inf"]),
+        (["-d", "-1"], ["-d"]),
+        (["-d", "0"], ["-d"]),
+        (["--spawn", "99999999"], ["--spawn", "99999999"]),
+        (["--spawn", "10", "-d", "2e6"], ["duration"]),
+        (["--spawn", "MAX_MAP_COUNT"], ["max_map_count"]),
+        (["--spawn", "10", "--sample", "-1"], ["--sample"]),
+    ],
+)
+def test_range_errors_come_before_bpf_is_loaded(tmp_path, args, words):
+    limit = Path("/proc/sys/vm/max_map_count").read_text().strip()
+    args = [limit if a == "MAX_MAP_COUNT" else a for a in args]
+    proc = run("record", *args, "-o", str(tmp_path / "x.parquet"))
+    assert_one_line_error(proc, *words)
+    assert "loading BPF" not in proc.stderr
+    assert not list(tmp_path.iterdir())
+
+
+def test_command_that_cannot_run_exits_as_a_shell_would(tmp_path):
+    not_executable = tmp_path / "script"
+    not_executable.write_text("echo hi\n")
+    proc = run("record", "-o", str(tmp_path / "x.parquet"), "--", "no-such-command-forktrace")
+    assert_one_line_error(proc, "command not found")
+    assert proc.returncode == 127
+    proc = run("record", "-o", str(tmp_path / "x.parquet"), "--", str(not_executable))
+    assert_one_line_error(proc, "not an executable")
+    assert proc.returncode == 126
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["script"]

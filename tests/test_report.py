@@ -223,3 +223,20 @@ def test_exact_phase_figures_and_the_bulk_build_are_named(tmp_path):
     plain = write_synthetic(tmp_path / "b.parquet", rows, default_metadata(rows))
     bracket = sorted(r["ts_parent_unlock"] - r["ts_parent_lock"] for r in rows)
     assert summarize(load_recording(plain))["phases"]["dup_mmap"]["p50_ns"] == pytest.approx((bracket[4] + bracket[5]) / 2)
+
+
+def test_partial_forks_are_counted_beside_failed_and_kept_out_of_latencies(tmp_path):
+    # In flight at attach: a partial row with no child and a start before the
+    # run's; its timestamps must not reach the figures (its mt_dup would be 1 ms).
+    rows = varied_rows()
+    inflight = fork_row(MONO_BASE_NS - 5_000_000, vmas=30, mt_dup_ns=1_000_000, vma_step_ns=400, partial=True)
+    inflight["child_pid"] = -1
+    path = write_synthetic(tmp_path / "partial.parquet", [inflight, *rows], default_metadata(rows))
+    doc = json.loads(render_report(path, "json"))
+    assert (doc["forks"], doc["failed"], doc["partial"], doc["unordered"], doc["usable"]) == (7, 1, 1, 0, 5)
+    assert doc["phases"]["mt_dup"]["p99_ns"] == pytest.approx(7_000)
+    text = render_report(path, "text")
+    assert "failed    1 (excluded from latencies); partial 1 (in flight when tracing started or stopped; excluded)" in text
+    # Without partial rows the line is as it was.
+    whole = render_report(write_synthetic(tmp_path / "whole.parquet", rows), "text")
+    assert "failed    1 (excluded from latencies)\n" in whole

@@ -207,6 +207,8 @@ def test_forks_are_counted(baseline_vmas):
     assert (result.forks, result.failed, result.stop, result.fork_errno) == (300, 0, "forks", 0)
     assert result.vmas_total == baseline_vmas + 50
     assert result.forks_per_sec == pytest.approx(result.forks * 1e9 / result.elapsed_ns, abs=0.05)
+    # The forking thread's own CPU time: some, and never more than the wall time of its one thread.
+    assert 0 < result.cpu_ns <= result.elapsed_ns
 
 
 def test_seconds_stop_the_loop():

@@ -1,4 +1,4 @@
-"""Command line: tracer doctor | record | report | model.
+"""Command line: tracer doctor | record | report | model | compare | bench.
 
 Thin: parses flags in the style of bcc's tools, calls into tracer/ (side
 effects) and analysis/ (pure), and turns TracerError into one line on stderr.
@@ -48,10 +48,13 @@ def record(
     duration: Optional[float] = typer.Option(None, "-d", "--duration", metavar="SECS", help="Stop after SECS seconds."),
     cpu: Optional[int] = typer.Option(None, "--cpu", help="With --spawn: pin the workload to this CPU."),
     touch: bool = typer.Option(False, "--touch", help="With --spawn: touch each extra VMA's page, so fork copies page tables."),
+    layout: str = typer.Option("gapped", "--layout", help="With --spawn: gapped (a hole between VMAs) or adjacent (alternating protections)."),
     output: Optional[Path] = typer.Option(None, "-o", "--output", help="Recording file (default forktrace-<target>-<kernel>-<time>.parquet)."),
     sample: int = typer.Option(0, "--sample", metavar="HZ", help="Also sample kernel stacks at HZ inside dup_mmap (perf cpu-clock)."),
     backend: Optional[str] = typer.Option(None, "--backend", help="Force one: fentry or kprobe (exact probes, beside the preferred bracket), raw_tracepoint or tracepoint (the bracket alone). Default: what doctor chooses."),
+    level: Optional[str] = typer.Option(None, "--level", help="fork (dup_mmap only, cheapest), phase (default: phases from per-VMA events) or full (phase plus --sample, default 4999 Hz)."),
     quiet: bool = typer.Option(False, "-q", "--quiet", help="No progress line."),
+    cycle: Optional[bool] = typer.Option(None, "--cycle/--no-cycle", help="Also time each fork's clone syscall, the child's exit_mmap and the parent's wait (default: on for --spawn)."),
 ) -> None:
     """Trace dup_mmap per fork (system-wide, -p PID, --spawn VMAS, or -- CMD) into a recording."""
     from tracer.record import RecordOptions
@@ -59,22 +62,65 @@ def record(
 
     opts = RecordOptions(
         pids=pid, command=command or [], spawn_vmas=spawn, forks=forks, duration=duration, cpu=cpu,
-        touch=touch, output=output, sample_hz=sample, backend=backend, quiet=quiet,
+        touch=touch, output=output, sample_hz=sample, backend=backend, level=level, quiet=quiet, cycle=cycle,
+        layout=layout,
     )
-    run_record(opts)
+    status = run_record(opts).exit_status
+    if status:
+        raise typer.Exit(status)
 
 
 @app.command()
 def report(
-    recording: Path = typer.Argument(..., help="A recording written by `tracer record`."),
-    fmt: str = typer.Option("text", "--format", "-f", help="text, json, or folded (sampled stacks for flamegraph.pl)."),
+    recordings: List[Path] = typer.Argument(..., metavar="FILE...", help="Recordings of `tracer record`, or directories of them."),
+    fmt: str = typer.Option("text", "--format", "-f", help="text, json, markdown, or folded (sampled stacks for flamegraph.pl)."),
+    plot: Optional[Path] = typer.Option(None, "--plot", metavar="DIR", help="Also write plots (PNG and SVG) into DIR."),
+    predict: List[Path] = typer.Option([], "--predict", metavar="B", help="Predict B's dup_mmap times from these recordings' costs (repeatable)."),
 ) -> None:
-    """Summarise a recording: per-phase latency percentiles and log2 histograms."""
-    from analysis.report.summary import FORMATS, render_report
+    """Summarise recordings: per-phase latencies, histograms, and where the time goes (attribution).
+
+    Several recordings (or a directory) are grouped by workload and VMA count;
+    the fit of phase times on the model's counts runs across the groups.
+    """
+    from analysis.report.summary import FORMATS, build_report, render_doc, render_report, report_doc
 
     if fmt not in FORMATS:
         raise UsageError(f"--format must be one of {', '.join(FORMATS)}, not {fmt!r}")
-    typer.echo(render_report(recording, fmt))
+    if fmt == "folded":
+        if plot or predict:
+            raise UsageError("--format folded takes neither --plot nor --predict")
+        typer.echo(render_report(recordings, fmt))
+        return
+    inp = build_report(recordings, predict or None)
+    typer.echo(render_doc(inp, report_doc(inp), fmt))
+    if plot is not None:
+        from analysis.report.plots import write_plots
+
+        written = write_plots(inp.attribution, plot)
+        typer.echo(f"tracer: wrote {len(written)} plot files to {plot}", err=True)
+
+
+@app.command()
+def sweep(
+    output: Path = typer.Option(..., "-o", "--output", help="Directory for the recordings, index.json and the report."),
+    vmas: str = typer.Option(",".join(map(str, (0, 100, 200, 400, 800, 1600, 3200, 6400))), "--vmas", metavar="LIST", help="Extra VMA counts, comma-separated."),
+    layout: str = typer.Option("adjacent,gapped", "--layout", metavar="LIST", help="Layouts: adjacent, gapped, or both."),
+    forks: int = typer.Option(1000, "--forks", "-n", help="Forks per recording."),
+    sample: int = typer.Option(999, "--sample", metavar="HZ", help="Sample kernel stacks at HZ inside dup_mmap (0: off)."),
+    cpu: Optional[int] = typer.Option(None, "--cpu", help="Pin the workload to this CPU."),
+    force: bool = typer.Option(False, "--force", help="Replace the sweep's files in a non-empty directory."),
+    quiet: bool = typer.Option(False, "-q", "--quiet", help="Only one line per recording."),
+) -> None:
+    """Record the built-in workload at each VMA count in each layout, into one directory."""
+    from tracer.sweep import SweepOptions, parse_list
+    from tracer.sweep import sweep as run_sweep
+
+    opts = SweepOptions(
+        output=output, vmas=parse_list(vmas, "--vmas", int), layouts=parse_list(layout, "--layout"),
+        forks=forks, sample_hz=sample, cpu=cpu, force=force, quiet=quiet,
+    )
+    run_sweep(opts, log=lambda msg: typer.echo(msg, err=True))
+    typer.echo(str(output))
 
 
 @app.command()
@@ -89,6 +135,64 @@ def model(
     from analysis.model.cli import run_model
 
     typer.echo(run_model(vmas=vmas, gaps=gaps, maps=maps, recording=recording, as_json=json_out))
+
+
+@app.command()
+def compare(
+    paths: Optional[List[Path]] = typer.Argument(None, metavar="BASE NEW", help="Two recordings, directories of recordings, or pyperf JSON files."),
+    base: List[Path] = typer.Option([], "-b", "--base", metavar="FILE|DIR", help="A base input (repeatable; instead of BASE NEW)."),
+    new: List[Path] = typer.Option([], "-n", "--new", metavar="FILE|DIR", help="A new input (repeatable; instead of BASE NEW)."),
+    fmt: str = typer.Option("text", "--format", "-f", help="text (80 columns), markdown, or json."),
+    plot: Optional[Path] = typer.Option(None, "--plot", metavar="FILE", help="Also draw each phase's distributions side by side (.png, .svg, .pdf)."),
+    fail_on_regression: Optional[float] = typer.Option(None, "--fail-on-regression", metavar="PCT", help="Exit 1 if a significant regression beyond PCT percent is found."),
+) -> None:
+    """Did it get slower? Per phase and VMA group: medians, delta with 95% CI, Mann-Whitney U, "~" if not significant.
+
+    Exit status: 0, or 1 with --fail-on-regression when a significant regression
+    beyond PCT is found; 2 on bad input.
+    """
+    from tracer.compare import run_compare
+
+    try:
+        text, failed = run_compare(paths or [], base, new, fmt, plot, fail_on_regression)
+    except TracerError as err:
+        err.exit_code = 2  # bad input, as opposed to 1: a regression found (for CI gating)
+        raise
+    typer.echo(text)
+    if failed:
+        raise typer.Exit(1)
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": False})
+def bench(
+    vmas: str = typer.Option("0,100,200,400,800,1600,3200,6400", "--vmas", help="Extra VMA counts, comma-separated."),
+    layout: str = typer.Option("gapped", "--layout", help="Extra VMAs gapped (a hole between each) or adjacent."),
+    cpu: Optional[int] = typer.Option(None, "--cpu", help="Pin the forking process to this CPU."),
+    output: Path = typer.Option(Path("."), "-o", "--output", metavar="DIR", help="Directory for spawn-LAYOUT-N.json (and .parquet)."),
+    record_: bool = typer.Option(False, "--record", help="Trace each run with tracer record (root); recording beside the JSON."),
+    processes: Optional[int] = typer.Option(None, "-p", "--processes", help="pyperf worker processes."),
+    values: Optional[int] = typer.Option(None, "-n", "--values", help="pyperf values per worker."),
+    warmups: Optional[int] = typer.Option(None, "-w", "--warmups", help="pyperf warmup values per worker (default: calibrated)."),
+    loops: Optional[int] = typer.Option(None, "-l", "--loops", help="Forks per value (default: calibrated by pyperf)."),
+    min_time: Optional[float] = typer.Option(None, "--min-time", help="pyperf: minimum seconds per value when calibrating."),
+    fast: bool = typer.Option(False, "--fast", help="pyperf --fast: rough answers quickly."),
+    rigorous: bool = typer.Option(False, "--rigorous", help="pyperf --rigorous: more processes and values."),
+    quiet: bool = typer.Option(False, "-q", "--quiet", help="pyperf --quiet."),
+) -> None:
+    """Forks per second vs extra VMAs through pyperf (files for pyperf stats/hist/compare_to and tracer compare)."""
+    from tracer.bench.run import BenchOptions, parse_vmas, run_bench
+
+    pyperf_args: list[str] = []
+    for flag, value in (("--processes", processes), ("--values", values), ("--warmups", warmups), ("--loops", loops), ("--min-time", min_time)):
+        if value is not None:
+            if value < (0 if flag == "--warmups" else 1) and flag != "--min-time" or (flag == "--min-time" and value <= 0):
+                raise UsageError(f"{flag} {value}: out of range")
+            pyperf_args += [flag, str(value)]
+    pyperf_args += ["--fast"] * fast + ["--rigorous"] * rigorous
+    opts = BenchOptions(
+        vmas=parse_vmas(vmas), layout=layout, cpu=cpu, output=output, record=record_, pyperf_args=pyperf_args, quiet=quiet
+    )
+    typer.echo(run_bench(opts))
 
 
 def main() -> None:

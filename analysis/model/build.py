@@ -36,6 +36,7 @@ __all__ = [
     "build_bulk",
     "build_from_history",
     "build_from_partition",
+    "even_leaf_partition",
 ]
 
 # A range store of a history: (index, last, entry); entry None is a munmap.
@@ -187,6 +188,31 @@ def build_from_partition(layout: Sequence[Vma], leaf_of_vma: Sequence[Hashable |
     tree = MapleTree(level[0], height)
     tree.update_gaps()
     return tree
+
+
+def even_leaf_partition(layout: Sequence[Vma], leaves: int) -> list[int]:
+    """Leaf index per VMA: `leaves` leaves holding the layout's slots as evenly as possible.
+
+    For a tree whose leaf count is known (a recording's `leaves`) but whose
+    partition is not. Slots are counted as build_from_partition() places them:
+    each VMA with the unmapped interval before it, the trailing NULL in the last leaf.
+
+    >>> even_leaf_partition([Vma(i * 8192, i * 8192 + 4096, "rw-p") for i in range(1, 7)], 2)
+    [0, 0, 0, 1, 1, 1]
+    """
+    check_layout(layout)
+    if not 1 <= leaves <= max(1, len(layout)):
+        raise ValueError(f"cannot spread {len(layout)} VMAs over {leaves} leaves")
+    cost, prev_end = [], 0
+    for v in layout:
+        cost.append(2 if v.start > prev_end else 1)
+        prev_end = v.end
+    total = sum(cost) + 1
+    out, before = [], 0
+    for c in cost:
+        out.append(min(leaves - 1, (2 * before + c) * leaves // (2 * total)))  # by the VMA's middle slot
+        before += c
+    return out
 
 
 def _pack_level(children: list[Node]) -> list[Node]:

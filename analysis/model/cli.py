@@ -6,23 +6,26 @@ one-line TracerError.
 Which parent tree: a layout alone does not say what history shaped the
 parent's tree, so --vmas and --maps build it by top-down mmap order
 ("mmap_descending"). A recording of the built-in spawn workload does say:
-its metadata names the workload (kind "spawn", extra_vmas), so --recording
-replays spawn.c's own mmap/munmap history (analysis.model.history) and prints
-the other build paths' leaf counts beside it and beside the observed leaves.
+its metadata names the workload (kind "spawn", extra_vmas, layout), so
+--recording replays spawn.c's own mmap/munmap/mprotect history
+(analysis.model.history) and prints the other build paths' leaf counts beside
+it and beside the observed leaves. A recorded process whose history is
+unknown (a real application) gets a parent tree with the leaf count its forks
+wrote, VMAs spread evenly over the leaves, and the output says how far the
+top-down assumption would have been off.
 """
 
 from __future__ import annotations
 
 import json
 import statistics
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from analysis.recording.layout import Vma, parse_maps
 from analysis.model.build import synthetic_layout
 from analysis.model.compare import ModelReport, compare_paths, model_leaf_counts
-from analysis.model.history import find_spawn_region
+from analysis.model.parent import GATE_AREAS, RecordedTarget, parent_tree
 from analysis.model.tree import TreeShape
 from analysis.recording import load_recording
 from analysis.errors import TracerError, UsageError
@@ -31,16 +34,12 @@ __all__ = [
     "run_model",
     "load_maps_layout",
     "load_recording_target",
-    "RecordedTarget",
-    "choose_parent_build",
     "MAX_SYNTHETIC_VMAS",
 ]
 
 # Far above vm.max_map_count's default (65530); keeps a typo from running for minutes.
 MAX_SYNTHETIC_VMAS = 1_000_000
 
-# Addresses at or above this are not user VMAs in mm->mm_mt (x86-64 [vsyscall] is a gate area).
-_GATE_AREAS = ("[vsyscall]",)
 
 
 def run_model(vmas: int | None, gaps: bool, maps: Path | None, recording: Path | None, as_json: bool) -> str:
@@ -50,6 +49,8 @@ def run_model(vmas: int | None, gaps: bool, maps: Path | None, recording: Path |
         raise UsageError("give exactly one of --vmas, --maps, --recording" + (f" (got {', '.join(given)})" if given else ""))
     observed: float | None = None
     extra_vmas: int | None = None
+    spawn_layout = "gapped"
+    parent = None
     build, reason = "mmap_descending", "a layout alone has no history: top-down mmap order assumed"
     if vmas is not None:
         if vmas < 0 or vmas > MAX_SYNTHETIC_VMAS:
@@ -64,57 +65,23 @@ def run_model(vmas: int | None, gaps: bool, maps: Path | None, recording: Path |
         target = load_recording_target(recording)
         layout, observed = target.layout, target.observed
         source = f"recording: {recording} ({target.note})"
-        build, reason, extra_vmas = choose_parent_build(target)
-    report = compare_paths(layout, source=source, parent_build=build, extra_vmas=extra_vmas, parent_build_reason=reason)
+        chosen = parent_tree(target)
+        build, reason, extra_vmas, spawn_layout = chosen.build, chosen.why, chosen.extra_vmas, chosen.spawn_layout
+        parent = None if build == "spawn_history" else chosen.tree
+    report = compare_paths(
+        layout, parent=parent, source=source, parent_build=build, extra_vmas=extra_vmas,
+        parent_build_reason=reason, spawn_layout=spawn_layout,
+    )
+    report.parent_build = build
     if recording is not None:
-        others = model_leaf_counts(layout, observed, extra_vmas=extra_vmas)
+        others = model_leaf_counts(layout, observed, extra_vmas=extra_vmas, spawn_layout=spawn_layout)
         report.leaf_counts = {"observed_median": observed, "model_parent": report.parent_shape.leaves}
+        if build == "observed_leaves":
+            report.leaf_counts["observed_leaves"] = report.parent_shape.leaves
         for key in ("spawn_history", "mmap_descending", "bulk_append"):
             if key in others:
                 report.leaf_counts[key] = others[key]
     return _render_json(report) if as_json else _render_text(report)
-
-
-@dataclass
-class RecordedTarget:
-    """The process of a recording the model is run for."""
-
-    layout: list[Vma]
-    observed: float | None  # median `leaves` of its forks (None: no fork with leaves)
-    note: str
-    pid: int | None
-    workload: dict[str, Any] | None  # the recording's metadata `workload`, if it is this pid's
-
-
-def choose_parent_build(target: RecordedTarget) -> tuple[str, str, int | None]:
-    """(parent_build, why, extra_vmas) for a recorded process.
-
-    The spawn workload's history is known, so its tree is built by replaying
-    it; anything else gets top-down mmap order. A spawn recording whose layout
-    is not the one spawn.c makes (edited maps, another version of spawn.c)
-    falls back too, and says why.
-    """
-    w = target.workload
-    if not w or w.get("kind") != "spawn":
-        kind = (w or {}).get("kind")
-        what = f"workload {kind!r}" if kind else "no built-in workload"
-        return "mmap_descending", f"{what}: its history is unknown, top-down mmap order assumed", None
-    extra = w.get("extra_vmas")
-    if not isinstance(extra, int) or isinstance(extra, bool) or extra < 0:
-        return "mmap_descending", f"spawn workload without a valid extra_vmas ({extra!r}): top-down mmap order assumed", None
-    try:
-        find_spawn_region(target.layout, extra)
-    except ValueError as err:
-        return "mmap_descending", f"spawn workload, but {err}; top-down mmap order assumed", None
-    base = "the other VMAs (exec's, ld.so's) mapped top-down"
-    if extra == 0:
-        why = f"the recording's workload is spawn --vmas 0: {base}, no extra region to replay"
-    else:
-        why = (
-            f"the recording's workload is spawn --vmas {extra}: {base}, then spawn.c's mmap of one region "
-            "and munmap of every other page, ascending, as mm/vma.c stores them (analysis.model.history)"
-        )
-    return "spawn_history", why, extra
 
 
 def load_maps_layout(path: Path) -> list[Vma]:
@@ -131,7 +98,7 @@ def _layout_from_maps_text(text: str, what: str) -> list[Vma]:
         vmas = parse_maps(text)
     except ValueError as err:
         raise TracerError(f"{what} is not a /proc/PID/maps file: {err}") from None
-    layout = [v for v in vmas if v.path not in _GATE_AREAS]
+    layout = [v for v in vmas if v.path not in GATE_AREAS]
     if not layout:
         raise TracerError(f"{what} holds no VMAs")
     return layout

@@ -61,11 +61,13 @@ class ModelReport:
     parent_build_reason: str = ""  # why this build path: said beside it in the output
 
 
-def _parent_tree(layout: Sequence[Vma], parent_build: str, extra_vmas: int | None = None) -> MapleTree:
+def _parent_tree(
+    layout: Sequence[Vma], parent_build: str, extra_vmas: int | None = None, spawn_layout: str = "gapped"
+) -> MapleTree:
     if parent_build == "spawn_history":
         if extra_vmas is None:
             raise ValueError("parent_build 'spawn_history' needs extra_vmas (spawn.c's --vmas)")
-        return build_from_history(spawn_history(layout, extra_vmas))
+        return build_from_history(spawn_history(layout, extra_vmas, spawn_layout=spawn_layout))
     if parent_build == "bulk_append":
         return build_bulk(layout).tree
     if parent_build == "mmap_descending":
@@ -83,14 +85,15 @@ def compare_paths(
     source: str = "layout",
     extra_vmas: int | None = None,
     parent_build_reason: str = "",
+    spawn_layout: str = "gapped",
 ) -> ModelReport:
     """Model both fork paths for `layout`; `parent` overrides the built parent tree.
 
-    extra_vmas: spawn.c's --vmas, needed by parent_build="spawn_history".
+    extra_vmas, spawn_layout: spawn.c's --vmas and --layout, for parent_build="spawn_history".
     """
     check_layout(layout)
     if parent is None:
-        parent = _parent_tree(layout, parent_build, extra_vmas)
+        parent = _parent_tree(layout, parent_build, extra_vmas, spawn_layout)
     else:
         parent_build = "given"
     dontcopy = frozenset(dontcopy)
@@ -160,6 +163,7 @@ def model_leaf_counts(
     history: Sequence[Store] | None = None,
     partition: Sequence[Hashable | None] | None = None,
     extra_vmas: int | None = None,
+    spawn_layout: str = "gapped",
 ) -> dict[str, int | float | None]:
     """The model's leaf count per build path, beside what a recording observed.
 
@@ -176,6 +180,6 @@ def model_leaf_counts(
     out["history"] = build_from_history(history).shape().leaves if history is not None else None
     out["partition"] = build_from_partition(layout, partition).shape().leaves if partition is not None else None
     if extra_vmas is not None:
-        out["spawn_history"] = build_from_history(spawn_history(layout, extra_vmas)).shape().leaves
+        out["spawn_history"] = build_from_history(spawn_history(layout, extra_vmas, spawn_layout=spawn_layout)).shape().leaves
     return out
 

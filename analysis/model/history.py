@@ -35,6 +35,12 @@ make_extra_vmas()): for nr extra VMAs it takes span = 2*nr + 1 pages,
 4. munmap() of pages 2, 4, ..., 2*nr - 2, in ascending order: each one cuts
    the last, still unsplit, part of that VMA in three (the stores above).
 
+With --layout adjacent (make_adjacent_vmas()) the span is nr + 2 pages:
+steps 1-2 as above, 3: mmap of the middle nr pages as one VMA, 4: mprotect()
+of pages 1, 3, 5, ... ascending (mprotect_fixup() -> vma_modify(): no merge
+is possible, so __split_vma() below the page and, unless it is the last page,
+at its end: the two stores of munmap's splits, with no NULL store).
+
 Before it, the process's own exec and ld.so history built the other VMAs
 (stack, the binary, ld.so, vdso/vvar, libc and their anonymous neighbours).
 That part is not replayed store for store: the base VMAs are mapped one store
@@ -62,7 +68,9 @@ __all__ = [
     "TEMPORARY",
     "SpawnRegion",
     "find_spawn_region",
+    "SPAWN_LAYOUTS",
     "mmap_store",
+    "mprotect_stores",
     "munmap_stores",
     "base_history",
     "history_mmap_order",
@@ -75,6 +83,9 @@ PAGE_SIZE = 4096
 # Entry of a VMA that exists only during the history (history_with_churn() uses -1 too).
 TEMPORARY = -1
 
+# spawn.c's --layout values: holes between the extra VMAs, or none.
+SPAWN_LAYOUTS = ("gapped", "adjacent")
+
 
 @dataclass(frozen=True)
 class SpawnRegion:
@@ -82,13 +93,15 @@ class SpawnRegion:
 
     first: index in the layout of the lowest extra VMA; count: how many.
     base: the address mmap(NULL, ...) returned for the PROT_NONE probe, one
-    page below the first extra VMA; pages: the probe's length (2*count + 1).
+    page below the first extra VMA; pages: the probe's length (2*count + 1,
+    or count + 2 for the adjacent layout).
     """
 
     first: int
     count: int
     base: int
     pages: int
+    layout: str = "gapped"
 
     @property
     def indexes(self) -> range:
@@ -105,17 +118,48 @@ def _is_extra(v: Vma, page: int) -> bool:
     return v.end - v.start == page and v.perms == "rw-p" and v.inode == 0 and not v.path
 
 
-def find_spawn_region(layout: Sequence[Vma], extra_vmas: int, page: int = PAGE_SIZE) -> SpawnRegion | None:
-    """The run of `extra_vmas` one-page anonymous rw-p VMAs, each one page after the last.
+def _adjacent_runs(layout: Sequence[Vma], page: int) -> list[tuple[int, int]]:
+    """Maximal runs of one-page anonymous VMAs side by side, rw-p first, then r--p, rw-p, ..."""
+    want = ("rw-p", "r--p")
+    runs: list[tuple[int, int]] = []
+    i = 0
+    while i < len(layout):
+        v = layout[i]
+        if not (v.end - v.start == page and v.perms == want[0] and v.inode == 0 and not v.path):
+            i += 1
+            continue
+        j = i
+        while j + 1 < len(layout):
+            w = layout[j + 1]
+            if not (w.end - w.start == page and w.perms == want[(j + 1 - i) % 2] and w.inode == 0 and not w.path):
+                break
+            if w.start != layout[j].end:
+                break
+            j += 1
+        runs.append((i, j - i + 1))
+        i = j + 1
+    return runs
 
-    Returns None for extra_vmas == 0. Raises ValueError (one line) when the
-    layout holds no such run, or more than one: then this layout is not the
-    one spawn.c made and its history cannot be replayed.
+
+def find_spawn_region(
+    layout: Sequence[Vma], extra_vmas: int, page: int = PAGE_SIZE, spawn_layout: str = "gapped"
+) -> SpawnRegion | None:
+    """The run of `extra_vmas` one-page anonymous VMAs spawn.c made.
+
+    gapped: rw-p VMAs, each one page after the last; adjacent: side by side,
+    rw-p and r--p alternating. Returns None for extra_vmas == 0. Raises
+    ValueError (one line) when the layout holds no such run, or more than
+    one: then this layout is not the one spawn.c made and its history cannot
+    be replayed.
     """
     if extra_vmas < 0:
         raise ValueError(f"extra_vmas must be >= 0, not {extra_vmas}")
+    if spawn_layout not in SPAWN_LAYOUTS:
+        raise ValueError(f"spawn layout must be one of {', '.join(SPAWN_LAYOUTS)}, not {spawn_layout!r}")
     if extra_vmas == 0:
         return None
+    if spawn_layout == "adjacent":
+        return _adjacent_region(layout, extra_vmas, page)
     runs: list[tuple[int, int]] = []  # (first index, length) of maximal runs
     i = 0
     while i < len(layout):
@@ -143,6 +187,36 @@ def find_spawn_region(layout: Sequence[Vma], extra_vmas: int, page: int = PAGE_S
     if first > 0 and layout[first - 1].end > lo or first + count < len(layout) and layout[first + count].start < hi:
         raise ValueError("the extra VMAs have no free page below the first or above the last: not spawn.c's layout")
     return SpawnRegion(first=first, count=count, base=lo, pages=2 * count + 1)
+
+
+def _adjacent_region(layout: Sequence[Vma], extra_vmas: int, page: int) -> SpawnRegion:
+    runs = _adjacent_runs(layout, page)
+    # A run may be longer than asked only if a lookalike neighbour sits right beside it.
+    fits = [r for r in runs if r[1] == extra_vmas]
+    if not fits:
+        longest = max((n for _, n in runs), default=0)
+        raise ValueError(
+            f"no run of {extra_vmas} adjacent one-page anonymous VMAs alternating rw-p/r--p in the layout "
+            f"(longest run: {longest}): not the adjacent layout spawn.c makes"
+        )
+    if len(fits) > 1:
+        raise ValueError(f"{len(fits)} runs of {extra_vmas} adjacent one-page VMAs: cannot tell which is spawn.c's")
+    first, count = fits[0]
+    lo, hi = layout[first].start - page, layout[first + count - 1].end + page
+    if first > 0 and layout[first - 1].end > lo or first + count < len(layout) and layout[first + count].start < hi:
+        raise ValueError("the extra VMAs have no free page below the first or above the last: not spawn.c's layout")
+    return SpawnRegion(first=first, count=count, base=lo, pages=count + 2, layout="adjacent")
+
+
+def mprotect_stores(
+    vm_start: int, vm_end: int, start: int, end: int, low: int | None = None, high: int | None = None
+) -> list[Store]:
+    """The mm->mm_mt stores of mprotect([start, end)) inside [vm_start, vm_end) when nothing merges.
+
+    vma_modify() splits below start and at end (the same two stores as
+    munmap's splits); the protected part stays the old VMA, in place: no store.
+    """
+    return [st for st in munmap_stores(vm_start, vm_end, start, end, low, high) if st[2] is not None]
 
 
 def mmap_store(start: int, end: int, entry: int) -> Store:
@@ -249,6 +323,7 @@ def spawn_history(
     base_order: str = "descending",
     seed: int = 0,
     munmap_order: str = "ascending",
+    spawn_layout: str = "gapped",
 ) -> list[Store]:
     """The stores that gave spawn.c's process its tree: the base VMAs, then make_extra_vmas().
 
@@ -262,7 +337,7 @@ def spawn_history(
     check_layout(layout)
     if munmap_order not in ("ascending", "descending"):
         raise ValueError(f"munmap_order must be ascending or descending, not {munmap_order!r}")
-    region = find_spawn_region(layout, extra_vmas)
+    region = find_spawn_region(layout, extra_vmas, spawn_layout=spawn_layout)
     skip = region.indexes if region else range(0)
     stores = base_history(layout, skip, base_order, seed)
     if region is None:
@@ -271,6 +346,8 @@ def spawn_history(
     # 1-2: find a free range top-down with a PROT_NONE mapping, then give it back.
     stores.append(mmap_store(region.base, region.end, TEMPORARY))
     stores += munmap_stores(region.base, region.end, region.base, region.end)
+    if region.layout == "adjacent":
+        return stores + _adjacent_cuts(region)
     # 3: map its middle (everything but the end holes) as one VMA.
     vm_start, vm_end = region.base + page, region.end - page
     stores.append(mmap_store(vm_start, vm_end, region.first if region.count == 1 else TEMPORARY))
@@ -292,4 +369,25 @@ def spawn_history(
             low = k - 1 if n == len(holes) - 1 else TEMPORARY
             stores += munmap_stores(vm_start, vm_end, start, start + page, low=low, high=k)
             vm_end = start
+    return stores
+
+
+def _adjacent_cuts(region: SpawnRegion) -> list[Store]:
+    """make_adjacent_vmas() after the probe: map the middle, mprotect every other page ascending.
+
+    mprotect() keeps the VMA it was given for the protected page and stores
+    new VMAs for the parts split off, so the remainder VMA of one cut is the
+    protected page of the next: its entry is that page's index from the start.
+    """
+    page, n, first = PAGE_SIZE, region.count, region.first
+    vm_start, vm_end = region.base + page, region.end - page
+    stores = [mmap_store(vm_start, vm_end, first + (1 if n > 1 else 0))]
+    for i in range(1, n, 2):  # page i (odd) becomes read-only: extra VMA first + i
+        start = region.base + (1 + i) * page
+        if i == n - 1:
+            high = None  # the last page: nothing above it to split off
+        else:
+            high = first + (i + 2 if i + 2 < n else n - 1)  # the new remainder's page-to-be
+        stores += mprotect_stores(vm_start, vm_end, start, start + page, low=first + i - 1, high=high)
+        vm_start = start + page
     return stores

@@ -22,13 +22,31 @@ ns, as float (NaN where not measurable):
     mt_dup_raw_ns = ts_first_store - ts_child_lock
     vma_loop_ns   = ts_last_store - ts_first_store           (stores - 1 steps)
     vma_step_ns   = vma_loop_ns / (stores - 1)               (stores >= 2)
-    mt_dup_ns     = max(mt_dup_raw_ns - vma_step_ns, 0)      (stores >= 2)
+    mt_dup_step_ns = min_step_ns, or vma_step_ns where min_step_ns is 0
+    mt_dup_ns     = max(mt_dup_raw_ns - mt_dup_step_ns, 0)   (stores >= 2)
     tail_ns       = ts_parent_unlock - ts_last_store
+    dup_mmap_oncpu_ns = dup_mmap_ns - offcpu_ns
 
-mt_dup_ns removes one *mean* per-VMA step from mt_dup_raw_ns: the step that
-precedes the first store. It assumes the first VMA costs what the average VMA
-costs; where that makes the difference negative it is clamped to 0 and
-`mt_dup_clamped` is set, so a reader can count how often the assumption failed.
+Phases are wall-clock: a thread preempted (or blocked) inside dup_mmap, which
+holds both mmap locks all along, has that time in its phases. The probe times
+it (`offcpu_ns`, switch-out -> switch-in, from the child lock on, split by the
+window it began in); `dup_mmap_oncpu_ns` is what ran on a CPU, and the
+attribution reports off-CPU time as its own part. Recordings without the
+columns read 0: on a loaded host their phases include it unseen.
+
+mt_dup_ns removes one per-VMA step from mt_dup_raw_ns: the first VMA's
+pre-store work. Which step: VMAs differ wildly in cost (a large heap's
+copy_page_range runs after its store and can be a thousand times a small
+VMA's step), so the *mean* step is dominated by the expensive few and, where
+they exist, over-subtracts until the estimate is clamped at 0 (Redis: every
+fork). The probe records the *shortest* step between consecutive stores among
+the first 17 (`min_step_ns`): one VMA's post-store work plus the next one's
+pre-store work, for the cheapest VMA near the start of the address space,
+where the first VMA is. It bounds the first VMA's pre-store work closely
+when that VMA is an ordinary one and is immune to a few huge VMAs. Recordings
+made before min_step_ns existed (0 there) fall back to the mean step. Where
+the difference is negative it is clamped to 0 and `mt_dup_clamped` is set, so
+a reader can count how often the assumption failed.
 
 Rows with stores == 0, or a store timestamp of 0 ("not seen"), get NaN for every
 store-based phase. A bracket whose timestamps run backwards is flagged with
@@ -65,7 +83,7 @@ class Phase:
 # doctor's method table and compare's rows all come from here.
 PHASES: tuple[Phase, ...] = (
     Phase("dup_mmap", "parent lock -> parent unlock"),
-    Phase("mt_dup", "child lock -> first mas_store, less one mean VMA step"),
+    Phase("mt_dup", "child lock -> first mas_store, less the shortest VMA step"),
     Phase("vma_loop", "first -> last mas_store (stores - 1 VMA steps)"),
     Phase("vma_step", "vma_loop / (stores - 1)", derived=True),
     Phase("tail", "last mas_store -> parent unlock"),
@@ -109,7 +127,9 @@ def derive_phases(forks: pd.DataFrame) -> pd.DataFrame:
     vma_loop = span("ts_last_store", "ts_first_store", stored)
     with np.errstate(divide="ignore", invalid="ignore"):
         vma_step = np.where(stored & (stores >= 2), vma_loop / (stores - 1), np.nan)
-    corrected = mt_dup_raw - vma_step
+    min_step = df["min_step_ns"].astype("float64").to_numpy() if "min_step_ns" in df else np.zeros(len(df))
+    mt_dup_step = np.where(stored & (stores >= 2) & (min_step > 0), min_step, vma_step)
+    corrected = mt_dup_raw - mt_dup_step
     clamped = corrected < 0  # False where NaN
     mt_dup = np.where(clamped, 0.0, corrected)
     tail = span("ts_parent_unlock", "ts_last_store", stored & seen["ts_parent_unlock"])
@@ -126,9 +146,12 @@ def derive_phases(forks: pd.DataFrame) -> pd.DataFrame:
     df["mt_dup_raw_ns"] = mt_dup_raw
     df["vma_loop_ns"] = vma_loop
     df["vma_step_ns"] = vma_step
+    df["mt_dup_step_ns"] = mt_dup_step
     df["mt_dup_ns"] = mt_dup
     df["mt_dup_clamped"] = clamped
     df["tail_ns"] = tail
+    offcpu = df["offcpu_ns"].astype("float64").to_numpy() if "offcpu_ns" in df else np.zeros(len(df))
+    df["dup_mmap_oncpu_ns"] = dup_mmap - offcpu
     df["bracket_ok"] = ordered & bracket
     df["usable"] = ordered & bracket & ~failed & ~partial
     return df

@@ -40,9 +40,6 @@ FORK_COLUMNS: list[tuple[str, pa.DataType, str]] = [
     ("failed", pa.bool_(), "dup_mmap failed (XA_ZERO_ENTRY stored) or fork did not complete"),
 ]
 
-# Columns added after format 1, with the value a reader gives them in an older
-# recording (and the writer where the rows lack them). Readers accept a file
-# without these; a file without a FORK_COLUMNS column is refused.
 # The functions exact probes time inside dup_mmap (column stems, leading "_" dropped:
 # __mt_dup -> mt_dup), in the order of exact.h's enum child_fn.
 EXACT_CHILDREN: tuple[str, ...] = ("mt_dup", "mas_store", "vm_area_dup", "undo_dup_mmap")
@@ -61,14 +58,39 @@ def _exact_child_columns(child: str) -> list[tuple[str, pa.DataType, str, object
     ]
 
 
+# Columns added after format 1, with the value a reader gives them in an older
+# recording (and the writer where the rows lack them). Readers accept a file
+# without these; a file without a FORK_COLUMNS column is refused.
 ADDED_COLUMNS: list[tuple[str, pa.DataType, str, object]] = [
     ("partial", pa.bool_(), "bracket in flight when tracing started or stopped: not a failure, not timed", False),
+    # The spawn cycle around dup_mmap (record --cycle; tracer/probes/cycle.c), joined by child pid.
+    ("ts_clone", pa.uint64(), "clone/fork syscall entered in the parent (0: not seen)", 0),
+    ("clone_ns", pa.float64(), "clone syscall entry -> exit in the parent; dup_mmap runs inside it (NaN: not seen)", float("nan")),
+    ("ts_exit_mmap", pa.uint64(), "the child's exit_mmap starts: its read lock on its own mm (0: not seen)", 0),
+    ("exit_mmap_ns", pa.float64(), "the child's exit_mmap: read lock -> write unlock of its mm (NaN: not seen)", float("nan")),
+    ("ts_wait", pa.uint64(), "wait4/waitid that reaped the child entered (0: not seen)", 0),
+    ("wait_ns", pa.float64(), "that wait4/waitid's entry -> exit in the parent (NaN: not seen)", float("nan")),
+    ("min_step_ns", pa.uint64(), "shortest store -> next store among the first 17 stores, ns (0: stores < 2, or not recorded)", 0),
+    # Off-CPU time inside the bracket (sched_switch out -> back in), child lock -> parent unlock.
+    ("offcpu_ns", pa.uint64(), "time switched out (preempted or blocked) between the child lock and the parent unlock, ns (0: none, or not recorded)", 0),
+    ("offcpu_mt_dup_ns", pa.uint64(), "offcpu_ns that began in the child lock -> first store window (0 at level fork)", 0),
+    ("offcpu_vma_loop_ns", pa.uint64(), "offcpu_ns that began in the first store -> child unlock window (0 at level fork)", 0),
+    ("offcpu_tail_ns", pa.uint64(), "offcpu_ns that began in the child unlock -> parent unlock window", 0),
+    ("switches", pa.uint32(), "times the thread was switched out between the child lock and the parent unlock", 0),
+    # dup_mmap and its callees timed exactly (fentry/kprobe; tracer/probes/exact.c), joined by thread and time.
     ("exact_ts_entry", pa.uint64(), "dup_mmap entry, from an exact probe (0: none matched this bracket)", 0),
     ("exact_ts_exit", pa.uint64(), "dup_mmap return, from an exact probe (0: none)", 0),
     ("exact_dup_mmap_ns", pa.float64(), "exact_ts_exit - exact_ts_entry (NaN: no exact probe)", NAN),
     ("exact_ret", pa.int64(), "dup_mmap's return value, 0 or -errno (0 also where not probed)", 0),
     *(column for child in EXACT_CHILDREN for column in _exact_child_columns(child)),
 ]
+
+# The ADDED_COLUMNS that record --cycle fills: (timestamp column, duration column) per part.
+CYCLE_PARTS: dict[str, tuple[str, str]] = {
+    "clone": ("ts_clone", "clone_ns"),
+    "exit_mmap": ("ts_exit_mmap", "exit_mmap_ns"),
+    "wait": ("ts_wait", "wait_ns"),
+}
 
 FORK_SCHEMA = pa.schema(
     [pa.field(name, dtype, metadata={"doc": doc}) for name, dtype, doc in FORK_COLUMNS]
@@ -83,10 +105,11 @@ COLUMN_DEFAULTS: dict[str, object] = {name: default for name, _, _, default in A
 PHASE_COLUMNS: list[tuple[str, pa.DataType, str]] = [
     ("dup_mmap_ns", pa.float64(), "parent lock -> parent unlock"),
     ("mt_dup_raw_ns", pa.float64(), "child lock -> first store (__mt_dup + first VMA's pre-store work)"),
-    ("mt_dup_ns", pa.float64(), "mt_dup_raw_ns less one mean VMA step, clamped at 0 (NaN: stores < 2)"),
+    ("mt_dup_ns", pa.float64(), "mt_dup_raw_ns less the shortest VMA step (the mean one where min_step_ns is 0), clamped at 0 (NaN: stores < 2)"),
     ("vma_loop_ns", pa.float64(), "first -> last store: stores - 1 VMA steps"),
     ("vma_step_ns", pa.float64(), "vma_loop_ns / (stores - 1)"),
     ("tail_ns", pa.float64(), "last store -> parent unlock"),
+    ("dup_mmap_oncpu_ns", pa.float64(), "dup_mmap_ns less offcpu_ns: time on a CPU (off-CPU time is its own part, never in a phase's cost)"),
 ]
 
 PHASE_SCHEMA = pa.schema([pa.field(name, dtype, metadata={"doc": doc}) for name, dtype, doc in PHASE_COLUMNS])
@@ -96,9 +119,10 @@ METADATA_FIELDS = {
     "format_version": "int: FORMAT_VERSION of the writer",
     "tool_version": "str: forktrace version",
     "kernel": "{release, version, machine}: uname of the traced host",
-    "host": "{hostname, cpus, cpu_model, lockdown}",
+    "host": "{hostname, cpus, cpu_model, lockdown, governor, isolated_cpus}",
     "backend": "str: 'raw_tracepoint' or 'tracepoint' (how the bracket was attached)",
     "backend_reason": "str: why that backend (doctor's reason, or 'forced by --backend')",
+    "level": "str: 'fork' (lock bracket only), 'phase' (plus the per-VMA program) or 'full' (plus sampling); absent: phase",
     "methods": "{phase: method}: how each phase was obtained (exact, bracket, bracket-corrected, sampled, unavailable)",
     "exact": "{attach: {function: {via, symbol}}, counters, missed, unmatched, unmatched_calls: first 20 [{tid, seq, ts_entry, dup_mmap_ns}]} or null: the exact probes beside the bracket",
     "algorithm": "{name: 'mt_dup', 'bulk_append' or 'unknown'; evidence: [str]}: how this kernel builds the child's tree",
@@ -108,10 +132,11 @@ METADATA_FIELDS = {
     "workload": "--spawn: {kind, pid, extra_vmas, forks, cpu, vmas_total, forks_per_sec, ...}; -- CMD: {kind, command, pid, exit_status}; else null",
     "start": "{wall: ISO-8601 UTC, mono_ns}",
     "end": "{wall, mono_ns}",
-    "lost": "{ringbuf: records dropped in the kernel, unpaired: bracket state anomalies}",
+    "lost": "{ringbuf: records dropped in the kernel, unpaired: brackets that never closed after attach (anomalies); open_at_attach: those left open by attaching}",
     "events": "{lost_ringbuf, ma_write, lock_events, dups, reentry, storage_fail, samples, sample_lost}: in-kernel counters",
     "sample": "{hz, stacks: [{stack: 'a;b;c', phase, count}], lost} or null",
     "maps": "[{pid, comm, ts_mono_ns, maps: /proc/PID/maps text}]: parent VMA layouts",
+    "cycle": "{backend, syscalls, events: in-kernel counters, joined: {part: forks}} or null: record --cycle",
 }
 
 

@@ -2,7 +2,8 @@
 
 summarize() turns a Recording into a JSON-ready dict (pyperf style: results are
 data; rendering is separate). Latency figures use only `usable` rows (fork
-completed, bracket in order); failed and out-of-order forks are counted, and
+completed, bracket in order); failed, partial (in flight when tracing started
+or stopped) and out-of-order forks are counted, and
 every phase carries its n and the method the recording says produced it.
 """
 
@@ -12,18 +13,24 @@ import json
 import math
 import re
 from collections import Counter, defaultdict
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from analysis.recording import PHASES, Recording, load_recording
+from analysis.attribution.attribute import Attribution, attribute_groups
+from analysis.attribution.attribute import predict as predict_costs
+from analysis.frame import group_recordings, load_recordings
+from analysis.recording import PHASES, Recording
 from analysis.recording.algorithm import PHASE_LABELS
 from analysis.recording.exact import EXACT_PHASE_COLUMNS
+from analysis.report.attribution import fit_doc, group_doc, render_fit, render_group, render_prediction, render_sweep, sweep_doc
 from analysis.report.stats import Log2Histogram, choose_unit, format_log2_histogram, log2_histogram, percentiles
 from analysis.errors import TracerError
 
-__all__ = ["FORMATS", "summarize", "render_text", "render_json", "render_folded", "render_report"]
+__all__ = ["FORMATS", "summarize", "render_text", "render_json", "render_folded", "render_report", "build_report",
+           "report_doc", "render_doc", "ReportInput"]
 
 PHASE_DOC: dict[str, str] = {p.name: p.spans for p in PHASES}
 
@@ -36,7 +43,8 @@ def summarize(rec: Recording) -> dict[str, Any]:
     meta, df = rec.meta, rec.forks
     usable = df[df["usable"]]
     failed = int(df["failed"].sum())
-    unordered = int((~df["bracket_ok"] & ~df["failed"]).sum())
+    partial = int(df["partial"].sum())
+    unordered = int((~df["bracket_ok"] & ~df["failed"] & ~df["partial"]).sum())
     copied = usable[usable["stores"] > 0]
     methods = meta.get("methods") if isinstance(meta.get("methods"), dict) else {}
 
@@ -70,17 +78,21 @@ def summarize(rec: Recording) -> dict[str, Any]:
         "host": meta.get("host") if isinstance(meta.get("host"), dict) else None,
         "backend": meta.get("backend"),
         "algorithm": meta.get("algorithm") if isinstance(meta.get("algorithm"), dict) else None,
+        # Recordings made before levels existed are what `phase` records now.
+        "level": meta.get("level") or "phase (not recorded)",
         "targets": meta.get("targets"),
         "workload": meta.get("workload"),
         "start": _field(meta, "start", "wall"),
         "duration_s": _duration_s(meta),
         "forks": int(len(df)),
         "failed": failed,
+        "partial": partial,
         "unordered": unordered,
         "usable": int(len(usable)),
         "lost_events": sum(known) if known else None,
         "lost": {**lost_counts, "samples": _field(meta, "sample", "lost")},
         "vmas": _spread(copied["stores"]),
+        "map_count": _spread(usable["parent_map_count"][usable["parent_map_count"] >= 0]),
         "leaves": _spread(copied["leaves"]),
         "no_stores": int((usable["stores"] == 0).sum()),
         "null_stores": int(usable["null_stores"].sum()),
@@ -195,11 +207,14 @@ def _header(s: Mapping[str, Any]) -> list[str]:
         lost_line += "  (!) forks are missing from these figures"
     forks = f"{s['forks']} traced, {s['usable']} used for latencies"
     failed = f"{s['failed']} (excluded from latencies)" if s["failed"] else "0"
+    if s.get("partial"):
+        failed += f"; partial {s['partial']} (in flight when tracing started or stopped; excluded)"
     lines = [
         f"forktrace report: {s['recording']}",
         f"  kernel    {kernel}",
         f"  backend   {_or_unknown(s['backend'])}",
         f"  algorithm {_algorithm_line(s.get('algorithm'))}",
+        f"  level     {s['level']}",
         f"  host      {host_line or 'unknown'}",
         f"  workload  {wl}",
         f"  duration  {duration}",
@@ -213,6 +228,9 @@ def _header(s: Mapping[str, Any]) -> list[str]:
         v, lv = s["vmas"], s["leaves"]
         lines.append(f"  VMAs      copied per fork: min {v['min']}, median {v['median']}, max {v['max']}")
         lines.append(f"  leaves    distinct child leaves written: median {lv['median']}")
+    elif s["map_count"]["median"] is not None:
+        m = s["map_count"]
+        lines.append(f"  VMAs      parent map_count per fork: min {m['min']}, median {m['median']}, max {m['max']}")
     return lines
 
 
@@ -322,7 +340,7 @@ def render_text(summary: Mapping[str, Any]) -> str:
         lines.append("no forks were traced: nothing to report")
         return "\n".join(lines)
     if summary["usable"] == 0:
-        lines.append(f"no usable forks: all {summary['forks']} traced forks failed or were out of order")
+        lines.append(f"no usable forks: all {summary['forks']} traced forks failed, were partial or were out of order")
         return "\n".join(lines + _samples(summary))
     lines += _phase_table(summary)
     lines += _histograms(summary)
@@ -335,7 +353,7 @@ def render_json(summary: Mapping[str, Any]) -> str:
     return json.dumps(summary, indent=2, allow_nan=False, default=str)
 
 
-FORMATS = ("text", "json", "folded")
+FORMATS = ("text", "json", "markdown", "folded")
 
 
 def render_folded(rec: Recording) -> str:
@@ -355,12 +373,91 @@ def render_folded(rec: Recording) -> str:
     return "\n".join(f"{line} {n}" for line, n in sorted(counts.items()))
 
 
-def render_report(path: Path, fmt: str) -> str:
-    """Load `path` and render its report as `fmt` ('text', 'json' or 'folded')."""
+@dataclass
+class ReportInput:
+    """What a report is made from: the recordings, their groups' attribution, and an optional prediction."""
+
+    recordings: list[Recording]
+    attribution: Attribution
+    prediction: dict[str, Any] | None = None
+
+    @property
+    def single(self) -> bool:
+        return len(self.recordings) == 1
+
+
+def build_report(paths: Sequence[Path | str] | Path | str, predict: Sequence[Path | str] | None = None) -> ReportInput:
+    """Load FILE... or a directory, group, attribute; with `predict`, apply these costs to those recordings."""
+    if isinstance(paths, (str, Path)):
+        paths = [paths]
+    recs = load_recordings(paths)
+    att = attribute_groups(group_recordings(recs))
+    prediction = None
+    if predict:
+        target = attribute_groups(group_recordings(load_recordings(predict)))
+        prediction = predict_costs(att, target)
+    return ReportInput(recs, att, prediction)
+
+
+def report_doc(inp: ReportInput) -> dict[str, Any]:
+    """The JSON document: one recording's summary with the attribution keys, or a sweep over groups."""
+    fit = fit_doc(inp.attribution)
+    groups = [group_doc(g, inp.attribution.fit.missing) for g in inp.attribution.groups]
+    if inp.single:
+        doc = summarize(inp.recordings[0])
+        g = groups[0]
+        if doc["samples"] is not None and g["samples_by_component"]:
+            doc["samples"]["components"] = g["samples_by_component"]["components"]
+        for key in ("attribution", "attribution_estimate", "attribution_notes", "disagreements", "estimates_missing",
+                    "model_check", "cycle", "cycle_note"):
+            doc[key] = g[key]
+        doc["fit"] = fit
+    else:
+        first = inp.recordings[0].meta
+        doc = {
+            "recordings": [str(r.path) for r in inp.recordings],
+            "kernels": sorted({str(_field(r.meta, "kernel", "release")) for r in inp.recordings}),
+            "host": first.get("host") if isinstance(first.get("host"), dict) else None,
+            "groups": groups,
+            "table": sweep_doc(inp.attribution),
+            "fit": fit,
+        }
+    doc["prediction"] = inp.prediction
+    return doc
+
+
+def render_doc(inp: ReportInput, doc: Mapping[str, Any], fmt: str) -> str:
+    if fmt == "json":
+        return render_json(doc)
+    if inp.single and fmt == "text":
+        lines = [render_text(doc)]
+        if doc["usable"]:
+            lines += render_group({**doc, "group": inp.attribution.groups[0].key.label(),
+                                   "samples_by_component": group_doc(inp.attribution.groups[0], None)["samples_by_component"]})
+            lines += render_fit(doc["fit"])
+    else:
+        groups = doc["groups"] if not inp.single else [group_doc(g, inp.attribution.fit.missing) for g in inp.attribution.groups]
+        rows = doc["table"] if not inp.single else sweep_doc(inp.attribution)
+        kernels = ", ".join(doc.get("kernels") or [str(doc.get("kernel"))])
+        head = f"forktrace report: {len(inp.recordings)} recordings in {len(groups)} groups (kernel {kernels})"
+        lines = [("# " if fmt == "markdown" else "") + head]
+        lines += render_sweep(rows, groups, fmt)
+        lines += render_fit(doc["fit"], fmt)
+        for g in groups:
+            lines += render_group(g, fmt)
+    if doc.get("prediction"):
+        lines += render_prediction(doc["prediction"], fmt)
+    return "\n".join(lines)
+
+
+def render_report(
+    paths: Sequence[Path | str] | Path | str, fmt: str, predict: Sequence[Path | str] | None = None
+) -> str:
+    """Load and render a report as `fmt` ('text', 'json', 'markdown' or 'folded')."""
     if fmt not in FORMATS:
         raise TracerError(f"report format must be one of {', '.join(FORMATS)}, not {fmt!r}")
-    rec = load_recording(path)
     if fmt == "folded":
-        return render_folded(rec)
-    summary = summarize(rec)
-    return render_json(summary) if fmt == "json" else render_text(summary)
+        recs = load_recordings([paths] if isinstance(paths, (str, Path)) else paths)
+        return "\n".join(render_folded(rec) for rec in recs)
+    inp = build_report(paths, predict)
+    return render_doc(inp, report_doc(inp), fmt)

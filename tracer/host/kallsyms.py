@@ -44,7 +44,11 @@ def symbol_names(names: Iterable[str], path: str = KALLSYMS) -> dict[str, list[s
 def symbols_present(names: Iterable[str], path: str = KALLSYMS) -> dict[str, bool]:
     """{name: True if the function has a symbol (possibly a compiler clone)}.
 
-    >>> symbols_present(["dup_mmap", "undo_dup_mmap"])  # doctest: +SKIP
-    {'dup_mmap': True, 'undo_dup_mmap': False}
+    >>> import tempfile
+    >>> with tempfile.NamedTemporaryFile("w", suffix=".kallsyms") as f:
+    ...     _ = f.write("ffffffff81234560 T dup_mmap\\nffffffff81234990 t mas_store.constprop.0\\n")
+    ...     f.flush()
+    ...     symbols_present(["dup_mmap", "mas_store", "undo_dup_mmap"], f.name)
+    {'dup_mmap': True, 'mas_store': True, 'undo_dup_mmap': False}
     """
     return {name: bool(found) for name, found in symbol_names(names, path).items()}

@@ -25,6 +25,10 @@ enum counter {
 	C_STORAGE_FAIL,		/* no per-thread storage could be had */
 	C_SAMPLES,		/* perf samples taken inside dup_mmap() */
 	C_SAMPLE_LOST,		/* samples whose stack could not be saved */
+	C_SLOW_PATH,		/* per-VMA events that missed the per-CPU slot */
+	C_LAST_STORE_MISSED,	/* brackets whose last store was not timed */
+	C_OPEN_AT_ATTACH,	/* bracket left open from before every program was attached */
+	C_OFFCPU_FULL,		/* switch-outs not timed: the off-CPU map was full */
 	NR_COUNTERS,
 };
 
@@ -36,6 +40,7 @@ struct dup_event {
 	u64 ts_child_unlock;
 	u64 ts_parent_unlock;
 	u64 seq;		/* per-thread dup_mmap() count, pairs EVENT_CHILD */
+	u64 min_step;		/* shortest timed store -> next store, ns (0: < 2 stores) */
 	u32 kind;
 	u32 pid;
 	u32 tid;
@@ -47,8 +52,18 @@ struct dup_event {
 	u32 leaves;
 	s32 parent_map_count;
 	u32 child_pid;
-	u32 _pad;
+	u32 switches;		/* times the thread was switched out inside the bracket */
 	char comm[COMM_LEN];
+	/*
+	 * Off CPU between the child lock and the parent unlock, ns: switched out
+	 * (preempted or blocked) until switched back in. By the window the thread
+	 * left the CPU in, as the sampler names them; offcpu_ns is the total, which
+	 * exceeds their sum where the windows are unknown (no per-VMA program).
+	 */
+	u64 offcpu_ns;
+	u64 offcpu_mt_dup;	/* child lock -> first store */
+	u64 offcpu_vma_loop;	/* first store -> child unlock */
+	u64 offcpu_tail;	/* child unlock -> parent unlock */
 };
 
 /* struct sample_key.phase: where in dup_mmap() a sample landed. */

@@ -9,6 +9,7 @@ which processes to trace, and the decoding of the records it emits.
 from __future__ import annotations
 
 import ctypes
+import time
 
 import numpy as np
 from dataclasses import dataclass, field
@@ -28,7 +29,10 @@ __all__ = [
     "EVENT_DUP",
     "SAMPLE_PHASES",
     "COUNTER_NAMES",
+    "ABLATIONS",
+    "LEVELS",
     "cflags_for",
+    "possible_cpus",
 ]
 
 SOURCE = Path(__file__).with_name("bracket.c")
@@ -55,7 +59,27 @@ TRACEPOINTS = (
     ("mmap_lock", "mmap_lock_released"),
     ("maple_tree", "ma_write"),
     ("sched", "sched_process_fork"),
+    ("sched", "sched_switch"),  # off-CPU time inside the bracket, at every level
 )
+
+# Recording levels (`record --level`), cheapest first: what each attaches.
+LEVELS = {
+    "fork": "lock bracket, map_count, child pid, off-CPU total: dup_mmap only, no per-VMA program",
+    "phase": "plus the per-VMA program: store-based phases, stores, leaves, off-CPU time per window",
+    "full": "plus perf sampling of kernel stacks inside dup_mmap",
+}
+
+# bracket.c's ablation switches (-D flags), each removing or replacing one piece
+# of the per-VMA program; scripts/bench_overhead.py measures each.
+ABLATIONS = {
+    "vma_body": "ma_write finds its state, then returns",
+    "fn_check": "no function-name check: every ma_write counts as a store",
+    "ma_state": "no read of ma_state->node",
+    "timestamp": "no store is timed",
+    "leaves": "no leaf tracking",
+    "lookup_task_storage": "per-VMA state from task storage instead of the CPU slot",
+    "time_every_store": "every store timed (the pre-slot program did this)",
+}
 
 # struct members the raw tracepoint programs read, with the -D macro that carries each offset.
 BTF_OFFSETS = {
@@ -64,14 +88,14 @@ BTF_OFFSETS = {
     ("mm_struct", "map_count"): "mm_map_count_off",
 }
 
-# struct dup_event of bracket.h (120 bytes; a test checks the layout against the compiled BPF).
+# struct dup_event of bracket.h (160 bytes; a test checks the layout against the compiled BPF).
 DupEvent = HEADER.structure("dup_event")
 
 
 _NUMPY_OF_CTYPE = {ctypes.c_uint64: "<u8", ctypes.c_uint32: "<u4", ctypes.c_int32: "<i4"}
 
 # The same record as a numpy dtype, so a run's records can stay one packed
-# buffer (120 bytes a fork) and become columns at the end without a Python
+# buffer (160 bytes a fork) and become columns at the end without a Python
 # object per fork.
 DUP_EVENT_DTYPE = np.dtype(
     {
@@ -98,6 +122,9 @@ class BracketConfig:
     sample_hz: int = 0
     ringbuf_pages: int = 256
     empty: bool = False  # programs attached but doing nothing: the overhead floor
+    level: str = "phase"  # LEVELS; "full" needs sample_hz
+    ablate: tuple[str, ...] = ()  # ABLATIONS, for the overhead bench only
+    max_cpus: int = field(default_factory=lambda: possible_cpus())
 
 
 def cflags_for(config: BracketConfig) -> list[str]:
@@ -107,7 +134,16 @@ def cflags_for(config: BracketConfig) -> list[str]:
     pages = config.ringbuf_pages
     if pages <= 0 or pages & (pages - 1):
         raise TracerError(f"ring buffer pages must be a power of two, not {pages}")
-    flags = [f"-I{SOURCE.parent}", f"-DRINGBUF_PAGES={pages}"]
+    if config.level not in LEVELS:
+        raise TracerError(f"unknown level {config.level!r} (known: {', '.join(LEVELS)})")
+    unknown = sorted(set(config.ablate) - set(ABLATIONS))
+    if unknown:
+        raise TracerError(f"unknown ablation {', '.join(unknown)} (known: {', '.join(ABLATIONS)})")
+    if config.level == "full" and not config.sample_hz:
+        raise TracerError("level full samples stacks: it needs a sampling rate")
+    if config.max_cpus <= 0:
+        raise TracerError(f"max_cpus must be positive, not {config.max_cpus}")
+    flags = [f"-I{SOURCE.parent}", f"-DRINGBUF_PAGES={pages}", f"-DMAX_CPUS={config.max_cpus}"]
     flags.append(f"-DMM_MAP_COUNT_OFF={config.mm_map_count_off if config.mm_map_count_off is not None else -1}")
     if config.backend == "raw_tracepoint":
         if config.ma_state_node_off is None or config.task_pid_off is None:
@@ -123,7 +159,26 @@ def cflags_for(config: BracketConfig) -> list[str]:
         flags.append("-DFOLLOW_CHILDREN")
     if config.sample_hz:
         flags.append("-DSAMPLE")
+    if config.level == "fork":
+        flags.append("-DNO_PER_VMA")
+    flags += [f"-DABLATE_{name.upper()}" if name not in _PLAIN_SWITCHES else f"-D{name.upper()}"
+              for name in sorted(set(config.ablate))]
     return flags
+
+
+# Ablations whose macro is not ABLATE_<NAME>: they replace a piece rather than remove it.
+_PLAIN_SWITCHES = {"lookup_task_storage", "time_every_store"}
+
+
+def possible_cpus() -> int:
+    """CPU ids go up to the last possible CPU (/sys/devices/system/cpu/possible, e.g. "0-3")."""
+    try:
+        text = Path("/sys/devices/system/cpu/possible").read_text().strip()
+        return max(int(part.split("-")[-1]) for part in text.split(",")) + 1
+    except (OSError, ValueError):
+        import os
+
+        return os.cpu_count() or 1
 
 
 def _empty_source(backend: str) -> str:
@@ -170,11 +225,33 @@ class BracketProbe:
                 )
             except Exception as err:
                 raise TracerError(f"perf_event sampling could not be attached: {_one_line(err)}") from None
-        self._bpf["events"].open_ring_buffer(self._on_event)
+        self._bpf[b"events"].open_ring_buffer(self._on_event)
+        # Every program is attached now; CLOCK_MONOTONIC, as bpf_ktime_get_ns().
+        self._bpf[b"armed_at"][ctypes.c_int(0)] = ctypes.c_uint64(time.monotonic_ns())
         return self
 
+    def detach(self) -> None:
+        """Take the programs off their tracepoints, keeping them loaded (the bench interleaves)."""
+        for cat, event in self._attached():
+            if self.config.backend == "raw_tracepoint":
+                self._bpf.detach_raw_tracepoint(tp=event.encode())
+            else:
+                self._bpf.detach_tracepoint(tp=f"{cat}:{event}".encode())
+
+    def attach(self) -> None:
+        """Put detached programs back on their tracepoints."""
+        for cat, event in self._attached():
+            if self.config.backend == "raw_tracepoint":
+                self._bpf.attach_raw_tracepoint(tp=event.encode(), fn_name=f"raw_tracepoint__{event}".encode())
+            else:
+                self._bpf.attach_tracepoint(tp=f"{cat}:{event}".encode(), fn_name=f"tracepoint__{cat}__{event}".encode())
+
+    def _attached(self) -> list[tuple[str, str]]:
+        skip = {"ma_write"} if self.config.level == "fork" and not self.config.empty else set()
+        return [(cat, event) for cat, event in TRACEPOINTS if event not in skip]
+
     def add_targets(self, tgids: Iterable[int]) -> None:
-        table = self._bpf["targets"]
+        table = self._bpf[b"targets"]
         for tgid in tgids:
             table[ctypes.c_uint32(tgid)] = ctypes.c_uint8(1)
 
@@ -193,7 +270,7 @@ class BracketProbe:
         """Sum of the per-CPU counters, by name."""
         if self.config.empty:
             return {name: 0 for name in COUNTER_NAMES}
-        table = self._bpf["counters"]
+        table = self._bpf[b"counters"]
         return {name: int(sum(table[ctypes.c_int(i)])) for i, name in enumerate(COUNTER_NAMES)}
 
     def sampled_stacks(self) -> list[dict]:
@@ -204,9 +281,9 @@ class BracketProbe:
         """
         if not self.config.sample_hz:
             return []
-        stacks = self._bpf["stacks"]
+        stacks = self._bpf[b"stacks"]
         folded: dict[tuple[str, str], int] = {}
-        for key, value in self._bpf["samples"].items():
+        for key, value in self._bpf[b"samples"].items():
             try:
                 addrs = list(stacks.walk(key.stackid))
             except KeyError:

@@ -1,35 +1,55 @@
 """`tracer record`: attach the bracket, run or follow the targets, write one recording.
 
 Order matters here and is the point of this package: everything that can fail
-on bad input is checked before any BPF is loaded (options); the targets are
-known to the kernel filter before they fork (session); the recording is
+on bad input is checked before any BPF is loaded (options, output); the targets
+are known to the kernel filter before they fork (session); stop signals are
+flags from before loading until after writing (stopping); the recording is
 written once, atomically, whatever ends the run (count reached, -d elapsed,
-command exited, Ctrl-C), with the context of the run (context).
+command exited, Ctrl-C, SIGTERM, SIGHUP), with the context of the run
+(context), to the file asked for or, failing that, to one it names (output).
 """
 
 from __future__ import annotations
 
 import signal
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 from analysis.errors import TracerError
-from analysis.recording.writer import write_recording
+from tracer.probes import cycle as cycle_probe
 from tracer.probes.bracket import BCC_MISSING, BracketConfig, BracketProbe, offsets_from_btf
+from tracer.probes.cycle import SYSCALLS, CycleConfig, CycleProbe
 from tracer.probes.exact import ExactConfig, ExactProbe
 from tracer.record.context import run_metadata
+from tracer.record.cycle import join_cycle
 from tracer.record.options import RecordOptions, validate
-from tracer.record.probeset import ProbeSet
+from tracer.record.output import save_recording
+from tracer.record.probes import ProbeSet
 from tracer.record.session import Session
+from tracer.record.stopping import StopRequests
 
-__all__ = ["RecordOptions", "record"]
+__all__ = ["RecordOptions", "Recorded", "record"]
 
 
-def record(opts: RecordOptions, log: Callable[[str], None] | None = None) -> Path:
-    """Run one recording to completion and return the path written."""
+@dataclass(frozen=True)
+class Recorded:
+    """What a run wrote, and the status `tracer record` exits with."""
+
+    path: Path
+    exit_status: int  # -- CMD: the command's, as a shell reports it (as perf); else 0
+
+
+def record(opts: RecordOptions, log: Callable[[str], None] | None = None) -> Recorded:
+    """Run one recording to completion and return what was written."""
     log = log or (lambda msg: print(msg, file=sys.stderr))
     validate(opts)
+    with StopRequests() as stop:
+        return _record(opts, log, stop)
+
+
+def _record(opts: RecordOptions, log: Callable[[str], None], stop: StopRequests) -> Recorded:
     from tracer.host import headers, kernel
     from tracer.host.methods import choose_methods, exact_kinds
     from tracer.host.probe import probe_host
@@ -50,7 +70,8 @@ def record(opts: RecordOptions, log: Callable[[str], None] | None = None) -> Pat
     headers.apply(hdrs)
     log(hdrs.description)
 
-    session = Session(opts, log)
+    cycle_config = _cycle_config(opts, backend, log)
+    session = Session(opts, log, stop)
     exact = None
     if plan.exact:
         exact_config = ExactConfig(
@@ -61,26 +82,43 @@ def record(opts: RecordOptions, log: Callable[[str], None] | None = None) -> Pat
         )
         exact = ExactProbe(exact_config, on_event=session.on_exact)
         session.exact_timed = set(plan.exact)
-    probe = ProbeSet(BracketProbe(config, on_dup=session.on_dup, on_child=session.on_child), exact)
-    timed = f"; exact: {', '.join(f'{fn} ({a.via})' for fn, a in plan.exact.items())}" if plan.exact else ""
-    log(f"loading BPF ({backend}{timed}{', sampling %d Hz' % opts.sample_hz if opts.sample_hz else ''}) ...")
-    probe.load()
+    probes = ProbeSet(
+        BracketProbe(config, on_dup=session.on_dup, on_child=session.on_child),
+        cycle=CycleProbe(cycle_config) if cycle_config is not None else None,
+        exact=exact,
+    )
+    extras = [f"level {opts.level}"] + ([f"sampling {opts.sample_hz} Hz"] if opts.sample_hz else [])
+    extras += ["clone/exit_mmap/wait"] if cycle_config else []
+    extras += [f"exact: {', '.join(f'{fn} ({a.via})' for fn, a in plan.exact.items())}"] if plan.exact else []
+    log(f"loading BPF ({', '.join([backend, *extras])}) ...")
+    probes.load()
+    cycle_counters: dict[str, int] = {}
     try:
-        session.run(probe)
+        if stop.requested:  # while bcc compiled: nothing was traced, nothing to keep
+            err = TracerError(f"{signal.Signals(stop.signum).name} before tracing started; nothing recorded")
+            err.exit_code = 128 + stop.signum
+            raise err
+        session.run(probes)
+        cycle_counters = probes.cycle_counters()  # while loaded; its records outlive close()
     finally:
-        probe.close()
+        probes.close()
 
-    # From here on the recording is only written: a second Ctrl-C must not lose it.
-    previous_sigint = signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
-        forks = session.fork_table()
-        meta = run_metadata(opts, session, facts, plan, hdrs.description, kernel.lockdown_mode())
-        write_recording(opts.output, forks, meta)
-    finally:
-        signal.signal(signal.SIGINT, previous_sigint)
+    stop.writing = True
+    forks = session.fork_table()
+    meta = run_metadata(opts, session, facts, plan, hdrs.description, kernel.lockdown_mode())
+    meta["cycle"] = None
+    if probes.cycle is not None:
+        forks, joined = join_cycle(forks, probes.cycle.records())
+        meta["cycle"] = {
+            "backend": backend,
+            "syscalls": {str(nr): name for nr, name in sorted(SYSCALLS.items())},
+            "events": cycle_counters,
+            "joined": joined,
+        }
+    path = save_recording(opts.output, forks, meta, log)
     lost = meta["lost"]["ringbuf"] + ((meta.get("exact") or {}).get("counters") or {}).get("lost_ringbuf", 0)
-    log(f"wrote {forks.num_rows} forks to {opts.output}" + (f" (LOST {lost} records)" if lost else " (no events lost)"))
-    return opts.output
+    log(f"wrote {forks.num_rows} forks to {path}" + (f" (LOST {lost} records)" if lost else " (no events lost)"))
+    return Recorded(path, session.exit_status or 0)
 
 
 def _bracket_config(opts: RecordOptions, backend: str) -> BracketConfig:
@@ -95,7 +133,30 @@ def _bracket_config(opts: RecordOptions, backend: str) -> BracketConfig:
         filter_tgids=opts.mode != "system",
         follow_children=opts.mode == "command",
         sample_hz=opts.sample_hz,
+        level=opts.level,
         **offsets,
     )
 
 
+def _cycle_config(opts: RecordOptions, backend: str, log: Callable[[str], None]) -> CycleConfig | None:
+    """The cycle probe's build, or None when it is off (or, by default only, unsupported here)."""
+    if not opts.trace_cycle:
+        return None
+    why = cycle_probe.missing_support()
+    offsets: dict[str, int] = {}
+    if why is None and backend == "raw_tracepoint":
+        try:
+            offsets = cycle_probe.offsets_from_btf()
+        except TracerError as err:
+            why = str(err)
+    if why is not None:
+        if opts.cycle:
+            raise TracerError(f"--cycle: {why}")
+        log(f"not tracing clone/exit_mmap/wait: {why}")
+        return None
+    return CycleConfig(
+        backend=backend,
+        offsets=offsets,
+        filter_tgids=opts.mode != "system",
+        follow_children=opts.mode == "command",
+    )

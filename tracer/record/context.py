@@ -13,7 +13,7 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Protocol
 
 from tracer import __version__
 
@@ -21,26 +21,56 @@ if TYPE_CHECKING:
     from tracer.host.facts import HostFacts
     from tracer.host.methods import MethodPlan
     from tracer.record.options import RecordOptions
-    from tracer.record.session import Session
 
-__all__ = ["run_metadata", "keep_off_cpu", "wall_mono"]
+__all__ = ["Collected", "level_methods", "run_metadata", "host_context", "keep_off_cpu", "wall_mono"]
+
+
+class Collected(Protocol):
+    """What a finished run collected (tracer.record.session.Session has these)."""
+
+    workload: dict | None
+    start: dict
+    end: dict
+    counters: dict[str, int]
+    ma_writes: int
+    stacks: list[dict]
+    maps: list[dict]
+    stores: int
+    other_writes: int
+    forks: int
+    exact_counters: dict[str, int] | None
+    exact_missed: dict[str, object] | None
+    exact_unmatched: int
+    exact_unmatched_calls: list[dict]
+
+
+# Phases timed from ma_write stores: --level fork attaches no per-VMA program.
+STORE_PHASES = ("mt_dup", "vma_loop", "tail")
+
+
+def level_methods(phases: dict[str, str], level: str | None) -> dict[str, str]:
+    """Doctor's method per phase, as the chosen level leaves it (pure)."""
+    if level != "fork":
+        return dict(phases)
+    why = "unavailable (--level fork: no per-VMA program; dup_mmap only)"
+    # An exact probe times its function whatever the bracket's level.
+    return {
+        phase: why if phase in STORE_PHASES and not method.startswith("exact") else method
+        for phase, method in phases.items()
+    }
 
 
 def run_metadata(
-    opts: RecordOptions, session: "Session", facts: HostFacts, plan: MethodPlan, headers: str, lockdown: str
+    opts: RecordOptions, session: Collected, facts: HostFacts, plan: MethodPlan, headers: str, lockdown: str
 ) -> dict:
     """The recording's self-description: enough to trust, or distrust, every number in it."""
     return {
         "tool_version": __version__,
         "kernel": {"release": platform.release(), "version": platform.version(), "machine": platform.machine()},
-        "host": {
-            "hostname": socket.gethostname(),
-            "cpus": os.cpu_count(),
-            "cpu_model": _cpu_model(),
-            "lockdown": lockdown,
-        },
+        "host": host_context(lockdown),
         "backend": plan.backend,
-        "methods": plan.phase_texts(),
+        "level": opts.level,
+        "methods": level_methods(plan.phase_texts(), opts.level),
         "backend_reason": plan.reason,
         "probes": facts.to_dict(),
         "headers": headers,
@@ -48,7 +78,11 @@ def run_metadata(
         "workload": session.workload,
         "start": session.start,
         "end": session.end,
-        "lost": {"ringbuf": session.counters.get("lost_ringbuf", 0), "unpaired": session.counters.get("reentry", 0)},
+        "lost": {
+            "ringbuf": session.counters.get("lost_ringbuf", 0),
+            "unpaired": session.counters.get("reentry", 0),
+            "open_at_attach": session.counters.get("open_at_attach", 0),
+        },
         "events": {**session.counters, "ma_write": session.ma_writes},
         "sample": (
             {"hz": opts.sample_hz, "stacks": session.stacks, "lost": session.counters.get("sample_lost", 0)}
@@ -71,13 +105,33 @@ def run_metadata(
     }
 
 
-def _algorithm(facts: "HostFacts", session: "Session") -> dict:
+def _algorithm(facts: HostFacts, session: Collected) -> dict:
     """Which tree-building algorithm ran: kallsyms, corroborated by the writes seen in the brackets."""
     from analysis.recording.algorithm import infer_algorithm
 
     mt_dup = facts.symbol("__mt_dup").kallsyms
     return infer_algorithm(mt_dup, session.forks, session.stores, session.other_writes)
 
+
+
+def host_context(lockdown: str) -> dict[str, Any]:
+    """The host facts a comparison of two runs needs: CPU model, frequency governor, isolated CPUs."""
+    return {
+        "hostname": socket.gethostname(),
+        "cpus": os.cpu_count(),
+        "cpu_model": _cpu_model(),
+        "lockdown": lockdown,
+        "governor": _read_first("/sys/devices/system/cpu/cpu0/cpufreq/scaling_governor"),
+        "isolated_cpus": _read_first("/sys/devices/system/cpu/isolated"),
+    }
+
+
+def _read_first(path: str) -> str | None:
+    """First line of a sysfs file, or None where the kernel has no such file (no cpufreq in a VM)."""
+    try:
+        return Path(path).read_text().strip() or None
+    except OSError:
+        return None
 
 
 def keep_off_cpu(cpu: int | None) -> list[int]:

@@ -6,6 +6,7 @@ second with one line.
 
 from __future__ import annotations
 
+import math
 import os
 import platform
 import shutil
@@ -14,13 +15,18 @@ from datetime import datetime
 from pathlib import Path
 
 from analysis.errors import TracerError, UsageError
-from analysis.recording.writer import check_writable
 from tracer.probes.bracket import BACKENDS as BRACKET_BACKENDS
+from tracer.probes.bracket import LEVELS
 from tracer.probes.exact import EXACT_BACKENDS
+from tracer.record.output import prepare_output
 
+# --backend: how the bracket attaches, or which exact probes to add beside it.
 BACKENDS = (*BRACKET_BACKENDS, *EXACT_BACKENDS)
 
-__all__ = ["RecordOptions", "default_output", "validate"]
+__all__ = ["DEFAULT_SAMPLE_HZ", "RecordOptions", "default_output", "validate"]
+
+# --level full without --sample: an odd rate, so samples do not beat with timer ticks.
+DEFAULT_SAMPLE_HZ = 4999
 
 
 @dataclass
@@ -35,7 +41,14 @@ class RecordOptions:
     output: Path | None = None
     sample_hz: int = 0
     backend: str | None = None
+    level: str | None = None  # LEVELS; None: full with --sample, else phase
     quiet: bool = False
+    layout: str = "gapped"  # --spawn: how the extra VMAs are laid out (tracer.workload.spawn.LAYOUTS)
+    cycle: bool | None = None  # clone/exit_mmap/wait per fork; None: on for --spawn, off otherwise
+
+    @property
+    def trace_cycle(self) -> bool:
+        return self.cycle if self.cycle is not None else self.spawn_vmas is not None
 
     @property
     def mode(self) -> str:
@@ -64,28 +77,59 @@ def validate(opts: RecordOptions) -> None:
         raise UsageError("--forks applies to the built-in workload (--spawn VMAS)")
     if opts.forks is not None and opts.forks <= 0:
         raise UsageError("--forks must be positive")
-    if opts.duration is not None and opts.duration <= 0:
-        raise UsageError("-d/--duration must be positive")
+    if opts.duration is not None and not (math.isfinite(opts.duration) and opts.duration > 0):
+        raise UsageError(f"-d/--duration must be a positive number of seconds, not {opts.duration:g}")
     if opts.spawn_vmas is not None:
+        from tracer.workload.spawn import check_args
+
         if opts.spawn_vmas < 0:
             raise UsageError("--spawn VMAS must be >= 0")
         if opts.forks is None and opts.duration is None:
             opts.forks = 1000
+        check_args(opts.spawn_vmas, opts.forks, opts.duration, opts.cpu, opts.layout)
     if opts.cpu is not None and opts.cpu not in os.sched_getaffinity(0):
         raise UsageError(f"--cpu {opts.cpu}: not a CPU this process may run on")
+    if opts.layout != "gapped" and opts.spawn_vmas is None:
+        raise UsageError("--layout applies to the built-in workload (--spawn VMAS)")
     if opts.cpu is not None and opts.spawn_vmas is None:
         raise UsageError("--cpu applies to the built-in workload (--spawn VMAS)")
     if opts.backend is not None and opts.backend not in BACKENDS:
         raise UsageError(f"unknown backend {opts.backend!r} (known: {', '.join(BACKENDS)})")
     if opts.sample_hz < 0 or opts.sample_hz > 100_000:
         raise UsageError("--sample HZ must be between 0 (off) and 100000")
+    resolve_level(opts)
     for pid in opts.pids:
         if pid <= 0 or not Path(f"/proc/{pid}").is_dir():
             raise TracerError(f"no such process: {pid}")
-    if opts.command and shutil.which(opts.command[0]) is None:
-        raise TracerError(f"command not found: {opts.command[0]}")
+    if opts.command:
+        _check_command(opts.command[0])
     if os.geteuid() != 0:
         raise TracerError("tracer record loads BPF programs and needs root: run it with sudo")
-    opts.output = check_writable(opts.output or default_output(opts))
+    opts.output = prepare_output(opts.output or default_output(opts))
 
 
+def _check_command(name: str) -> None:
+    """As a shell says it: 127 for a command not found, 126 for one that cannot be run."""
+    if shutil.which(name) is not None:
+        return
+    if "/" in name and os.path.exists(name):
+        err = TracerError(f"cannot run {name}: not an executable file")
+        err.exit_code = 126
+    else:
+        err = TracerError(f"command not found: {name}")
+        err.exit_code = 127
+    raise err
+
+
+
+
+def resolve_level(opts: RecordOptions) -> None:
+    """--level and --sample together: full samples (at DEFAULT_SAMPLE_HZ unless told), the others do not."""
+    if opts.level is None:
+        opts.level = "full" if opts.sample_hz else "phase"
+    if opts.level not in LEVELS:
+        raise UsageError(f"unknown level {opts.level!r} (known: {', '.join(LEVELS)})")
+    if opts.level == "full" and not opts.sample_hz:
+        opts.sample_hz = DEFAULT_SAMPLE_HZ
+    elif opts.level != "full" and opts.sample_hz:
+        raise UsageError(f"--sample takes stack samples, which is --level full, not {opts.level}")

@@ -1,11 +1,15 @@
 """One recording run: the targets, the polling loop, and what it collected.
 
-A signal sets a flag rather than raising: an exception raised while Python
-runs a ring buffer callback under ctypes would be printed and dropped.
+Stop signals only set a flag (tracer.record.stopping), which the loop reads
+between ring buffer polls. `-- CMD` runs in its own process group, as
+timeout(1) runs its command: a stop request is passed on to the group, and a
+group that outlives COMMAND_GRACE_S is killed, so an uncooperative command
+cannot keep the tracer (and its BPF programs) running.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import sys
@@ -18,10 +22,15 @@ from analysis.errors import TracerError
 from tracer.probes.bracket import DupEvent
 from tracer.record.context import keep_off_cpu, wall_mono
 from tracer.record.options import RecordOptions
-from tracer.record.probeset import ProbeSet
-from tracer.record.table import exact_frame, fork_table
+from tracer.record.probes import ProbeSet
+from tracer.record.stopping import STOP_SIGNALS, StopRequests
+from tracer.record.table import exact_frame, fork_table, unmatched_exact
 
-__all__ = ["Session"]
+__all__ = ["COMMAND_GRACE_S", "Session", "exit_status"]
+
+# Seconds a command's process group has to exit after a stop request is
+# passed on to it, before SIGKILL.
+COMMAND_GRACE_S = 2.0
 
 # System-wide and command mode: /proc/PID/maps snapshots of forking processes,
 # taken when a process is first seen forking. Bounded so a fork storm cannot
@@ -35,9 +44,10 @@ UNMATCHED_KEPT = 20
 class Session:
     """One run: targets, the polling loop, and what it collected."""
 
-    def __init__(self, opts: RecordOptions, log: Callable[[str], None]):
+    def __init__(self, opts: RecordOptions, log: Callable[[str], None], stop: StopRequests | None = None):
         self.opts = opts
         self.log = log
+        self.stop = stop or StopRequests()
         self._dups = bytearray()  # struct dup_event records, packed as they came
         self._exact = bytearray()  # struct exact_event records, packed as they came
         self.exact_timed: set[str] = set()  # kernel functions the exact probes attached to
@@ -58,7 +68,7 @@ class Session:
         self.other_writes = 0  # of which from other functions (node splits on the bulk build)
         self.start: dict = {}
         self.end: dict = {}
-        self._stop = False
+        self.exit_status: int | None = None  # -- CMD: its status as a shell reports it
 
     # -- ring buffer callbacks -------------------------------------------
     def on_dup(self, event: DupEvent, raw: bytes) -> None:
@@ -99,9 +109,6 @@ class Session:
 
     # -- the loop -------------------------------------------------------------
     def run(self, probe: ProbeSet) -> None:
-        # A flag, not KeyboardInterrupt: an exception raised while Python runs
-        # a ring buffer callback under ctypes would be printed and dropped.
-        previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
         try:
             if self.opts.mode == "spawn":
                 self._run_spawn(probe)
@@ -118,20 +125,17 @@ class Session:
                     done = lambda: not any(pid_exists(p) for p in self.opts.pids)  # noqa: E731  as perf record -p
                 self._loop(probe, done=done)
         finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
+            # Tracing ends here; a fork whose child event comes after this may
+            # lack it for no fault of its own (table.py marks it partial).
+            self.end = wall_mono()
             # Let the last sched_process_fork records arrive before reading out.
             for _ in range(3):
                 probe.poll(20)
-            self.end = wall_mono()
             self.counters = probe.counters()
             self.exact_counters = probe.exact_counters()
             self.exact_missed = probe.exact_missed()
             self.stacks = probe.sampled_stacks()
             self._progress(final=True)
-
-    def _on_signal(self, signum, frame) -> None:
-        self._stop = True
 
     def _loop(self, probe: ProbeSet, done: Callable[[], bool]) -> None:
         self.start = self.start or wall_mono()
@@ -143,7 +147,7 @@ class Session:
             until = {"spawn": "the workload ends", "command": "the command exits", "pid": "the process exits"}
             how = f"for {self.opts.duration:g} s" if deadline else f"until {until.get(self.opts.mode, 'Ctrl-C')}"
             self.log(f"tracing {self.opts.mode} {how} (Ctrl-C to stop) ...")
-        while not self._stop and not done():
+        while not self.stop.requested and not done():
             probe.poll(100)
             now = time.monotonic()
             if deadline and now >= deadline:
@@ -173,7 +177,8 @@ class Session:
         opts = self.opts
         tracer_cpus = keep_off_cpu(opts.cpu)
         with SpawnWorkload(
-            vmas=opts.spawn_vmas, forks=opts.forks, seconds=opts.duration, cpu=opts.cpu, touch=opts.touch
+            vmas=opts.spawn_vmas, forks=opts.forks, seconds=opts.duration, cpu=opts.cpu, touch=opts.touch,
+            layout=opts.layout,
         ) as work:
             pid, _ = work.start()
             probe.add_targets([pid])
@@ -191,14 +196,12 @@ class Session:
         read_fd, write_fd = os.pipe()
         pid = os.fork()
         if pid == 0:
-            os.close(write_fd)
-            os.read(read_fd, 1)
-            try:
-                os.execvp(self.opts.command[0], self.opts.command)
-            except OSError as err:
-                os.write(2, f"tracer: error: cannot run {self.opts.command[0]}: {err.strerror}\n".encode())
-            os._exit(127)
+            _exec_command(self.opts.command, read_fd, write_fd, ignored=self.stop.ignored)
         os.close(read_fd)
+        try:
+            os.setpgid(pid, pid)  # also done by the child: whichever runs first
+        except OSError:
+            pass
         probe.add_targets([pid])
         self.start = wall_mono()
         os.write(write_fd, b"g")
@@ -214,19 +217,37 @@ class Session:
 
         try:
             self._loop(probe, done=exited)
-        finally:
             if not status:
-                try:
-                    os.kill(pid, signal.SIGTERM)
-                    os.waitpid(pid, 0)
-                except ChildProcessError:
-                    pass
+                self._stop_command(probe, pid, exited)
+        finally:
+            if not status:  # an error above: leave nothing running
+                _kill_group(pid, signal.SIGKILL)
+                status.append(os.waitpid(pid, 0)[1])
+        self.exit_status = exit_status(status[0])
         self.workload = {
             "kind": "command",
             "command": self.opts.command,
             "pid": pid,
-            "exit_status": os.waitstatus_to_exitcode(status[0]) if status else None,
+            "exit_status": self.exit_status,
         }
+
+    def _stop_command(self, probe: ProbeSet, pid: int, exited: Callable[[], bool]) -> None:
+        """Pass the stop on to the command's group; SIGKILL it after COMMAND_GRACE_S.
+
+        The ring buffer is read meanwhile: the command's last forks are recorded.
+        """
+        sig = self.stop.signum or signal.SIGTERM  # -d elapsed: as timeout(1)
+        _kill_group(pid, sig)
+        deadline = time.monotonic() + COMMAND_GRACE_S
+        while not exited():
+            if time.monotonic() >= deadline:
+                self.log(
+                    f"the command did not exit {COMMAND_GRACE_S:g} s after {signal.Signals(sig).name}: "
+                    "killing its process group"
+                )
+                _kill_group(pid, signal.SIGKILL)
+                deadline = float("inf")
+            probe.poll(50)
 
     # -- results ------------------------------------------------------------
 
@@ -237,13 +258,48 @@ class Session:
         per-thread sequence number) is a fork that did not complete.
         """
         exact = exact_frame(self._exact, self.exact_timed) if self.exact_counters is not None else None
-        table, self.exact_unmatched = fork_table(self._dups, self._children, exact)
-        if exact is not None and self.exact_unmatched:
-            # dup_mmap calls the exact probe saw and the bracket did not: which ones, for diagnosis.
-            joined = set(table.column("exact_ts_entry").to_numpy().tolist())
-            missed = exact[~exact["exact_ts_entry"].isin(joined)].head(UNMATCHED_KEPT)
+        table = fork_table(
+            self._dups, self._children, start_ns=self.start.get("mono_ns"), end_ns=self.end.get("mono_ns"), exact=exact
+        )
+        if exact is not None:
+            # dup_mmap calls the exact probe saw and the bracket did not: how many, and which ones, for diagnosis.
+            missed = unmatched_exact(table, exact)
+            self.exact_unmatched = len(missed)
             self.exact_unmatched_calls = [
                 {"tid": int(r.tid), "seq": int(r.seq), "ts_entry": int(r.exact_ts_entry), "dup_mmap_ns": float(r.exact_dup_mmap_ns)}
-                for r in missed.itertuples()
+                for r in missed.head(UNMATCHED_KEPT).itertuples()
             ]
         return table
+
+
+def exit_status(wait_status: int) -> int:
+    """A wait status as a shell reports it: the exit code, or 128 + the signal."""
+    code = os.waitstatus_to_exitcode(wait_status)
+    return code if code >= 0 else 128 - code
+
+
+def _kill_group(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def _exec_command(command: list[str], read_fd: int, write_fd: int, ignored: set[int]) -> None:
+    """In the forked child: own process group, wait for the tracer, exec. Never returns."""
+    try:
+        os.setpgid(0, 0)
+        os.close(write_fd)
+        # Dispositions a command expects: Python ignores SIGPIPE and SIGXFSZ;
+        # the tracer's stop handlers must not run here, and a stop signal the
+        # tracer was started with ignored (nohup) stays ignored.
+        for sig in (signal.SIGPIPE, signal.SIGXFSZ, *STOP_SIGNALS):
+            signal.signal(sig, signal.SIG_IGN if sig in ignored else signal.SIG_DFL)
+        if not os.read(read_fd, 1):
+            os._exit(1)  # the tracer died before attaching: do not run untraced
+        os.execvp(command[0], command)
+    except OSError as err:
+        os.write(2, f"tracer: error: cannot run {command[0]}: {err.strerror}\n".encode())
+        os._exit(127 if err.errno == errno.ENOENT else 126)
+    finally:
+        os._exit(126)

@@ -3,7 +3,8 @@
  * spawn: unixbench's "spawn" loop (fork; the child _exit(0)s at once; the
  * parent waitpid()s) run by a process that first gives itself --vmas extra
  * VMAs that cannot merge, so that every fork's dup_mmap() has that many more
- * VMAs to copy.
+ * VMAs to copy: separated by holes (--layout gapped, the default, as in the
+ * thread's benchmark) or side by side (--layout adjacent).
  *
  * It talks to its launcher (tracer/workload/spawn.py) in lines:
  *
@@ -34,12 +35,13 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <fcntl.h>
 #include <time.h>
 #include <unistd.h>
 
-#define USAGE "usage: spawn [--vmas N] [--forks N] [--seconds S] [--cpu C] [--touch]"
+#define USAGE "usage: spawn [--vmas N] [--layout gapped|adjacent] [--forks N] [--seconds S] [--cpu C] [--touch]"
 
 /* Give up after this many fork() failures in a row (e.g. EAGAIN at RLIMIT_NPROC). */
 #define MAX_CONSECUTIVE_FAILURES 1000
@@ -137,12 +139,17 @@ static double parse_seconds(const char *arg)
 	return value;
 }
 
-static uint64_t now_ns(void)
+static uint64_t clock_ns(clockid_t clock)
 {
 	struct timespec ts;
 
-	clock_gettime(CLOCK_MONOTONIC, &ts);
+	clock_gettime(clock, &ts);
 	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+static uint64_t now_ns(void)
+{
+	return clock_ns(CLOCK_MONOTONIC);
 }
 
 /*
@@ -254,6 +261,53 @@ static void make_extra_vmas(long nr, int touch)
 	}
 }
 
+/*
+ * The adjacent layout: nr extra one-page VMAs with no hole between them,
+ * kept apart by alternating protections (read-write, read-only, ...), in a
+ * free range of nr + 2 pages:
+ *
+ *	hole | rw | r | rw | r | ... | hole
+ *
+ * In mm->mm_mt the range takes nr + 1 slots (nr VMAs, one NULL entry for the
+ * upper hole; the lower one joins the free gap below) where the free gap took
+ * one: one slot per extra VMA instead of two. Made as the gapped layout is
+ * (find the range, map its middle in one go), then mprotect() of pages 1, 3,
+ * 5, ... ascending: each splits the still unsplit remainder, as
+ * analysis/model/history.py replays.
+ */
+static void make_adjacent_vmas(long nr, int touch)
+{
+	size_t page = (size_t)sysconf(_SC_PAGESIZE);
+	size_t span = (size_t)nr + 2;	/* pages, both end holes included */
+	char *base, *region;
+
+	if (nr == 0)
+		return;
+	base = mmap(NULL, span * page, PROT_NONE,
+		    MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+	if (base == MAP_FAILED || munmap(base, span * page))
+		die(1, "cannot find %zu free pages of address space for %ld extra VMAs: %s",
+		    span, nr, strerror(errno));
+	region = mmap(base + page, (size_t)nr * page, PROT_READ | PROT_WRITE,
+		      MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0);
+	if (region == MAP_FAILED)
+		die(1, "cannot map %ld pages for %ld extra VMAs: %s", nr, nr, strerror(errno));
+	if (region != base + page)
+		die(1, "the kernel ignored MAP_FIXED_NOREPLACE (it needs Linux 4.17 or later)");
+	if (touch)
+		for (long i = 0; i < nr; i++)
+			region[(size_t)i * page] = 1;
+	for (long i = 1; i < nr; i += 2) {
+		if (mprotect(region + (size_t)i * page, page, PROT_READ) == 0)
+			continue;
+		if (errno == ENOMEM)
+			die(1, "cannot create %ld extra VMAs: the kernel refused a new VMA "
+			    "after %ld (ENOMEM); vm.max_map_count is %ld, counting the VMAs "
+			    "the process already had", nr, i, read_max_map_count());
+		die(1, "mprotect of page %ld of the extra-VMA range failed: %s", i, strerror(errno));
+	}
+}
+
 /* SIGTERM ends the loop after the current fork; the result line is still printed. */
 static volatile sig_atomic_t stop_requested;
 
@@ -297,19 +351,27 @@ int main(int argc, char **argv)
 		{ "seconds", required_argument, NULL, 's' },
 		{ "cpu", required_argument, NULL, 'c' },
 		{ "touch", no_argument, NULL, 't' },
+		{ "layout", required_argument, NULL, 'l' },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
 	long vmas = 0, cpu = -1;
 	long long max_forks = 0, forks = 0, failed = 0, consecutive_failures = 0;
 	double seconds = 0;
-	int touch = 0, fork_errno = 0, opt;
+	int touch = 0, adjacent = 0, fork_errno = 0, opt;
 	const char *stop = "forks";
-	uint64_t start, deadline, elapsed;
+	uint64_t start, deadline, elapsed, cpu_start, cpu_used;
 	long vmas_total;
 	pid_t launcher = getppid();
 	char line[256];
 	int len;
+
+	/*
+	 * Die with the launcher, even by SIGKILL: SIGTERM is a stop request (the
+	 * loop ends after the current fork). Had the launcher died before this
+	 * call, stdin is already at EOF and wait_for_go() exits without forking.
+	 */
+	prctl(PR_SET_PDEATHSIG, SIGTERM);
 
 	opterr = 0; /* report problems ourselves, as one line */
 	while ((opt = getopt_long(argc, argv, ":", options, NULL)) != -1) {
@@ -328,6 +390,12 @@ int main(int argc, char **argv)
 			break;
 		case 't':
 			touch = 1;
+			break;
+		case 'l':
+			if (!strcmp(optarg, "adjacent"))
+				adjacent = 1;
+			else if (strcmp(optarg, "gapped"))
+				bad_args("--layout must be gapped or adjacent, got \"%s\"", quoted(optarg));
 			break;
 		case 'h':
 			printf("%s\n", USAGE);
@@ -353,7 +421,10 @@ int main(int argc, char **argv)
 			    cpu, strerror(errno));
 	}
 
-	make_extra_vmas(vmas, touch);
+	if (adjacent)
+		make_adjacent_vmas(vmas, touch);
+	else
+		make_extra_vmas(vmas, touch);
 	vmas_total = count_tree_vmas();
 	if (vmas_total < 0)
 		die(1, "cannot read /proc/self/maps: %s", strerror(errno));
@@ -370,6 +441,7 @@ int main(int argc, char **argv)
 	wait_for_go();
 
 	start = now_ns();
+	cpu_start = clock_ns(CLOCK_THREAD_CPUTIME_ID);
 	deadline = seconds ? start + (uint64_t)(seconds * 1e9) : UINT64_MAX;
 	for (;;) {
 		pid_t child;
@@ -414,14 +486,15 @@ int main(int argc, char **argv)
 		}
 	}
 	elapsed = now_ns() - start;
+	cpu_used = clock_ns(CLOCK_THREAD_CPUTIME_ID) - cpu_start;
 
 	len = snprintf(line, sizeof(line),
 		       "{\"forks\": %lld, \"failed\": %lld, \"elapsed_ns\": %llu, "
 		       "\"forks_per_sec\": %.1f, \"vmas_total\": %ld, "
-		       "\"stop\": \"%s\", \"fork_errno\": %d}\n",
+		       "\"stop\": \"%s\", \"fork_errno\": %d, \"cpu_ns\": %llu}\n",
 		       forks, failed, (unsigned long long)elapsed,
 		       elapsed ? forks * 1e9 / (double)elapsed : 0.0, vmas_total,
-		       stop, fork_errno);
+		       stop, fork_errno, (unsigned long long)cpu_used);
 	write_all(STDOUT_FILENO, line, (size_t)len);
 	return 0;
 }

@@ -27,28 +27,39 @@ import shutil
 import subprocess
 import tempfile
 import time
-from dataclasses import dataclass, fields
+from dataclasses import MISSING, dataclass, fields
 from pathlib import Path
 from typing import Any, NamedTuple
 
 from analysis.errors import TracerError, UsageError
 
 __all__ = [
+    "LAYOUTS",
     "SOURCE",
     "SpawnReady",
     "SpawnResult",
     "SpawnWorkload",
     "build_spawn",
     "cache_dir",
+    "check_args",
     "run_spawn",
 ]
 
 SOURCE = Path(__file__).with_name("spawn.c")
+
+# How spawn.c lays out its extra VMAs: one-page VMAs separated by one-page
+# holes, or side by side with alternating protections (see spawn.c).
+LAYOUTS = ("gapped", "adjacent")
 CFLAGS = ("-O2", "-Wall")
 
 # Seconds allowed between launch and the "ready" line. Making 65,000 VMAs
 # takes well under a second; this only catches a child that hangs.
 READY_TIMEOUT = 60.0
+
+# The ranges spawn.c accepts (parse_count), checked here first so a bad value
+# fails before the tracer loads BPF rather than when the workload starts.
+MAX_VMAS = 1 << 24
+MAX_FORKS = 1 << 62
 
 
 def cache_dir() -> Path:
@@ -129,16 +140,22 @@ class SpawnResult:
     vmas_total: int  # mm->map_count at "ready": /proc/PID/maps lines minus [vsyscall]
     stop: str  # why the loop ended: forks, seconds, signal, fork_failures, parent_exited
     fork_errno: int  # errno of the first failed fork, 0 if none failed
+    # CPU time of the forking thread over the loop (fork's own work, and the
+    # tracer's programs that run in it; not the time others' load takes): what
+    # the overhead bench compares on a shared machine. Optional in the line.
+    cpu_ns: int = 0
 
     @classmethod
     def from_json(cls, line: str) -> SpawnResult:
         """Parse and type-check the workload's result line."""
         try:
             doc = json.loads(line)
-            values = {f.name: doc[f.name] for f in fields(cls)}
+            values = {f.name: doc[f.name] for f in fields(cls) if f.name in doc or f.default is MISSING}
         except (ValueError, KeyError, TypeError):
             raise TracerError(f"spawn workload printed an unexpected result line: {line[:120]!r}") from None
         for f in fields(cls):
+            if f.name not in values:
+                continue
             want = {"int": int, "float": (int, float), "str": str}[f.type]
             if not isinstance(values[f.name], want) or isinstance(values[f.name], bool):
                 raise TracerError(f"spawn workload result has a bad {f.name!r}: {values[f.name]!r}")
@@ -151,18 +168,24 @@ class SpawnResult:
         return os.strerror(self.fork_errno) if self.fork_errno else None
 
 
-def _check_args(vmas: int, forks: int | None, seconds: float | None, cpu: int | None) -> None:
-    """Refuse bad arguments with a UsageError before compiling or launching."""
+def check_args(vmas: int, forks: int | None, seconds: float | None, cpu: int | None, layout: str = "gapped") -> None:
+    """Refuse bad arguments with a UsageError before compiling or launching (or loading BPF)."""
+    if layout not in LAYOUTS:
+        raise UsageError(f"--layout must be one of {', '.join(LAYOUTS)}, not {layout!r}")
 
     def whole(value: Any) -> bool:
         return isinstance(value, int) and not isinstance(value, bool)
 
-    if not whole(vmas) or vmas < 0:
-        raise UsageError(f"--spawn needs a whole number of extra VMAs (0 or more), not {vmas!r}")
+    if not whole(vmas) or vmas < 0 or vmas > MAX_VMAS:
+        raise UsageError(f"--spawn needs a whole number of extra VMAs from 0 to {MAX_VMAS}, not {vmas!r}")
+    max_map_count = _max_map_count()
+    # The process has VMAs of its own (binary, libc, stack) besides the extra ones.
+    if max_map_count is not None and vmas >= max_map_count:
+        raise TracerError(f"--spawn {vmas}: vm.max_map_count is {max_map_count}, counting the VMAs the process already has")
     if forks is None and seconds is None:
         raise UsageError("the spawn workload needs --forks, a duration, or both")
-    if forks is not None and (not whole(forks) or forks < 1):
-        raise UsageError(f"--forks must be a whole number of at least 1, not {forks!r}")
+    if forks is not None and (not whole(forks) or not 1 <= forks <= MAX_FORKS):
+        raise UsageError(f"--forks must be a whole number from 1 to {MAX_FORKS}, not {forks!r}")
     if seconds is not None and (
         isinstance(seconds, bool)
         or not isinstance(seconds, (int, float))
@@ -172,6 +195,13 @@ def _check_args(vmas: int, forks: int | None, seconds: float | None, cpu: int | 
         raise UsageError(f"the spawn duration must be between 0.000001 and 1000000 seconds, not {seconds!r}")
     if cpu is not None and (not whole(cpu) or cpu < 0):
         raise UsageError(f"--cpu must be a CPU number, not {cpu!r}")
+
+
+def _max_map_count() -> int | None:
+    try:
+        return int(Path("/proc/sys/vm/max_map_count").read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def _failure(returncode: int, stderr: bytes, what: str) -> TracerError:
@@ -198,9 +228,11 @@ class SpawnWorkload:
         seconds: float | None = None,
         cpu: int | None = None,
         touch: bool = False,
+        layout: str = "gapped",
     ) -> None:
-        _check_args(vmas, forks, seconds, cpu)
+        check_args(vmas, forks, seconds, cpu, layout)
         self.vmas = vmas
+        self.layout = layout
         self.forks = forks
         self.seconds = seconds
         self.cpu = cpu
@@ -212,7 +244,7 @@ class SpawnWorkload:
 
     def argv(self, binary: Path) -> list[str]:
         """The workload's command line for `binary`."""
-        args = [str(binary), "--vmas", str(self.vmas)]
+        args = [str(binary), "--vmas", str(self.vmas), "--layout", self.layout]
         if self.forks is not None:
             args += ["--forks", str(self.forks)]
         if self.seconds is not None:
@@ -336,6 +368,7 @@ class SpawnWorkload:
         meta: dict[str, Any] = {
             "kind": "spawn",
             "extra_vmas": self.vmas,
+            "layout": self.layout,
             "forks_requested": self.forks,
             "seconds": self.seconds,
             "cpu": self.cpu,
@@ -366,9 +399,10 @@ def run_spawn(
     cpu: int | None = None,
     touch: bool = False,
     timeout: float | None = None,
+    layout: str = "gapped",
 ) -> SpawnResult:
     """One untraced run: start, go at once, wait (the overhead baseline)."""
-    with SpawnWorkload(vmas, forks=forks, seconds=seconds, cpu=cpu, touch=touch) as spawn:
+    with SpawnWorkload(vmas, forks=forks, seconds=seconds, cpu=cpu, touch=touch, layout=layout) as spawn:
         spawn.start()
         spawn.go()
         return spawn.wait(timeout)

@@ -1,0 +1,141 @@
+"""Compare two sets of recordings: per group (workload, layout, VMAs), per phase.
+
+Groups are matched by analysis.frame.GroupKey, so a sweep (0..6400 VMAs) on one
+kernel compares against the same sweep on another, group by group. Groups
+found on one side only are listed, not compared. When each side holds exactly
+one group and their keys differ (`compare a.parquet b.parquet` of two
+different setups), the user named the two files to compare: they are paired,
+and a loud warning says the workloads differ.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping, Sequence
+
+import pandas as pd
+
+from analysis.compare.components import compare_components, compare_shapes, shape_of
+from analysis.compare.context import recording_context
+from analysis.compare.result import Comparison
+from analysis.compare.samples import SamplePair, compare_samples
+from analysis.compare.stats import ALPHA, MIN_SAMPLES
+from analysis.frame import Group, group_recordings
+from analysis.recording import PHASES, Recording
+
+__all__ = ["compare_recordings", "attributed_costs", "Attribute"]
+
+# Per-unit cost estimates of one group's recordings: {component: {ns_per_unit, ci95}}, or None.
+Attribute = Callable[[Sequence[Recording]], Mapping[str, Any] | None]
+
+
+def _usable_forks(group: Group) -> pd.DataFrame:
+    forks = group.forks
+    return forks[forks["usable"]]
+
+
+def _model_shape(rec: Recording) -> dict[str, int] | None:
+    """The replay model's tree (nodes, height, leaves) for a recording's saved layout, if any."""
+    from analysis.errors import TracerError
+    from analysis.model.cli import load_recording_target
+    from analysis.model.parent import parent_tree
+
+    if not rec.meta.get("maps"):
+        return None
+    try:
+        shape = parent_tree(load_recording_target(rec.path)).tree.shape()
+    except (TracerError, ValueError):
+        return None
+    return {"nodes": shape.nodes, "height": shape.height, "leaves": shape.leaves}
+
+
+def attributed_costs(recordings: Sequence[Recording]) -> dict[str, Any] | None:
+    """One group's per-unit costs from analysis.attribution, as compare_components() reads them."""
+    from analysis.attribution.attribute import attribute_groups
+
+    groups = attribute_groups(group_recordings(recordings)).groups
+    if len(groups) != 1:
+        return None
+    costs = {}
+    for name, entry in groups[0].components.items():
+        ci = entry.get("ci95_per_unit")
+        value = entry.get("ns_per_unit")
+        if value is not None and ci is not None and ci[0] <= value <= ci[1]:
+            costs[name] = {"ns_per_unit": value, "ci95": ci}
+    return costs or None
+
+
+def _pairs(base: list[Group], new: list[Group]) -> tuple[list[tuple[Group, Group]], list[Group], list[Group]]:
+    new_by_key = {g.key: g for g in new}
+    base_keys = {g.key for g in base}
+    pairs = [(g, new_by_key[g.key]) for g in base if g.key in new_by_key]
+    if not pairs and len(base) == 1 and len(new) == 1:
+        return [(base[0], new[0])], [], []
+    return pairs, [g for g in base if g.key not in new_by_key], [g for g in new if g.key not in base_keys]
+
+
+def _label(b: Group, n: Group) -> str:
+    return b.key.label() if b.key == n.key else f"{b.key.label()} -> {n.key.label()}"
+
+
+def compare_recordings(
+    base: Sequence[Recording],
+    new: Sequence[Recording],
+    *,
+    attribute: Attribute | None = attributed_costs,
+    model: bool = True,
+    alpha: float = ALPHA,
+    min_samples: int = MIN_SAMPLES,
+    resamples: int = 2000,
+) -> Comparison:
+    """Every phase of every matched group, tested as one family; components and shapes beside."""
+    base_groups, new_groups = group_recordings(base), group_recordings(new)
+    pairs, only_base, only_new = _pairs(base_groups, new_groups)
+    context = recording_context([r.meta for r in base], [r.meta for r in new])
+    warnings = [f"{item.key.upper()} DIFFERS: base {item.base}, new {item.new}" for item in context if item.loud]
+    notes: list[str] = []
+
+    sample_pairs: list[SamplePair] = []
+    components = []
+    shapes = []
+    labels = []
+    for b, n in pairs:
+        label = _label(b, n)
+        fb, fn = _usable_forks(b), _usable_forks(n)
+        labels.append(label)
+        if b.key != n.key:
+            warnings.append(f"DIFFERENT WORKLOADS PAIRED: base {b.key.label()}, new {n.key.label()}")
+        for phase in PHASES:
+            sample_pairs.append(SamplePair(label, phase.name, fb[phase.column].to_numpy(float), fn[phase.column].to_numpy(float)))
+        if attribute is not None:
+            components += compare_components(attribute(b.recordings), attribute(n.recordings), label, alpha)
+        base_shape = shape_of(fb["leaves"].to_numpy(float), _model_shape(b.recordings[0]) if model else None)
+        new_shape = shape_of(fn["leaves"].to_numpy(float), _model_shape(n.recordings[0]) if model else None)
+        shapes.append(compare_shapes(label, base_shape, new_shape))
+    rows = compare_samples(sample_pairs, alpha=alpha, min_samples=min_samples, resamples=resamples)
+    for row in rows:
+        if not row.decided and row.base_n + row.new_n > 0:
+            notes.append(
+                f"{row.group}: {row.metric} has {row.base_n} base and {row.new_n} new forks; "
+                f"at least {min_samples} a side are needed to decide"
+            )
+    if not pairs:
+        warnings.append("NO GROUP IN COMMON: nothing was compared")
+    comparison = Comparison(
+        kind="recordings",
+        unit="ns",
+        base_files=[str(r.path) for r in base],
+        new_files=[str(r.path) for r in new],
+        context=context,
+        rows=rows,
+        components=components,
+        shapes=shapes,
+        unmatched_base=[g.key.label() for g in only_base],
+        unmatched_new=[g.key.label() for g in only_new],
+        warnings=warnings,
+        notes=notes,
+        alpha=alpha,
+        min_samples=min_samples,
+        groups=labels,
+    )
+    comparison.values = {(p.group, p.metric): (p.base, p.new) for p in sample_pairs}
+    return comparison

@@ -1,0 +1,259 @@
+"""A Comparison as text (fits an 80-column mail), Markdown (review threads, CI), or JSON."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict
+from typing import Any
+
+from analysis.compare.components import SHAPE_NAMES
+from analysis.compare.result import Comparison
+from analysis.compare.samples import IMPROVEMENT, REGRESSION, SAME, UNDECIDED, SampleRow
+
+__all__ = ["FORMATS", "render", "render_text", "render_markdown", "render_json"]
+
+FORMATS = ("text", "markdown", "json")
+WIDTH = 80
+MARKS = {REGRESSION: "slower", IMPROVEMENT: "faster", SAME: "~", UNDECIDED: "?"}
+
+
+def render(c: Comparison, fmt: str) -> str:
+    return {"text": render_text, "markdown": render_markdown, "json": render_json}[fmt](c)
+
+
+def fmt_time(value: float, unit: str) -> str:
+    """A median as ns/us/ms/s with 3 significant figures (ASCII: mail clients mangle 'µ')."""
+    if value is None or math.isnan(value):
+        return "-"
+    ns = value * 1e9 if unit == "s" else value
+    for scale, name in ((1e9, "s"), (1e6, "ms"), (1e3, "us")):
+        if abs(ns) >= scale:
+            return f"{ns / scale:.3g}{name}"
+    return f"{ns:.3g}ns"
+
+
+def _pct(x: float) -> str:
+    return "n/a" if math.isnan(x) else f"{x:+.1f}%"
+
+
+def _ci(ci: tuple[float, float]) -> str:
+    lo, hi = ci
+    return "" if math.isnan(lo) or math.isnan(hi) else f"[{lo:+.1f}, {hi:+.1f}]"
+
+
+def _p(p: float) -> str:
+    if math.isnan(p):
+        return "-"
+    return "<0.001" if p < 0.001 else f"{p:.3f}"
+
+
+def _clip(text: str, width: int = WIDTH) -> str:
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+def _wrap(text: str, indent: str = "", width: int = WIDTH) -> list[str]:
+    """Greedy word wrap (the verdict can be long; a mail must not be)."""
+    lines, line = [], ""
+    for word in text.split():
+        candidate = f"{line} {word}" if line else word
+        if line and len(indent) + len(candidate) > width:
+            lines.append(indent + line if lines else line)
+            line = word
+        else:
+            line = candidate
+    if line:
+        lines.append(indent + line if lines else line)
+    return lines
+
+
+def _sides(c: Comparison) -> str:
+    what = "recording" if c.kind == "recordings" else "benchmark file"
+    nb, nn = len(c.base_files), len(c.new_files)
+    return f"base {nb} {what}{'s' if nb != 1 else ''}, new {nn} {what}{'s' if nn != 1 else ''}"
+
+
+def render_text(c: Comparison) -> str:
+    out: list[str] = []
+    for warning in c.warnings:
+        out += _wrap("!!! " + warning, "    ")
+    out += _wrap("verdict: " + c.verdict.text, "    ")
+    out.append(_clip(f"tracer compare: {_sides(c)}"))
+    out.append("")
+    out.append("context (* differs)")
+    for item in c.context:
+        if item.differs:
+            out.append(_clip(f"* {item.key:<12}base: {item.base}"))
+            out.append(_clip(f"  {'':<12}new:  {item.new}"))
+        else:
+            out.append(_clip(f"  {item.key:<12}{item.base}"))
+    name_width = max([9] + [len(r.metric) for r in c.rows])
+    name_width = min(name_width, 22)
+    for group in c.groups:
+        rows = [r for r in c.rows if r.group == group]
+        out.append("")
+        if group:
+            out.append(_clip(group))
+        n_base = max((r.base_n for r in rows), default=0)
+        n_new = max((r.new_n for r in rows), default=0)
+        what = "forks" if c.kind == "recordings" else "values"
+        out.append(f"  {what}: base {n_base}, new {n_new}")
+        label = "phase" if c.kind == "recordings" else "benchmark"
+        out.append(f"  {label:<{name_width}} {'base':>8} {'new':>8} {'delta':>8}  {'95% CI':<16} {'p-adj':>6}")
+        for r in rows:
+            out.append(_row_text(r, c.unit, name_width))
+        for s in c.shapes:
+            if s.group == group:
+                out += _wrap("  tree " + _shape_text(s), "    ")
+        comps = [r for r in c.components if r.group == group]
+        if comps:
+            out.append(f"  {'per-unit cost':<20} {'base':>8} {'new':>8} {'delta':>8}  {'95% CI':<16} {'p-adj':>6}")
+            for r in comps:
+                out.append(
+                    _clip(
+                        f"  {r.component + ' (' + r.unit + ')':<20.20} {fmt_time(r.base_ns, 'ns'):>8} "
+                        f"{fmt_time(r.new_ns, 'ns'):>8} {_pct(r.delta_pct):>8}  {_ci(r.ci95_pct):<16} "
+                        f"{_p(r.p_adjusted):>6}  {MARKS[r.change]}"
+                    )
+                )
+    if c.unmatched_base or c.unmatched_new:
+        out.append("")
+        for side, labels in (("base", c.unmatched_base), ("new", c.unmatched_new)):
+            if labels:
+                out += _wrap(f"only in {side} (not compared): " + "; ".join(labels), "  ")
+    if c.notes:
+        out.append("")
+        for note in c.notes:
+            out += _wrap("note: " + note, "  ")
+    out.append("")
+    out += _wrap(
+        f"medians; delta and its bootstrap 95% CI in % of base; p-adj: Mann-Whitney U, "
+        f"two-sided, Holm-adjusted over {c.tests} tests; ~: not significant at alpha {c.alpha:g}; "
+        f"?: fewer than {c.min_samples} {'forks' if c.kind == 'recordings' else 'values'} a side, no verdict."
+    )
+    return "\n".join(out)
+
+
+def _row_text(r: SampleRow, unit: str, width: int) -> str:
+    mark = MARKS[r.change]
+    return _clip(
+        f"  {r.metric:<{width}.{width}} {fmt_time(r.base_median, unit):>8} {fmt_time(r.new_median, unit):>8} "
+        f"{_pct(r.delta_pct):>8}  {_ci(r.ci95_pct):<16} {_p(r.p_adjusted if r.decided else r.p):>6}  {mark}"
+    )
+
+
+def _shape_text(s) -> str:
+    parts = []
+    for key, name in SHAPE_NAMES.items():
+        b, n = s.base.get(key), s.new.get(key)
+        if b is None and n is None:
+            continue
+        fb = "?" if b is None else f"{b:g}"
+        fn = "?" if n is None else f"{n:g}"
+        parts.append(f"{name} {fb}" if fb == fn else f"{name} {fb} -> {fn}")
+    verdict = "CHANGED" if s.any else "same"
+    return f"{verdict}: " + ", ".join(parts) if parts else "unknown"
+
+
+def render_markdown(c: Comparison) -> str:
+    out: list[str] = []
+    for warning in c.warnings:
+        out.append(f"> **{warning}**")
+    if c.warnings:
+        out.append("")
+    out.append(f"**verdict:** {c.verdict.text}")
+    out.append("")
+    out.append(f"`tracer compare`: {_sides(c)}")
+    out.append("")
+    out.append("| context | base | new |")
+    out.append("|---|---|---|")
+    for item in c.context:
+        key = f"**{item.key}**" if item.differs else item.key
+        out.append(f"| {key} | {item.base} | {item.new} |")
+    for group in c.groups:
+        rows = [r for r in c.rows if r.group == group]
+        out.append("")
+        if group:
+            out.append(f"### {group}")
+            out.append("")
+        label = "phase" if c.kind == "recordings" else "benchmark"
+        out.append(f"| {label} | n base | n new | base | new | delta | 95% CI | p-adj | |")
+        out.append("|---|---:|---:|---:|---:|---:|---|---:|---|")
+        for r in rows:
+            p = r.p_adjusted if r.decided else r.p
+            out.append(
+                f"| {r.metric} | {r.base_n} | {r.new_n} | {fmt_time(r.base_median, c.unit)} | {fmt_time(r.new_median, c.unit)} "
+                f"| {_pct(r.delta_pct)} | {_ci(r.ci95_pct)} | {_p(p)} | {MARKS[r.change]} |"
+            )
+        for s in c.shapes:
+            if s.group == group:
+                out.append("")
+                out.append(f"tree {_shape_text(s)}")
+        comps = [r for r in c.components if r.group == group]
+        if comps:
+            out.append("")
+            out.append("| component | unit | base | new | delta | 95% CI | p-adj | |")
+            out.append("|---|---|---:|---:|---:|---|---:|---|")
+            for r in comps:
+                out.append(
+                    f"| {r.component} | {r.unit} | {fmt_time(r.base_ns, 'ns')} | {fmt_time(r.new_ns, 'ns')} "
+                    f"| {_pct(r.delta_pct)} | {_ci(r.ci95_pct)} | {_p(r.p_adjusted)} | {MARKS[r.change]} |"
+                )
+    if c.unmatched_base or c.unmatched_new:
+        out.append("")
+        for side, labels in (("base", c.unmatched_base), ("new", c.unmatched_new)):
+            if labels:
+                out.append(f"- only in {side} (not compared): " + "; ".join(labels))
+    for note in c.notes:
+        out.append(f"- note: {note}")
+    out.append("")
+    out.append(
+        f"Medians; delta and its bootstrap 95% CI in % of base; p-adj: Mann-Whitney U, two-sided, "
+        f"Holm-adjusted over {c.tests} tests; ~: not significant at alpha {c.alpha:g}; "
+        f"?: fewer than {c.min_samples} a side, no verdict."
+    )
+    return "\n".join(out)
+
+
+def _clean(x: Any) -> Any:
+    """NaN/inf -> null, tuples -> lists: strict JSON."""
+    if isinstance(x, float):
+        return x if math.isfinite(x) else None
+    if isinstance(x, dict):
+        return {k: _clean(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_clean(v) for v in x]
+    return x
+
+
+def to_dict(c: Comparison) -> dict[str, Any]:
+    v = c.verdict
+    doc = {
+        "kind": c.kind,
+        "unit": c.unit,
+        "alpha": c.alpha,
+        "min_samples": c.min_samples,
+        "correction": "holm",
+        "tests": c.tests,
+        "verdict": asdict(v),
+        "warnings": c.warnings,
+        "base": {"files": c.base_files},
+        "new": {"files": c.new_files},
+        "context": [{"key": i.key, "base": i.base, "new": i.new, "differs": i.differs, "loud": i.loud} for i in c.context],
+        "groups": [
+            {
+                "group": g,
+                "rows": [{**asdict(r), "significant": r.significant} for r in c.rows if r.group == g],
+                "shape": next(({**asdict(s), "any": s.any} for s in c.shapes if s.group == g), None),
+                "components": [{**asdict(r), "significant": r.significant} for r in c.components if r.group == g],
+            }
+            for g in c.groups
+        ],
+        "unmatched": {"base": c.unmatched_base, "new": c.unmatched_new},
+        "notes": c.notes,
+    }
+    return _clean(doc)
+
+
+def render_json(c: Comparison) -> str:
+    return json.dumps(to_dict(c), indent=2, allow_nan=False)

@@ -1,0 +1,119 @@
+"""`tracer report --plot DIR`: the sweep as figures (PNG and SVG), drawn with matplotlib.
+
+matplotlib is imported here only, when plots are asked for, so a report
+without --plot never pays for (or needs) it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from analysis.attribution.attribute import Attribution
+from analysis.attribution.components import COMPONENTS
+from analysis.errors import TracerError
+from analysis.recording import PHASES
+
+__all__ = ["write_plots"]
+
+PHASES_PLOTTED = tuple(p.name for p in PHASES if not p.derived)
+
+
+def write_plots(att: Attribution, outdir: Path | str) -> list[Path]:
+    """Latency vs VMAs per phase (with the fit), per-VMA cost vs VMAs, attribution bars."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise TracerError("--plot needs matplotlib (pip install matplotlib)") from None
+    outdir = Path(outdir)
+    if outdir.exists() and not outdir.is_dir():
+        raise TracerError(f"--plot {outdir} exists and is not a directory")
+    outdir.mkdir(parents=True, exist_ok=True)
+    groups = [g for g in att.groups if len(g.forks)]
+    if not groups:
+        raise TracerError("nothing to plot: no group has a usable fork that copied VMAs")
+    vmas = np.array([float(g.forks["stores"].median()) for g in groups])
+    order = np.argsort(vmas)
+    groups, vmas = [groups[i] for i in order], vmas[order]
+    written: list[Path] = []
+
+    def save(fig, name: str) -> None:
+        for ext in ("png", "svg"):
+            path = outdir / f"{name}.{ext}"
+            fig.savefig(path, dpi=120, bbox_inches="tight")
+            written.append(path)
+        plt.close(fig)
+
+    # Medians: a thread preempted while it holds the mmap locks makes the mean a
+    # measure of the machine's load; the fit line is of the means it was fitted to.
+    layouts = sorted({g.key.layout for g in groups})
+    marks = dict(zip(layouts, "os^dv"))
+
+    def by_layout(layout: str):
+        picked = [(g, v) for g, v in zip(groups, vmas) if g.key.layout == layout]
+        return [g for g, _ in picked], np.array([v for _, v in picked])
+
+    def tag(layout: str) -> str:
+        return f", {layout}" if layout else ""
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for layout in layouts:
+        gs, vs = by_layout(layout)
+        for i, phase in enumerate(PHASES_PLOTTED):
+            p50 = [float(np.nanmedian(g.forks[f"{phase}_ns"])) / 1e3 for g in gs]
+            ax.plot(vs, p50, marks[layout] + ("-" if layout == layouts[0] else ":"), color=f"C{i}",
+                    label=f"{phase} p50{tag(layout)}")
+    if att.fit.missing is None:
+        xs = np.linspace(0, vmas.max(), 50)
+        counts = _interp_counts(groups, vmas, xs)
+        point, lo, hi = att.fit.predict(counts)
+        ax.plot(xs, point / 1e3, "k--", lw=1, label="dup_mmap fit (of means)")
+        ax.fill_between(xs, lo / 1e3, hi / 1e3, color="k", alpha=0.1)
+    ax.set_xlabel("VMAs copied per fork")
+    ax.set_ylabel("us per fork")
+    ax.set_title("dup_mmap phases vs VMAs")
+    ax.legend(fontsize="small")
+    save(fig, "latency_vs_vmas")
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for layout in layouts:
+        gs, vs = by_layout(layout)
+        per_vma = [float(g.forks["dup_mmap_ns"].median()) / v for g, v in zip(gs, vs)]
+        ax.plot(vs, per_vma, marks[layout] + "-", color="C0", label=f"dup_mmap p50 / VMAs{tag(layout)}")
+        step = [float(np.nanmedian(g.forks["vma_step_ns"])) for g in gs]
+        ax.plot(vs, step, marks[layout] + ":", color="C2", label=f"vma_step p50{tag(layout)}")
+    ax.set_xscale("log")
+    ax.set_xlabel("VMAs copied per fork")
+    ax.set_ylabel("ns per VMA")
+    ax.set_title("per-VMA cost vs VMAs (flat = linear)")
+    ax.legend(fontsize="small")
+    save(fig, "per_vma_cost")
+
+    fig, ax = plt.subplots(figsize=(max(8, 0.5 * len(groups)), 4.5))
+    labels = [f"{int(v)}{(g.key.layout or ' ')[0]}" for g, v in zip(groups, vmas)]
+    bottom = np.zeros(len(groups))
+    for c in COMPONENTS:
+        shares = np.array([((g.components.get(c) or {}).get("share") or 0.0) for g in groups])
+        ax.bar(labels, shares * 100, bottom=bottom, label=c)
+        bottom += shares * 100
+    ax.set_xlabel("VMAs copied per fork" + (" (layout initial)" if any(layouts) else ""))
+    ax.tick_params(axis="x", labelrotation=45)
+    ax.set_ylabel("% of dup_mmap")
+    ax.set_title("attribution per component (" + ", ".join(sorted({g.estimate or "none" for g in groups})) + ")")
+    ax.legend(loc="upper left", bbox_to_anchor=(1, 1))
+    save(fig, "attribution")
+    return written
+
+
+def _interp_counts(groups, vmas: np.ndarray, xs: np.ndarray) -> "object":
+    import pandas as pd
+
+    from analysis.attribution.counts import COUNT_COLUMNS
+
+    known = [g for g in groups if g.counts is not None]
+    vv = np.array([g.counts["stores"] for g in known])
+    return pd.DataFrame({c: np.interp(xs, vv, [g.counts[c] for g in known]) for c in COUNT_COLUMNS})

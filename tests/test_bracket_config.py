@@ -1,0 +1,82 @@
+"""bracket.py's pure side: the -D flags per level and ablation, and how a level resolves."""
+
+from __future__ import annotations
+
+import pytest
+
+from analysis.errors import TracerError, UsageError
+from tracer.probes.bracket import ABLATIONS, LEVELS, SOURCE, BracketConfig, cflags_for
+from tracer.record.context import STORE_PHASES, level_methods
+from tracer.record.options import DEFAULT_SAMPLE_HZ, RecordOptions, resolve_level
+
+OFFSETS = {"ma_state_node_off": 16, "task_pid_off": 2000, "mm_map_count_off": 100}
+
+
+def macros(config: BracketConfig) -> set[str]:
+    return {flag[2:].split("=")[0] for flag in cflags_for(config) if flag.startswith("-D")}
+
+
+def test_phase_level_builds_the_whole_program():
+    flags = macros(BracketConfig(**OFFSETS))
+    assert "NO_PER_VMA" not in flags
+    assert not {f for f in flags if f.startswith("ABLATE_")}
+
+
+def test_fork_level_drops_the_per_vma_program():
+    assert "NO_PER_VMA" in macros(BracketConfig(level="fork", **OFFSETS))
+
+
+def test_full_level_needs_a_sampling_rate():
+    with pytest.raises(TracerError, match="sampling rate"):
+        cflags_for(BracketConfig(level="full", **OFFSETS))
+    assert "SAMPLE" in macros(BracketConfig(level="full", sample_hz=99, **OFFSETS))
+
+
+@pytest.mark.parametrize("name", sorted(ABLATIONS))
+def test_each_ablation_is_one_macro_that_bracket_c_knows(name):
+    added = macros(BracketConfig(ablate=(name,), **OFFSETS)) - macros(BracketConfig(**OFFSETS))
+    assert len(added) == 1
+    (macro,) = added
+    assert f"{macro}" in SOURCE.read_text().split("Ablation switches")[1], f"{macro} not described in bracket.c"
+    assert f"#ifdef {macro}" in SOURCE.read_text() or f"#ifndef {macro}" in SOURCE.read_text() \
+        or f"defined({macro})" in SOURCE.read_text()
+
+
+def test_unknown_level_and_ablation_are_refused():
+    with pytest.raises(TracerError, match="unknown level"):
+        cflags_for(BracketConfig(level="vma", **OFFSETS))
+    with pytest.raises(TracerError, match="unknown ablation"):
+        cflags_for(BracketConfig(ablate=("everything",), **OFFSETS))
+
+
+def test_cflags_are_pure():
+    config = BracketConfig(level="full", sample_hz=99, ablate=("leaves", "timestamp"), **OFFSETS)
+    assert cflags_for(config) == cflags_for(config)
+    assert f"-DMAX_CPUS={config.max_cpus}" in cflags_for(config)
+
+
+@pytest.mark.parametrize(
+    "level, sample, want_level, want_hz",
+    [(None, 0, "phase", 0), (None, 99, "full", 99), ("full", 0, "full", DEFAULT_SAMPLE_HZ),
+     ("full", 99, "full", 99), ("fork", 0, "fork", 0), ("phase", 0, "phase", 0)],
+)
+def test_level_resolves_with_sample(level, sample, want_level, want_hz):
+    opts = RecordOptions(level=level, sample_hz=sample)
+    resolve_level(opts)
+    assert (opts.level, opts.sample_hz) == (want_level, want_hz)
+
+
+@pytest.mark.parametrize("level", ["fork", "phase"])
+def test_sampling_below_full_is_refused(level):
+    with pytest.raises(UsageError, match="--level full"):
+        resolve_level(RecordOptions(level=level, sample_hz=99))
+
+
+def test_fork_level_says_why_store_phases_are_missing():
+    doctor = {"dup_mmap": "bracket", "mt_dup": "bracket-corrected", "vma_loop": "bracket", "tail": "bracket"}
+    fork = level_methods(doctor, "fork")
+    assert fork["dup_mmap"] == "bracket"
+    for phase in STORE_PHASES:
+        assert fork[phase].startswith("unavailable") and "--level fork" in fork[phase]
+    assert level_methods(doctor, "phase") == doctor == level_methods(doctor, "full")
+    assert set(LEVELS) == {"fork", "phase", "full"}

@@ -1,0 +1,264 @@
+"""compare on synthetic recordings with known shifts, and the `tracer compare` command."""
+
+from __future__ import annotations
+
+import json
+import random
+import subprocess
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from analysis.compare import compare_components, compare_recordings
+from analysis.compare.result import PARTS
+from analysis.compare.samples import IMPROVEMENT, REGRESSION, SAME, UNDECIDED
+from analysis.recording import Recording, derive_phases
+from conftest import ROOT, TRACER
+from recordings import MONO_BASE_NS, default_metadata, fork_row, write_synthetic
+
+
+def noisy_rows(n, *, vmas=200, mt_dup_ns=8_000.0, vma_step_ns=500.0, tail_ns=4_000.0, seed=0, extra_vmas=None):
+    """Forks with every phase noisy (as on a real host), around known per-phase costs."""
+    rng = random.Random(seed)
+    rows, start = [], MONO_BASE_NS
+    for i in range(n):
+        row = fork_row(
+            start,
+            vmas=vmas,
+            mt_dup_ns=mt_dup_ns * rng.lognormvariate(0, 0.1),
+            vma_step_ns=vma_step_ns * rng.lognormvariate(0, 0.05),
+            step_jitter_ns=int(vma_step_ns * 0.2),
+            tail_ns=int(tail_ns * rng.lognormvariate(0, 0.1)),
+            child_pid=10_000 + i,
+            rng=rng,
+        )
+        rows.append(row)
+        start = row["ts_parent_unlock"] + 50_000
+    return rows
+
+
+def recording(rows, name="rec.parquet", extra_vmas=None, **meta_overrides) -> Recording:
+    """An in-memory recording (no file): what load_recording would return for these rows."""
+    meta = default_metadata(rows, **meta_overrides)
+    if extra_vmas is not None:
+        meta["workload"] = {**meta["workload"], "extra_vmas": extra_vmas}
+    return Recording(Path(name), derive_phases(pd.DataFrame(rows)), meta)
+
+
+def changes(c) -> dict[str, str]:
+    return {r.metric: r.change for r in c.rows}
+
+
+@pytest.mark.parametrize(
+    "shift, phase",
+    [({"mt_dup_ns": 8_000 * 1.25}, "mt_dup"), ({"vma_step_ns": 500 * 1.1}, "vma_loop"), ({"tail_ns": 4_000 * 0.7}, "tail")],
+)
+def test_a_shift_in_one_phase_is_flagged_there_only(shift, phase):
+    base = recording(noisy_rows(80, seed=1))
+    new = recording(noisy_rows(120, seed=2, **shift))
+    c = compare_recordings([base], [new], model=False, resamples=300)
+    flagged_parts = {r.metric for r in c.rows if r.significant and r.metric in PARTS}
+    assert flagged_parts == {phase}, changes(c)
+    assert c.verdict.metric == phase
+    expected = IMPROVEMENT if phase == "tail" else REGRESSION
+    assert changes(c)[phase] == expected
+    assert c.verdict.change == expected
+    assert not c.warnings
+
+
+def test_same_distribution_gives_no_change_most_of_the_time():
+    """Whole comparisons (5 phases, Holm) of one distribution: a family-wise rate near or under 5%."""
+    trials, false_alarms = 60, 0
+    for seed in range(trials):
+        base = recording(noisy_rows(30, vmas=40, seed=2 * seed))
+        new = recording(noisy_rows(45, vmas=40, seed=2 * seed + 1))
+        c = compare_recordings([base], [new], model=False, resamples=50)
+        false_alarms += c.verdict.change != "~"
+        assert all(r.change in (SAME, REGRESSION, IMPROVEMENT) for r in c.rows)
+    # Binomial(60, 0.05): mean 3, sd 1.7; Holm keeps the family at or under 5%.
+    assert false_alarms <= 9, false_alarms
+
+
+def test_unequal_sizes_and_too_few_forks():
+    base = recording(noisy_rows(300, seed=3))
+    small = recording(noisy_rows(6, seed=4, vma_step_ns=900))
+    c = compare_recordings([base], [small], model=False, resamples=100)
+    assert set(changes(c).values()) == {UNDECIDED}
+    assert c.verdict.change == "?" and "too few forks" in c.verdict.text
+    assert c.tests == 0
+    assert any("6 new forks" in note for note in c.notes)
+    enough = recording(noisy_rows(25, seed=4, vma_step_ns=900))
+    c = compare_recordings([base], [enough], model=False, resamples=100)
+    assert changes(c)["vma_loop"] == REGRESSION and c.rows[0].base_n == 300 and c.rows[0].new_n == 25
+
+
+def test_groups_match_by_key_and_unmatched_are_listed():
+    def sweep(counts, seed, step=500.0):
+        return [recording(noisy_rows(40, vmas=v + 30, seed=seed + v, vma_step_ns=step), extra_vmas=v) for v in counts]
+
+    c = compare_recordings(sweep([100, 400], 0), sweep([100, 400, 1600], 1, step=600.0), model=False, resamples=100)
+    assert c.groups == ["spawn 100 extra VMAs, gapped", "spawn 400 extra VMAs, gapped"]
+    assert c.unmatched_new == ["spawn 1600 extra VMAs, gapped"] and c.unmatched_base == []
+    assert {r.group for r in c.rows if r.metric == "vma_loop" and r.change == REGRESSION} == set(c.groups)
+    assert not any("PAIRED" in w for w in c.warnings)
+
+
+def test_one_group_a_side_with_different_keys_is_paired_loudly():
+    c = compare_recordings(
+        [recording(noisy_rows(40, seed=1), extra_vmas=100)], [recording(noisy_rows(40, seed=2), extra_vmas=400)], model=False
+    )
+    assert c.warnings and c.warnings[0].startswith("DIFFERENT WORKLOADS PAIRED")
+    assert c.groups == ["spawn 100 extra VMAs, gapped -> spawn 400 extra VMAs, gapped"]
+
+
+def test_other_host_or_method_is_loud_first():
+    base = recording(noisy_rows(40, seed=1))
+    new = recording(
+        noisy_rows(40, seed=2),
+        host={"hostname": "elsewhere", "cpus": 8, "cpu_model": "Other CPU", "lockdown": "none"},
+        methods={"dup_mmap": "bracket", "mt_dup": "fentry", "vma_loop": "bracket", "tail": "bracket"},
+    )
+    c = compare_recordings([base], [new], model=False, resamples=50)
+    keys = [w.split(" DIFFERS")[0] for w in c.warnings]
+    assert keys == ["HOST", "CPU MODEL", "METHODS"]
+    from analysis.compare import render
+
+    text = render(c, "text").splitlines()
+    assert text[0].startswith("!!! HOST DIFFERS") and text[1].startswith("!!! CPU MODEL DIFFERS")
+    assert "METHODS DIFFERS" in text[2]
+
+
+def test_tree_shape_change_is_reported_rather_than_a_cost():
+    base = recording(noisy_rows(40, seed=1, vmas=200))
+    rows = noisy_rows(40, seed=2, vmas=200)
+    for row in rows:
+        row["leaves"] += 7
+    c = compare_recordings([base], [recording(rows)], model=False, resamples=50)
+    (shape,) = c.shapes
+    assert shape.changed == ["leaves_observed"]
+    assert shape.new["leaves_observed"] - shape.base["leaves_observed"] == 7
+
+
+ATTR = {"copy": {"ns_per_unit": 40.0, "ci95": [38.0, 42.0]}, "replace": {"ns_per_unit": 90.0, "ci95": [85.0, 95.0]},
+        "fixed": {"ns_per_unit": 3000.0, "ci95": [2800.0, 3200.0]}}
+
+
+def test_a_shift_in_one_per_unit_cost_is_flagged_there_only():
+    slower_replace = {**ATTR, "replace": {"ns_per_unit": 110.0, "ci95": [104.0, 116.0]}}
+    rows = {r.component: r for r in compare_components(ATTR, slower_replace, "g")}
+    assert rows["replace"].change == REGRESSION
+    assert rows["replace"].delta_pct == pytest.approx(100 * 20 / 90)
+    lo, hi = rows["replace"].ci95_pct
+    assert lo < rows["replace"].delta_pct < hi and lo > 0
+    assert rows["copy"].change == SAME and rows["fixed"].change == SAME
+    # Overlapping intervals of nearly equal estimates: no change.
+    near = {**ATTR, "copy": {"ns_per_unit": 41.0, "ci95": [39.0, 43.0]}}
+    assert {r.component: r.change for r in compare_components(ATTR, near)}["copy"] == SAME
+    # A component on one side only is not compared.
+    assert [r.component for r in compare_components(ATTR, {"copy": ATTR["copy"], "tracer": ATTR["fixed"]})] == ["copy"]
+
+
+def test_components_reach_the_verdict_through_the_attribution_hook():
+    base = recording(noisy_rows(60, seed=1), name="base.parquet")
+    new = recording(noisy_rows(60, seed=2, vma_step_ns=560), name="new.parquet")
+    estimates = {"base.parquet": ATTR, "new.parquet": {**ATTR, "replace": {"ns_per_unit": 120.0, "ci95": [115.0, 125.0]}}}
+    c = compare_recordings([base], [new], attribute=lambda recs: estimates[recs[0].path.name], model=False, resamples=100)
+    assert c.verdict.metric == "vma_loop" and c.verdict.component == "replace"
+    from analysis.compare.components import COMPONENT_UNITS
+
+    assert COMPONENT_UNITS["replace"] == "per exact-fit mas_store of a VMA"
+    assert COMPONENT_UNITS["replace"].removeprefix("per ") in c.verdict.text
+
+
+def test_bad_attribution_is_a_one_line_error():
+    from analysis.errors import TracerError
+
+    with pytest.raises(TracerError, match="ci95"):
+        compare_components(ATTR, {"copy": {"ns_per_unit": 50.0, "ci95": [30.0, 40.0]}})
+
+
+# -- the command ---------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory) -> dict[str, Path]:
+    d = tmp_path_factory.mktemp("cmp")
+    out = {}
+    for name, kwargs in {"base": {"seed": 1}, "same": {"seed": 2}, "slow": {"seed": 3, "vma_step_ns": 600}}.items():
+        rows = noisy_rows(60, **kwargs)
+        out[name] = write_synthetic(d / f"{name}.parquet", rows)
+    return out
+
+
+def tracer(*args, cwd=ROOT):
+    return subprocess.run([*TRACER, *args], cwd=cwd, capture_output=True, text=True, timeout=120)
+
+
+def test_cli_text_fits_a_mail_and_names_the_phase(files):
+    proc = tracer("compare", str(files["base"]), str(files["slow"]))
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert max(len(line) for line in lines) <= 80
+    assert lines[0].startswith("verdict: REGRESSION: vma_loop +")
+
+
+def test_cli_json_and_markdown(files):
+    proc = tracer("compare", "-b", str(files["base"]), "-n", str(files["slow"]), "-n", str(files["same"]), "--format", "json")
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    assert doc["verdict"]["metric"] == "vma_loop" and doc["correction"] == "holm"
+    assert len(doc["new"]["files"]) == 2
+    (group,) = doc["groups"]
+    assert {row["metric"] for row in group["rows"]} == {
+        "dup_mmap", "mt_dup", "vma_loop", "vma_step", "tail"}
+    proc = tracer("compare", str(files["base"]), str(files["same"]), "--format", "markdown")
+    assert proc.returncode == 0 and "| phase |" in proc.stdout and "**verdict:** no significant change" in proc.stdout
+
+
+def test_cli_fail_on_regression_exit_codes(files):
+    slow = tracer("compare", str(files["base"]), str(files["slow"]), "--fail-on-regression", "5")
+    assert slow.returncode == 1, slow.stderr
+    beyond = tracer("compare", str(files["base"]), str(files["slow"]), "--fail-on-regression", "500")
+    assert beyond.returncode == 0
+    same = tracer("compare", str(files["base"]), str(files["same"]), "--fail-on-regression", "0")
+    assert same.returncode == 0
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["missing.parquet", "also-missing.parquet"], "does not exist"),
+        (["one.parquet"], "two inputs"),
+        (["--format", "yaml"], "--format"),
+    ],
+)
+def test_cli_bad_input_exits_2_with_one_line(files, args, message, tmp_path):
+    if args == ["one.parquet"]:
+        args = [str(files["base"])]
+    elif args[0] == "--format":
+        args = [str(files["base"]), str(files["same"]), *args]
+    proc = tracer("compare", *args, cwd=tmp_path)
+    assert proc.returncode == 2
+    assert len(proc.stderr.strip().splitlines()) == 1 and message in proc.stderr
+
+
+def test_cli_refuses_mixed_kinds_and_corrupt_files(files, tmp_path):
+    bogus = tmp_path / "x.json"
+    bogus.write_text('{"not": "pyperf"}')
+    proc = tracer("compare", str(files["base"]), str(bogus))
+    assert proc.returncode == 2 and "like with like" in proc.stderr
+    corrupt = tmp_path / "c.parquet"
+    corrupt.write_bytes(b"PAR1 nonsense")
+    proc = tracer("compare", str(files["base"]), str(corrupt))
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_cli_plot_writes_a_figure_and_never_an_input(files, tmp_path):
+    out = tmp_path / "cmp.png"
+    proc = tracer("compare", str(files["base"]), str(files["slow"]), "--plot", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    before = files["base"].read_bytes()
+    proc = tracer("compare", str(files["base"]), str(files["slow"]), "--plot", str(files["base"]))
+    assert proc.returncode == 2 and files["base"].read_bytes() == before

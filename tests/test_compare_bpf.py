@@ -1,0 +1,79 @@
+"""compare on real recordings of this host, and `tracer bench` files in pyperf's own tools."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from analysis.compare import compare_recordings
+from analysis.recording import load_recording
+from conftest import ROOT, TRACER
+
+FORKS = 150
+
+
+def run(*args, timeout=300):
+    return subprocess.run([*TRACER, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.bpf
+@pytest.mark.usefixtures("bpf_host")
+def test_more_vmas_is_found_in_the_vma_loop(tmp_path):
+    """100 -> 400 extra VMAs: 300 more VMA steps. The loop is where the time went."""
+    paths = {}
+    for vmas in (100, 400):
+        paths[vmas] = tmp_path / f"spawn{vmas}.parquet"
+        proc = run("record", "--spawn", str(vmas), "--forks", str(FORKS), "--cpu", "0", "-q", "-o", str(paths[vmas]))
+        assert proc.returncode == 0, proc.stderr
+    proc = run("compare", str(paths[100]), str(paths[400]), "--format", "json")
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    assert doc["verdict"]["change"] == "regression"
+    assert doc["verdict"]["metric"] == "vma_loop"
+    assert doc["warnings"][0].startswith("DIFFERENT WORKLOADS PAIRED")
+    (group,) = doc["groups"]
+    rows = {r["metric"]: r for r in group["rows"]}
+    # The loop grew by more than any other part, in time: what the change should move.
+    growth = {p: rows[p]["new_median"] - rows[p]["base_median"] for p in ("mt_dup", "vma_loop", "tail")}
+    assert max(growth, key=growth.get) == "vma_loop"
+    assert rows["vma_loop"]["change"] == "regression"
+    # More VMAs, more leaves: the kernel's own count says the tree changed, not a per-unit cost.
+    assert "leaves_observed" in group["shape"]["changed"]
+    # The same recording against itself: nothing changed.
+    same = compare_recordings([load_recording(paths[400])], [load_recording(paths[400])], resamples=200)
+    assert same.verdict.change == "~"
+
+
+def test_bench_files_open_in_pyperf(tmp_path):
+    """A quick `tracer bench` twice; pyperf stats and compare_to read its files unchanged."""
+    dirs = [tmp_path / "a", tmp_path / "b"]
+    for d in dirs:
+        proc = run("bench", "--vmas", "50", "-p", "2", "-n", "3", "-w", "1", "--min-time", "0.01", "-q", "-o", str(d))
+        assert proc.returncode == 0, proc.stderr
+        assert "spawn-gapped-50.json" in proc.stdout
+    files = [str(d / "spawn-gapped-50.json") for d in dirs]
+    stats = subprocess.run([sys.executable, "-m", "pyperf", "stats", files[0]], capture_output=True, text=True)
+    assert stats.returncode == 0, stats.stderr
+    assert "Number of value per run: 3" in stats.stdout
+    cmp = subprocess.run([sys.executable, "-m", "pyperf", "compare_to", *files], capture_output=True, text=True)
+    assert cmp.returncode == 0, cmp.stderr
+    meta = subprocess.run([sys.executable, "-m", "pyperf", "metadata", files[0]], capture_output=True, text=True)
+    assert "spawn_vmas: 50" in meta.stdout and "spawn_layout: gapped" in meta.stdout
+    # 2 processes x 3 values: under the threshold, so tracer compare gives no verdict, but reads them.
+    proc = run("compare", str(dirs[0]), str(dirs[1]), "--format", "json")
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    assert doc["kind"] == "pyperf" and doc["groups"][0]["rows"][0]["metric"] == "spawn-gapped-50"
+    assert doc["groups"][0]["rows"][0]["base_n"] == 6
+    # Results are never overwritten.
+    again = run("bench", "--vmas", "50", "-o", str(dirs[0]))
+    assert again.returncode == 2 and "exists" in again.stderr
+
+
+def test_bench_bad_arguments(tmp_path):
+    for args, message in ((["--vmas", "1,x"], "--vmas"), (["--layout", "diagonal"], "--layout"), (["--vmas", "5,5"], "twice")):
+        proc = run("bench", *args, "-o", str(tmp_path / "out"))
+        assert proc.returncode == 2 and message in proc.stderr, proc.stderr

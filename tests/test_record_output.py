@@ -1,0 +1,95 @@
+"""Where `tracer record` writes: an existing file kept as FILE.old, a failed write saved elsewhere.
+
+Without BPF: save_recording() and prepare_output() are what record calls
+after and before tracing; the full disk is a real one (a small tmpfs).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import tempfile
+
+import pytest
+
+from analysis.errors import TracerError
+from analysis.recording import load_recording
+from recordings import default_metadata, fork_rows
+from tracer.record.output import MIN_FREE_BYTES, prepare_output, save_recording
+
+
+def test_existing_output_is_kept_as_old(tmp_path):
+    path = tmp_path / "rec.parquet"
+    path.write_text("an older recording")
+    (tmp_path / "rec.parquet.old").write_text("the one before")
+    said = []
+    rows = fork_rows(5)
+    assert prepare_output(path) == path
+    assert save_recording(path, rows, default_metadata(rows), said.append) == path
+    assert len(load_recording(path).forks) == 5
+    assert (tmp_path / "rec.parquet.old").read_text() == "an older recording"
+    assert said == ["kept the previous rec.parquet as rec.parquet.old"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["rec.parquet", "rec.parquet.old"]
+
+
+def test_name_near_name_max_is_written(tmp_path):
+    # The temporary name does not grow with the output's: 248 characters fit.
+    path = tmp_path / ("r" * 240 + ".parquet")
+    rows = fork_rows(3)
+    save_recording(prepare_output(path), rows, default_metadata(rows), print)
+    assert len(load_recording(path).forks) == 3
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]
+
+
+def test_backup_that_is_not_a_file_is_refused_before_tracing(tmp_path):
+    path = tmp_path / "rec.parquet"
+    path.write_text("old")
+    (tmp_path / "rec.parquet.old").mkdir()
+    with pytest.raises(TracerError, match="rec.parquet.old"):
+        prepare_output(path)
+
+
+@pytest.fixture
+def small_fs(tmp_path):
+    """A 2 MiB tmpfs: a disk that can be filled."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to mount a tmpfs")
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)], check=True)
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", str(mnt)], check=True)
+
+
+def fill(directory) -> None:
+    with open(directory / "filler", "wb") as out:
+        try:
+            while True:
+                out.write(b"\0" * 65536)
+                out.flush()
+        except OSError:
+            pass
+
+
+def test_full_disk_keeps_the_recording_in_a_fallback_and_says_where(small_fs, tmp_path, monkeypatch):
+    fallback_dir = tmp_path / "fallback"
+    fallback_dir.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(fallback_dir))
+    path = prepare_output(small_fs / "rec.parquet")  # room enough before tracing...
+    fill(small_fs)  # ...then the disk fills during the run
+    rows = fork_rows(2000, vmas=400)
+    with pytest.raises(TracerError) as err:
+        save_recording(path, rows, default_metadata(rows), print)
+    message = str(err.value)
+    assert "\n" not in message and str(path) in message and "No space left" in message
+    (saved,) = fallback_dir.iterdir()
+    assert str(saved) in message
+    assert len(load_recording(saved).forks) == 2000
+    # Nothing half-written left behind on the full disk.
+    assert sorted(p.name for p in small_fs.iterdir()) == ["filler"]
+    # And a disk this full is refused before the next run starts.
+    with pytest.raises(TracerError, match="KiB free"):
+        prepare_output(small_fs / "next.parquet")
+    assert MIN_FREE_BYTES > 0

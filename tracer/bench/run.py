@@ -1,0 +1,124 @@
+"""Drive the pyperf worker over VMA counts; optionally trace each run; print the seed's table.
+
+For each VMA count N, DIR/spawn-LAYOUT-N.json is pyperf's own file (pyperf
+stats / hist / compare_to read it unchanged). With record, the pyperf run is
+the command of a `tracer record -- CMD` session (root), and the recording is
+written beside it as DIR/spawn-LAYOUT-N.parquet; without it nothing is traced.
+"""
+
+from __future__ import annotations
+
+import statistics
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from analysis.errors import TracerError, UsageError
+from tracer.bench.worker import benchmark_name
+from tracer.workload.spawn import LAYOUTS, build_spawn
+
+__all__ = ["BenchOptions", "parse_vmas", "run_bench", "DEFAULT_VMAS"]
+
+DEFAULT_VMAS = "0,100,200,400,800,1600,3200,6400"
+MAX_VMAS = 1 << 20
+
+
+@dataclass
+class BenchOptions:
+    vmas: list[int]
+    layout: str = "gapped"
+    cpu: int | None = None
+    output: Path = Path(".")
+    record: bool = False
+    pyperf_args: list[str] = field(default_factory=list)  # -p, -n, -w, -l, --fast, ...
+    quiet: bool = False
+
+
+def parse_vmas(text: str) -> list[int]:
+    """'0,100,6400' -> [0, 100, 6400]: whole numbers, no repeats."""
+    try:
+        values = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise UsageError(f"--vmas takes comma-separated whole numbers (0,100,6400), not {text!r}") from None
+    if not values or any(v < 0 or v > MAX_VMAS for v in values):
+        raise UsageError(f"--vmas needs counts between 0 and {MAX_VMAS}, got {text!r}")
+    if len(set(values)) != len(values):
+        raise UsageError(f"--vmas lists a count twice: {text!r}")
+    return values
+
+
+def outputs(opts: BenchOptions, vmas: int) -> tuple[Path, Path]:
+    stem = benchmark_name(opts.layout, vmas)
+    return opts.output / f"{stem}.json", opts.output / f"{stem}.parquet"
+
+
+def validate(opts: BenchOptions) -> None:
+    """Everything checkable before the first fork, so a sweep does not die half-way."""
+    import os
+
+    if opts.layout not in LAYOUTS:
+        raise UsageError(f"--layout must be one of {', '.join(LAYOUTS)}, not {opts.layout!r}")
+    if opts.cpu is not None and opts.cpu not in os.sched_getaffinity(0):
+        raise UsageError(f"--cpu {opts.cpu}: not a CPU this process may run on")
+    if opts.record and os.geteuid() != 0:
+        raise TracerError("tracer bench --record loads BPF programs and needs root: run it with sudo")
+    if opts.output.exists() and not opts.output.is_dir():
+        raise UsageError(f"-o {opts.output} is a file; give a directory")
+    for vmas in opts.vmas:
+        for path in outputs(opts, vmas):
+            if path.exists():
+                raise UsageError(f"{path} exists; choose another -o DIR (results are never overwritten)")
+
+
+def worker_command(opts: BenchOptions, vmas: int, json_path: Path) -> list[str]:
+    cmd = [sys.executable, "-m", "tracer.bench.worker", "--vmas", str(vmas), "--layout", opts.layout, "-o", str(json_path)]
+    if opts.cpu is not None:
+        cmd += ["--spawn-cpu", str(opts.cpu)]
+    if opts.quiet:
+        cmd.append("--quiet")
+    if opts.record:
+        cmd.append("--traced")
+    return cmd + list(opts.pyperf_args)
+
+
+def run_bench(opts: BenchOptions, log: Callable[[str], None] | None = None) -> str:
+    """Run the sweep; return the seed's table (VMAs, forks/s, time per fork, files)."""
+    log = log or (lambda msg: print(msg, file=sys.stderr))
+    validate(opts)
+    build_spawn()  # compile once, before pyperf's workers race to
+    opts.output.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for vmas in opts.vmas:
+        json_path, rec_path = outputs(opts, vmas)
+        cmd = worker_command(opts, vmas, json_path)
+        log(f"bench: {benchmark_name(opts.layout, vmas)}" + (" (traced)" if opts.record else ""))
+        if opts.record:
+            from tracer.record import RecordOptions, record
+
+            record(RecordOptions(command=cmd, output=rec_path, quiet=True), log=log)
+        else:
+            proc = subprocess.run(cmd)
+            if proc.returncode != 0:
+                raise TracerError(f"pyperf run for {vmas} extra VMAs failed (exit status {proc.returncode})")
+        if not json_path.exists():
+            raise TracerError(f"pyperf wrote no result for {vmas} extra VMAs ({json_path})")
+        rows.append((vmas, json_path, rec_path if opts.record else None))
+    return seed_table(rows)
+
+
+def seed_table(rows: list[tuple[int, Path, Path | None]]) -> str:
+    """The thread's table: extra VMAs, forks per second, time per fork (pyperf median)."""
+    import pyperf
+
+    lines = [f"{'extra VMAs':>10} {'forks/s':>10} {'per fork':>10} {'values':>7}  file"]
+    for vmas, path, rec in rows:
+        bench = pyperf.Benchmark.load(str(path))
+        values = bench.get_values()
+        median = statistics.median(values)
+        lines.append(
+            f"{vmas:>10} {1 / median:>10.1f} {median * 1e6:>8.1f}us {len(values):>7}  {path.name}"
+            + (f" + {rec.name}" if rec else "")
+        )
+    return "\n".join(lines)
