@@ -19,7 +19,7 @@ from analysis.errors import UsageError
 from tracer.host.doctor import doctor_json, render_doctor
 from tracer.host.facts import HostFacts
 from tracer.host.kernel import is_root
-from tracer.host.methods import BACKENDS, DOCTOR_PHASES, PhaseMethod, choose_methods
+from tracer.host.methods import BACKENDS, DOCTOR_PHASES, choose_methods
 from tracer.host.probe import TARGET_SYMBOLS, TRACEPOINT_NAMES, probe_host
 from tracer.probes import bracket
 
@@ -39,6 +39,13 @@ def plan(caps: dict) -> dict:
 def render(caps: dict) -> str:
     facts = HostFacts.from_dict(caps)
     return render_doctor(facts, choose_methods(facts))
+
+
+# What doctor notes on a host like this one, where nothing attaches to dup_mmap.
+NO_EXACT_HERE = (
+    "no exact probes: dup_mmap: fentry: fentry refused by the kernel (EPERM; lockdown=integrity);"
+    " kprobe: kprobes not built (CONFIG_KPROBES unset)"
+)
 
 
 def synthetic_host() -> dict:
@@ -85,7 +92,7 @@ def test_this_kind_of_host_gets_raw_tracepoints_and_brackets():
     assert methods["phases"]["mt_dup"] == "bracket-corrected (child lock -> first store, minus one VMA step)"
     assert methods["phases"]["vma_loop"] == "bracket (first -> last mas_store)"
     assert methods["phases"]["undo_dup_mmap"] == "unavailable (symbol absent)"
-    assert methods["notes"] == []
+    assert methods["notes"] == [NO_EXACT_HERE]  # doctor says why nothing is timed exactly
 
 
 def test_without_btf_falls_back_to_classic_tracepoints():
@@ -141,7 +148,7 @@ def test_a_raw_tracepoint_that_does_not_load_means_classic_tracepoints():
     caps["raw_tracepoint_load"] = {"ok": False, "errno": "EINVAL", "log": None}
     methods = plan(caps)
     assert methods["backend"] == "tracepoint"
-    assert methods["notes"] == ["a raw tracepoint program did not load (EINVAL)"]
+    assert methods["notes"] == ["a raw tracepoint program did not load (EINVAL)", NO_EXACT_HERE]
 
 
 def test_missing_ma_write_only_loses_the_store_phases():
@@ -153,19 +160,54 @@ def test_missing_ma_write_only_loses_the_store_phases():
         assert "no maple_tree:ma_write" in phases[phase]
 
 
-def test_kernel_before_mt_dup_has_no_mt_dup_phase():
+def test_kernel_before_mt_dup_names_the_bulk_build():
     caps = synthetic_host()
     caps["kernel"]["release"] = "6.1.0-56-amd64"
     caps["symbols"]["__mt_dup"] = {"kallsyms": False, "names": [], "fentry": no("x"), "kprobe": no("x")}
-    assert plan(caps)["phases"]["mt_dup"].startswith("not applicable (kernel predates __mt_dup, v6.8")
+    assert plan(caps)["phases"]["mt_dup"].startswith("bracket-corrected (bulk build: child lock -> first store")
 
 
-def test_direct_probes_are_reported_but_not_used():
+ATTACHED = {"available": True, "reason": "loaded and attached", "errno": None}
+
+
+def test_fentry_on_dup_mmap_times_it_exactly_beside_the_bracket():
     caps = synthetic_host()
-    caps["symbols"]["dup_mmap"]["fentry"] = {"available": True, "reason": "loaded and attached", "errno": None}
+    caps["symbols"]["dup_mmap"]["fentry"] = dict(ATTACHED)
     methods = plan(caps)
-    assert methods["phases"]["dup_mmap"].startswith("bracket")
-    assert methods["notes"] == ["dup_mmap: fentry available; this version uses the tracepoint bracket on every kernel"]
+    assert methods["backend"] == "raw_tracepoint"  # the bracket still gives the per-VMA phases
+    assert methods["phases"]["dup_mmap"].startswith("exact (fentry/fexit on dup_mmap: exact_dup_mmap_ns")
+    assert methods["phases"]["vma_loop"] == "bracket (first -> last mas_store)"
+    assert methods["exact"] == {"dup_mmap": {"via": "fentry", "symbol": "dup_mmap"}}
+    assert methods["notes"][0] == "exact probes time dup_mmap (fentry) per dup_mmap call"
+    assert "exact: __mt_dup not timed: fentry: fentry refused by the kernel (EPERM; lockdown=integrity);" \
+        " kprobe: kprobes not built (CONFIG_KPROBES unset)" in methods["notes"]
+
+
+def test_each_function_gets_the_best_probe_it_allows():
+    caps = synthetic_host()
+    caps["symbols"]["dup_mmap"]["fentry"] = dict(ATTACHED)
+    caps["symbols"]["dup_mmap"]["kprobe"] = dict(ATTACHED)
+    caps["symbols"]["__mt_dup"]["kprobe"] = dict(ATTACHED)  # kprobe only: fentry still refused
+    caps["symbols"]["vm_area_dup"] = {
+        "kallsyms": True, "names": ["vm_area_dup.cold", "vm_area_dup"], "fentry": dict(ATTACHED), "kprobe": dict(ATTACHED),
+    }
+    facts = HostFacts.from_dict(caps)
+    exact = choose_methods(facts).exact
+    assert {fn: (a.via, a.symbol) for fn, a in exact.items()} == {
+        "dup_mmap": ("fentry", "dup_mmap"),
+        "__mt_dup": ("kprobe", "__mt_dup"),
+        "vm_area_dup": ("fentry", "vm_area_dup"),
+    }
+    assert str(choose_methods(facts).phases["mt_dup"]) == "exact (kprobe/kretprobe on __mt_dup: exact_mt_dup_sum_ns)"
+    # Forcing a kind uses it wherever it attaches, and only there.
+    forced = choose_methods(facts, forced="fentry").exact
+    assert {fn: a.via for fn, a in forced.items()} == {"dup_mmap": "fentry", "vm_area_dup": "fentry"}
+
+
+def test_children_are_not_probed_without_dup_mmap():
+    caps = synthetic_host()
+    caps["symbols"]["__mt_dup"]["kprobe"] = dict(ATTACHED)
+    assert choose_methods(HostFacts.from_dict(caps)).exact == {}
 
 
 def test_undo_dup_mmap_present_is_not_claimed_measured():
@@ -219,6 +261,10 @@ def debian_6_1_host() -> dict:
     caps["config"] = {"source": "/boot/config-6.1.0-56-amd64", "options": {"CONFIG_KPROBES": "y"}}
     attached = {"available": True, "reason": "loaded and attached", "errno": None}
     caps["symbols"]["dup_mmap"].update(ftrace="traceable", fentry=dict(attached), kprobe=dict(attached))
+    caps["symbols"]["vm_area_dup"] = {
+        "kallsyms": True, "names": ["vm_area_dup"], "btf_func": True, "ftrace": "traceable",
+        "fentry": dict(attached), "kprobe": dict(attached),
+    }
     notrace = "notrace (lib/ built without ftrace hooks)"
     caps["symbols"]["mas_store"].update(
         ftrace=notrace, fentry=no(notrace), kprobe=no(f"{notrace}; CONFIG_KPROBE_EVENTS_ON_NOTRACE unset")
@@ -246,12 +292,29 @@ def test_debian_6_1_like_host():
     methods = plan(debian_6_1_host())
     assert methods["backend"] == "raw_tracepoint"
     assert methods["phases"]["mt_dup"] == (
-        "not applicable (kernel predates __mt_dup, v6.8: the VMA loop builds the tree)"
+        "bracket-corrected (bulk build: child lock -> first store, minus one VMA step"
+        " (kernel predates __mt_dup, v6.8))"
     )
-    assert methods["phases"]["dup_mmap"] == "bracket (mmap_lock acquire/release)"
-    assert methods["notes"] == [
-        "dup_mmap: fentry and kprobe available; this version uses the tracepoint bracket on every kernel"
+    assert methods["phases"]["dup_mmap"] == (
+        "exact (fentry/fexit on dup_mmap: exact_dup_mmap_ns; bracket kept in dup_mmap_ns)"
+    )
+    assert methods["exact"] == {
+        "dup_mmap": {"via": "fentry", "symbol": "dup_mmap"},
+        "vm_area_dup": {"via": "fentry", "symbol": "vm_area_dup"},
+    }
+    assert methods["notes"][:3] == [
+        "exact probes time dup_mmap (fentry), vm_area_dup (fentry) per dup_mmap call",
+        "exact: __mt_dup not timed: absent (kernel predates __mt_dup, v6.8)",
+        "exact: mas_store not timed: fentry: notrace (lib/ built without ftrace hooks);"
+        " kprobe: notrace (lib/ built without ftrace hooks); CONFIG_KPROBE_EVENTS_ON_NOTRACE unset",
     ]
+    # The bracket alone, when forced: the exact probes are named, not used.
+    alone = choose_methods(HostFacts.from_dict(debian_6_1_host()), forced="tracepoint")
+    assert alone.exact == {} and alone.phases["dup_mmap"].kind == "bracket"
+    assert "dup_mmap: fentry and kprobe available; not used with --backend tracepoint" in alone.notes
+    kprobes = choose_methods(HostFacts.from_dict(debian_6_1_host()), forced="kprobe")
+    assert kprobes.backend == "raw_tracepoint" and kprobes.reason.startswith("BTF gives")
+    assert {fn: a.via for fn, a in kprobes.exact.items()} == {"dup_mmap": "kprobe", "vm_area_dup": "kprobe"}
     text = render(debian_6_1_host())
     assert "✓ fentry         loaded and attached" in text and "✓ kprobe         loaded and attached" in text
     assert "✓ ftrace         traceable" in text
@@ -266,7 +329,9 @@ def test_debian_6_12_like_host():
     assert methods["backend"] == "raw_tracepoint"
     assert methods["phases"]["dup_mmap"] == "bracket (mmap_lock acquire/release)"  # the bracket needs no symbol
     assert methods["phases"]["mt_dup"].startswith("bracket-corrected")
-    assert methods["notes"] == []
+    assert methods["exact"] == {}  # nothing to time exactly: dup_mmap is inlined
+    inlined = "inlined (no symbol on this kernel)"
+    assert methods["notes"] == [f"no exact probes: dup_mmap: fentry: {inlined}; kprobe: {inlined}"]
     text = render(caps)
     assert "✗ dup_mmap         not in kallsyms" in text and "inlined (no symbol on this kernel)" in text
 
@@ -274,8 +339,8 @@ def test_debian_6_12_like_host():
 def test_phase_methods_are_typed():
     facts = HostFacts.from_dict(debian_6_1_host())
     phases = choose_methods(facts).phases
-    assert phases["dup_mmap"] == PhaseMethod("bracket", "mmap_lock acquire/release")
-    assert phases["mt_dup"].kind == "unavailable" and not phases["mt_dup"].applicable
+    assert phases["dup_mmap"].kind == "exact"
+    assert phases["mt_dup"].kind == "bracket-corrected" and phases["mt_dup"].applicable
     assert phases["vma_loop"].kind == "bracket" and phases["undo_dup_mmap"].kind == "unavailable"
     assert choose_methods(HostFacts.from_dict(synthetic_host())).phases["mt_dup"].kind == "bracket-corrected"
 
@@ -300,8 +365,17 @@ def test_forcing_an_unusable_backend_names_what_is_missing():
     forced = choose_methods(HostFacts.from_dict(caps), forced="raw_tracepoint")
     assert forced.backend is None
     assert forced.reason == "--backend raw_tracepoint is not usable here: no /sys/kernel/btf/vmlinux"
-    with pytest.raises(UsageError, match="unknown backend 'kprobe'"):
-        choose_methods(HostFacts.from_dict(caps), forced="kprobe")
+    with pytest.raises(UsageError, match="unknown backend 'uprobe'"):
+        choose_methods(HostFacts.from_dict(caps), forced="uprobe")
+
+
+@pytest.mark.parametrize("kind", ["fentry", "kprobe"])
+def test_forcing_an_exact_backend_the_host_refuses_names_what_is_missing(kind):
+    facts = HostFacts.from_dict(synthetic_host())
+    forced = choose_methods(facts, forced=kind)
+    assert forced.backend is None and forced.exact == {}
+    why = getattr(facts.symbol("dup_mmap"), kind).reason
+    assert forced.reason == f"--backend {kind} is not usable here: {kind} on dup_mmap: {why}"
 
 
 # -- facts as JSON -----------------------------------------------------------------------------
@@ -433,7 +507,7 @@ def test_cli_doctor_json_is_one_document(bpf_host):
     doc = json.loads(out.stdout)
     undo_seen = kernel_truth.in_kallsyms("undo_dup_mmap")
     assert doc["methods"]["phases"]["undo_dup_mmap"] == (
-        "unavailable (symbol present; this version has no probe for it)" if undo_seen else "unavailable (symbol absent)"
+        "unavailable (symbol present; no probe the kernel allows)" if undo_seen else "unavailable (symbol absent)"
     )
     facts = HostFacts.from_dict(doc)
     assert facts.to_dict() == {k: v for k, v in doc.items() if k != "methods"}

@@ -51,7 +51,7 @@ def assert_one_line_error(proc: subprocess.CompletedProcess, *words: str) -> Non
         (["record", "--forks", "10"], ["--spawn"]),
         (["record", "--spawn", "-5"], [">= 0"]),
         (["record", "--spawn", "10", "-d", "0"], ["positive"]),
-        (["record", "--spawn", "10", "--backend", "kprobe", "-o", "/tmp/forktrace-test-never.parquet"], ["unknown backend"]),
+        (["record", "--spawn", "10", "--backend", "uprobe", "-o", "/tmp/forktrace-test-never.parquet"], ["unknown backend"]),
         (["record", "--spawn", "10", "--level", "vma", "-o", "/tmp/forktrace-test-never.parquet"], ["unknown level", "vma"]),
         (["record", "--spawn", "10", "--level", "fork", "--sample", "99", "-o", "/tmp/forktrace-test-never.parquet"], ["--level full"]),
         (["report", "/nonexistent.parquet"], ["nonexistent.parquet"]),

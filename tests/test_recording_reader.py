@@ -19,7 +19,7 @@ from analysis.recording import derive_phases, load_recording
 from analysis.recording.layout import format_maps, Vma
 from recordings import MONO_BASE_NS, default_metadata, fork_row, fork_rows, write_synthetic
 from analysis.errors import TracerError
-from analysis.recording.schema import FORK_SCHEMA, FORMAT_VERSION, METADATA_KEY
+from analysis.recording.schema import COLUMN_DEFAULTS, FORK_SCHEMA, FORMAT_VERSION, METADATA_KEY
 
 
 def frame_of(rows: list[dict]) -> pd.DataFrame:
@@ -169,8 +169,10 @@ def test_round_trip_keeps_the_raw_rows(tmp_path):
     rows = fork_rows(7, vmas=33, step_jitter_ns=50, failed=[2], cycle=(30_000, 20_000, 60_000))
     rec = load_recording(write_synthetic(tmp_path / "r.parquet", rows))
     for name in FORK_SCHEMA.names:
-        # NaN (a cycle part not seen, as for the failed fork) compares equal here.
-        np.testing.assert_array_equal(rec.forks[name].to_numpy(), np.array([r[name] for r in rows]), err_msg=name)
+        # Columns the rows leave out are written at their default; NaN (a cycle
+        # part not seen, as for the failed fork; an exact probe absent) compares equal here.
+        expected = [r.get(name, COLUMN_DEFAULTS.get(name)) for r in rows]
+        np.testing.assert_array_equal(rec.forks[name].to_numpy(), np.array(expected), err_msg=name)
     assert rec.forks["clone_ns"].isna().tolist() == [i == 2 for i in range(7)]
     assert rec.meta["format_version"] == FORMAT_VERSION
     assert rec.meta["backend"] == "raw_tracepoint"

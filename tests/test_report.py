@@ -202,6 +202,29 @@ def test_folded_without_samples_is_an_error(tmp_path):
         render_report(path, "folded")
 
 
+def test_exact_phase_figures_and_the_bulk_build_are_named(tmp_path):
+    rows = fork_rows(10, vmas=30)
+    for i, row in enumerate(rows):
+        row["exact_ts_entry"] = row["ts_parent_lock"] - 500
+        row["exact_ts_exit"] = row["ts_parent_unlock"] + 700 + i
+        row["exact_dup_mmap_ns"] = float(row["exact_ts_exit"] - row["exact_ts_entry"])
+    methods = dict(default_metadata(rows)["methods"])
+    methods["dup_mmap"] = "exact (fentry/fexit on dup_mmap: exact_dup_mmap_ns; bracket kept in dup_mmap_ns)"
+    algorithm = {"name": "bulk_append", "evidence": ["__mt_dup not in kallsyms"]}
+    path = write_synthetic(tmp_path / "x.parquet", rows, default_metadata(rows, methods=methods, algorithm=algorithm))
+    summary = summarize(load_recording(path))
+    exact = sorted(r["exact_dup_mmap_ns"] for r in rows)
+    assert summary["phases"]["dup_mmap"]["p50_ns"] == pytest.approx((exact[4] + exact[5]) / 2)
+    text = render_report(path, "text")
+    assert "algorithm bulk_append (__mt_dup not in kallsyms)" in text
+    assert any(line.startswith("bulk build ") for line in text.splitlines())
+    assert "dup_mmap: entry -> return (exact probe)" in text
+    # Without an exact method the bracket's figure is the one shown.
+    plain = write_synthetic(tmp_path / "b.parquet", rows, default_metadata(rows))
+    bracket = sorted(r["ts_parent_unlock"] - r["ts_parent_lock"] for r in rows)
+    assert summarize(load_recording(plain))["phases"]["dup_mmap"]["p50_ns"] == pytest.approx((bracket[4] + bracket[5]) / 2)
+
+
 def test_partial_forks_are_counted_beside_failed_and_kept_out_of_latencies(tmp_path):
     # In flight at attach: a partial row with no child and a start before the
     # run's; its timestamps must not reach the figures (its mt_dup would be 1 ms).

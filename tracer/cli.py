@@ -51,7 +51,7 @@ def record(
     layout: str = typer.Option("gapped", "--layout", help="With --spawn: gapped (a hole between VMAs) or adjacent (alternating protections)."),
     output: Optional[Path] = typer.Option(None, "-o", "--output", help="Recording file (default forktrace-<target>-<kernel>-<time>.parquet)."),
     sample: int = typer.Option(0, "--sample", metavar="HZ", help="Also sample kernel stacks at HZ inside dup_mmap (perf cpu-clock)."),
-    backend: Optional[str] = typer.Option(None, "--backend", help="Force raw_tracepoint or tracepoint (default: what doctor chooses)."),
+    backend: Optional[str] = typer.Option(None, "--backend", help="Force one: fentry or kprobe (exact probes, beside the preferred bracket), raw_tracepoint or tracepoint (the bracket alone). Default: what doctor chooses."),
     level: Optional[str] = typer.Option(None, "--level", help="fork (dup_mmap only, cheapest), phase (default: phases from per-VMA events) or full (phase plus --sample, default 4999 Hz)."),
     quiet: bool = typer.Option(False, "-q", "--quiet", help="No progress line."),
     cycle: Optional[bool] = typer.Option(None, "--cycle/--no-cycle", help="Also time each fork's clone syscall, the child's exit_mmap and the parent's wait (default: on for --spawn)."),

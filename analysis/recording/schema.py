@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-FORMAT_VERSION = 2  # 2: ADDED_COLUMNS
+FORMAT_VERSION = 2  # 2: ADDED_COLUMNS (readers fill the ones an older file lacks)
 METADATA_KEY = b"forktrace"
 
 # One row per traced dup_mmap() call, in the order the bracket closed.
@@ -40,6 +40,24 @@ FORK_COLUMNS: list[tuple[str, pa.DataType, str]] = [
     ("failed", pa.bool_(), "dup_mmap failed (XA_ZERO_ENTRY stored) or fork did not complete"),
 ]
 
+# The functions exact probes time inside dup_mmap (column stems, leading "_" dropped:
+# __mt_dup -> mt_dup), in the order of exact.h's enum child_fn.
+EXACT_CHILDREN: tuple[str, ...] = ("mt_dup", "mas_store", "vm_area_dup", "undo_dup_mmap")
+NAN = float("nan")
+
+
+def _exact_child_columns(child: str) -> list[tuple[str, pa.DataType, str, object]]:
+    function = "__mt_dup" if child == "mt_dup" else child
+    call = f"{function}() calls from this dup_mmap"
+    return [
+        (f"exact_{child}_calls", pa.uint32(), f"{call} that returned (0 where not probed)", 0),
+        (f"exact_{child}_sum_ns", pa.float64(), f"{call}: entry->exit summed (NaN: not probed)", NAN),
+        (f"exact_{child}_max_ns", pa.float64(), f"{call}: longest entry->exit (NaN: not probed or not called)", NAN),
+        (f"exact_{child}_first_ns", pa.float64(), f"first {function}() entry, ns after dup_mmap entry (NaN: none)", NAN),
+        (f"exact_{child}_no_exit", pa.uint32(), f"{call} whose exit never came (not timed)", 0),
+    ]
+
+
 # Columns added after format 1, with the value a reader gives them in an older
 # recording (and the writer where the rows lack them). Readers accept a file
 # without these; a file without a FORK_COLUMNS column is refused.
@@ -59,6 +77,12 @@ ADDED_COLUMNS: list[tuple[str, pa.DataType, str, object]] = [
     ("offcpu_vma_loop_ns", pa.uint64(), "offcpu_ns that began in the first store -> child unlock window (0 at level fork)", 0),
     ("offcpu_tail_ns", pa.uint64(), "offcpu_ns that began in the child unlock -> parent unlock window", 0),
     ("switches", pa.uint32(), "times the thread was switched out between the child lock and the parent unlock", 0),
+    # dup_mmap and its callees timed exactly (fentry/kprobe; tracer/probes/exact.c), joined by thread and time.
+    ("exact_ts_entry", pa.uint64(), "dup_mmap entry, from an exact probe (0: none matched this bracket)", 0),
+    ("exact_ts_exit", pa.uint64(), "dup_mmap return, from an exact probe (0: none)", 0),
+    ("exact_dup_mmap_ns", pa.float64(), "exact_ts_exit - exact_ts_entry (NaN: no exact probe)", NAN),
+    ("exact_ret", pa.int64(), "dup_mmap's return value, 0 or -errno (0 also where not probed)", 0),
+    *(column for child in EXACT_CHILDREN for column in _exact_child_columns(child)),
 ]
 
 # The ADDED_COLUMNS that record --cycle fills: (timestamp column, duration column) per part.
@@ -99,7 +123,9 @@ METADATA_FIELDS = {
     "backend": "str: 'raw_tracepoint' or 'tracepoint' (how the bracket was attached)",
     "backend_reason": "str: why that backend (doctor's reason, or 'forced by --backend')",
     "level": "str: 'fork' (lock bracket only), 'phase' (plus the per-VMA program) or 'full' (plus sampling); absent: phase",
-    "methods": "{phase: method}: how each phase was obtained (bracket, bracket-corrected, sampled, unavailable)",
+    "methods": "{phase: method}: how each phase was obtained (exact, bracket, bracket-corrected, sampled, unavailable)",
+    "exact": "{attach: {function: {via, symbol}}, counters, missed, unmatched, unmatched_calls: first 20 [{tid, seq, ts_entry, dup_mmap_ns}]} or null: the exact probes beside the bracket",
+    "algorithm": "{name: 'mt_dup', 'bulk_append' or 'unknown'; evidence: [str]}: how this kernel builds the child's tree",
     "probes": "doctor's findings: per symbol and per tracepoint availability",
     "headers": "str: kernel headers bcc compiled against",
     "targets": "{mode: system|pid|command|spawn, pids, command}",

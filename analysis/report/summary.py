@@ -23,6 +23,8 @@ from analysis.attribution.attribute import Attribution, attribute_groups
 from analysis.attribution.attribute import predict as predict_costs
 from analysis.frame import group_recordings, load_recordings
 from analysis.recording import PHASES, Recording
+from analysis.recording.algorithm import PHASE_LABELS
+from analysis.recording.exact import EXACT_PHASE_COLUMNS
 from analysis.report.attribution import fit_doc, group_doc, render_fit, render_group, render_prediction, render_sweep, sweep_doc
 from analysis.report.stats import Log2Histogram, choose_unit, format_log2_histogram, log2_histogram, percentiles
 from analysis.errors import TracerError
@@ -49,9 +51,12 @@ def summarize(rec: Recording) -> dict[str, Any]:
     phases: dict[str, Any] = {}
     histograms: dict[str, Any] = {}
     for phase in (p.name for p in PHASES):
-        values = usable[f"{phase}_ns"].to_numpy(dtype="float64")
-        entry = percentiles(values).as_dict("_ns")
         method = methods.get(phase)
+        column = f"{phase}_ns"
+        if str(method or "").startswith("exact") and EXACT_PHASE_COLUMNS.get(phase) in usable:
+            column = EXACT_PHASE_COLUMNS[phase]  # the exact probe's figure; the bracket's stays in the file
+        values = usable[column].to_numpy(dtype="float64")
+        entry = percentiles(values).as_dict("_ns")
         if phase == "vma_step" and not method and methods.get("vma_loop"):
             method = f"vma_loop / (stores - 1); vma_loop: {methods['vma_loop']}"
         entry["method"] = method or "unknown"
@@ -72,6 +77,7 @@ def summarize(rec: Recording) -> dict[str, Any]:
         "machine": _field(meta, "kernel", "machine"),
         "host": meta.get("host") if isinstance(meta.get("host"), dict) else None,
         "backend": meta.get("backend"),
+        "algorithm": meta.get("algorithm") if isinstance(meta.get("algorithm"), dict) else None,
         # Recordings made before levels existed are what `phase` records now.
         "level": meta.get("level") or "phase (not recorded)",
         "targets": meta.get("targets"),
@@ -207,6 +213,7 @@ def _header(s: Mapping[str, Any]) -> list[str]:
         f"forktrace report: {s['recording']}",
         f"  kernel    {kernel}",
         f"  backend   {_or_unknown(s['backend'])}",
+        f"  algorithm {_algorithm_line(s.get('algorithm'))}",
         f"  level     {s['level']}",
         f"  host      {host_line or 'unknown'}",
         f"  workload  {wl}",
@@ -247,6 +254,21 @@ def _workload_line(workload: Any, targets: Any) -> str:
     return str(kind)
 
 
+def _algorithm_line(algorithm: Mapping[str, Any] | None) -> str:
+    """'bulk_append (__mt_dup not in kallsyms; ...)': what built the child's tree, and why we think so."""
+    if not algorithm:
+        return "unknown (not recorded)"
+    evidence = "; ".join(str(e) for e in algorithm.get("evidence") or [])
+    return f"{algorithm.get('name', 'unknown')}" + (f" ({evidence})" if evidence else "")
+
+
+def _phase_label(phase: str, s: Mapping[str, Any]) -> str:
+    """mt_dup is the 'bulk build' on kernels before __mt_dup (v6.8)."""
+    if phase != "mt_dup":
+        return phase
+    return PHASE_LABELS.get((s.get("algorithm") or {}).get("name", "unknown"), phase)
+
+
 def _phase_table(s: Mapping[str, Any]) -> list[str]:
     cols = ("phase", "p50", "p90", "p99", "mean", "n", "method")
     rows = []
@@ -257,7 +279,7 @@ def _phase_table(s: Mapping[str, Any]) -> list[str]:
             p99 += "*"
             small = True
         rows.append(
-            (phase, format_ns(p["p50_ns"]), format_ns(p["p90_ns"]), p99, format_ns(p["mean_ns"]), str(p["n"]), p["method"])
+            (_phase_label(phase, s), format_ns(p["p50_ns"]), format_ns(p["p90_ns"]), p99, format_ns(p["mean_ns"]), str(p["n"]), p["method"])
         )
     widths = [max(len(r[i]) for r in (cols, *rows)) for i in range(len(cols))]
     right = {1, 2, 3, 4, 5}
@@ -266,7 +288,11 @@ def _phase_table(s: Mapping[str, Any]) -> list[str]:
         return "  ".join(c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))).rstrip()
 
     out = [line(cols)] + [line(r) for r in rows]
-    notes = [f"{name}: {doc}" for name, doc in PHASE_DOC.items()]
+    notes = [
+        f"{_phase_label(name, s)}: "
+        + ("entry -> return (exact probe)" if str(s["phases"][name]["method"]).startswith("exact") else doc)
+        for name, doc in PHASE_DOC.items()
+    ]
     out.append("")
     out.extend("  " + n for n in notes)
     if s["mt_dup_clamped"]:

@@ -50,6 +50,8 @@ TARGET_SYMBOLS: dict[str, dict[str, str | None]] = {
     "__mt_dup": {"source": "lib/maple_tree.c", "absent": None},
     "mas_store": {"source": "lib/maple_tree.c", "absent": "inlined (no symbol on this kernel)"},
     "undo_dup_mmap": {"source": "mm/mmap.c (proposed patch)", "absent": "absent (undo_dup_mmap never landed upstream)"},
+    # A neighbour: dup_mmap's first call of it, after the child's lock, ends the tree copy.
+    "vm_area_dup": {"source": "kernel/fork.c", "absent": "inlined (no symbol on this kernel)"},
 }
 
 # The tracepoints the bracket attaches to, as "system:event".
@@ -261,11 +263,16 @@ class _SymbolProber:
         return _load_check("kprobe", f"int kprobe__{symbol}(void *ctx) {{ return 0; }}", self.facts.lockdown)
 
 
-def probe_host(try_load: bool = True) -> HostFacts:
+def probe_host(try_load: bool = True, kinds: tuple[str, ...] | None = None) -> HostFacts:
     """Everything doctor reports and record's method choice depends on.
 
     With try_load (and root, bcc and headers), fentry and kprobe are checked by
-    loading an empty program on each symbol and detaching it at once.
+    loading an empty program on each symbol and detaching it at once. kinds
+    (record's choice; None: doctor's, every kind on every symbol) are the
+    probe kinds record could use, in order of preference: per symbol, the
+    first that attaches ends the attempts, and where none attaches to
+    dup_mmap the other symbols are not tried (exact probes time them only
+    inside dup_mmap). Each load costs seconds under emulation.
     """
     uts = kernel.uname()
     config = kernel.kernel_config(uts["release"])
@@ -320,16 +327,25 @@ def probe_host(try_load: bool = True) -> HostFacts:
             facts = replace(facts, headers=replace(facts.headers, compiles=True))
             raw_load = LoadCheck(ok=check.ok, errno=check.errno, log=check.log)
     facts = replace(facts, raw_tracepoint_load=raw_load, load_skipped=", ".join(skipped) or None)
-    return replace(facts, symbols=_probe_symbols(facts, config, can_load=not skipped))
+    return replace(facts, symbols=_probe_symbols(facts, config, can_load=not skipped, kinds=kinds))
 
 
-def _probe_symbols(facts: HostFacts, config: kernel.KernelConfig | None, can_load: bool) -> dict[str, SymbolFacts]:
+def _probe_symbols(
+    facts: HostFacts, config: kernel.KernelConfig | None, can_load: bool, kinds: tuple[str, ...] | None = None
+) -> dict[str, SymbolFacts]:
     found = symbol_names([*TARGET_SYMBOLS, *_HELPERS])
     kprobes_built = config.enabled("CONFIG_KPROBES") if config is not None else bool(found["register_kprobe"])
     prober = _SymbolProber(facts, bool(found["bpf_trampoline_link_prog"]), kprobes_built, can_load)
     filter_functions, why_unknown = _read_filter_functions(facts.tracefs)
     symbols: dict[str, SymbolFacts] = {}
-    for symbol in TARGET_SYMBOLS:
+    for symbol in TARGET_SYMBOLS:  # dup_mmap first
+        if kinds is not None and symbol != "dup_mmap" and prober.can_load:
+            dup = symbols["dup_mmap"]
+            if not (dup.fentry.available or dup.kprobe.available):
+                prober = _SymbolProber(
+                    replace(facts, load_skipped="dup_mmap cannot be probed"),
+                    prober.trampoline, kprobes_built, can_load=False,
+                )
         names = found[symbol]
         if not names:
             no = ProbeCheck(False, _absent_reason(symbol, facts.kernel.version_tuple))
@@ -337,12 +353,19 @@ def _probe_symbols(facts: HostFacts, config: kernel.KernelConfig | None, can_loa
             continue
         in_btf = _btf_has(symbol, "func") if facts.btf.present else None
         ftrace = _ftrace_status(symbol, filter_functions, why_unknown)
+        checks = {}
+        for how in ("fentry", "kprobe") if kinds is None else kinds:
+            if any(check.available for check in checks.values()):
+                checks[how] = ProbeCheck(None, f"not tried ({next(iter(checks))} attaches)")
+            else:
+                checks[how] = prober.fentry(symbol, in_btf, ftrace) if how == "fentry" else prober.kprobe(symbol, ftrace)
+        unused = ProbeCheck(None, "not tried (not a kind record may use here)")
         symbols[symbol] = SymbolFacts(
             kallsyms=True,
             names=tuple(names),
             btf_func=in_btf,
             ftrace=ftrace,
-            fentry=prober.fentry(symbol, in_btf, ftrace),
-            kprobe=prober.kprobe(symbol, ftrace),
+            fentry=checks.get("fentry", unused),
+            kprobe=checks.get("kprobe", unused),
         )
     return symbols

@@ -21,6 +21,7 @@ from analysis.errors import TracerError
 from tracer.probes import cycle as cycle_probe
 from tracer.probes.bracket import BCC_MISSING, BracketConfig, BracketProbe, offsets_from_btf
 from tracer.probes.cycle import SYSCALLS, CycleConfig, CycleProbe
+from tracer.probes.exact import ExactConfig, ExactProbe
 from tracer.record.context import run_metadata
 from tracer.record.cycle import join_cycle
 from tracer.record.options import RecordOptions, validate
@@ -50,10 +51,12 @@ def record(opts: RecordOptions, log: Callable[[str], None] | None = None) -> Rec
 
 def _record(opts: RecordOptions, log: Callable[[str], None], stop: StopRequests) -> Recorded:
     from tracer.host import headers, kernel
-    from tracer.host.methods import choose_methods
+    from tracer.host.methods import choose_methods, exact_kinds
     from tracer.host.probe import probe_host
 
-    facts = probe_host(try_load=False)
+    # Real load attempts decide the exact probes, as doctor's do; only the
+    # kinds this run could use are tried (each load takes seconds under emulation).
+    facts = probe_host(try_load=True, kinds=exact_kinds(opts.backend))
     if facts.bcc.importable is False:
         raise TracerError(BCC_MISSING)
     plan = choose_methods(facts, forced=opts.backend)
@@ -69,34 +72,43 @@ def _record(opts: RecordOptions, log: Callable[[str], None], stop: StopRequests)
 
     cycle_config = _cycle_config(opts, backend, log)
     session = Session(opts, log, stop)
-    probe = BracketProbe(config, on_dup=session.on_dup, on_child=session.on_child)
+    exact = None
+    if plan.exact:
+        exact_config = ExactConfig(
+            attach={fn: (a.via, a.symbol) for fn, a in plan.exact.items()},
+            filter_tgids=config.filter_tgids,
+            follow_children=config.follow_children and config.task_pid_off is not None,
+            task_pid_off=config.task_pid_off,
+        )
+        exact = ExactProbe(exact_config, on_event=session.on_exact)
+        session.exact_timed = set(plan.exact)
+    probes = ProbeSet(
+        BracketProbe(config, on_dup=session.on_dup, on_child=session.on_child),
+        cycle=CycleProbe(cycle_config) if cycle_config is not None else None,
+        exact=exact,
+    )
     extras = [f"level {opts.level}"] + ([f"sampling {opts.sample_hz} Hz"] if opts.sample_hz else [])
     extras += ["clone/exit_mmap/wait"] if cycle_config else []
+    extras += [f"exact: {', '.join(f'{fn} ({a.via})' for fn, a in plan.exact.items())}"] if plan.exact else []
     log(f"loading BPF ({', '.join([backend, *extras])}) ...")
-    probe.load()
-    cycle = None
+    probes.load()
     cycle_counters: dict[str, int] = {}
     try:
-        if cycle_config is not None:
-            cycle = CycleProbe(cycle_config).load()
         if stop.requested:  # while bcc compiled: nothing was traced, nothing to keep
             err = TracerError(f"{signal.Signals(stop.signum).name} before tracing started; nothing recorded")
             err.exit_code = 128 + stop.signum
             raise err
-        session.run(ProbeSet(probe, cycle))
-        if cycle is not None:
-            cycle_counters = cycle.counters()  # while loaded; its records outlive close()
+        session.run(probes)
+        cycle_counters = probes.cycle_counters()  # while loaded; its records outlive close()
     finally:
-        probe.close()
-        if cycle is not None:
-            cycle.close()
+        probes.close()
 
     stop.writing = True
     forks = session.fork_table()
     meta = run_metadata(opts, session, facts, plan, hdrs.description, kernel.lockdown_mode())
     meta["cycle"] = None
-    if cycle is not None:
-        forks, joined = join_cycle(forks, cycle.records())
+    if probes.cycle is not None:
+        forks, joined = join_cycle(forks, probes.cycle.records())
         meta["cycle"] = {
             "backend": backend,
             "syscalls": {str(nr): name for nr, name in sorted(SYSCALLS.items())},
@@ -104,7 +116,7 @@ def _record(opts: RecordOptions, log: Callable[[str], None], stop: StopRequests)
             "joined": joined,
         }
     path = save_recording(opts.output, forks, meta, log)
-    lost = meta["lost"]["ringbuf"]
+    lost = meta["lost"]["ringbuf"] + ((meta.get("exact") or {}).get("counters") or {}).get("lost_ringbuf", 0)
     log(f"wrote {forks.num_rows} forks to {path}" + (f" (LOST {lost} records)" if lost else " (no events lost)"))
     return Recorded(path, session.exit_status or 0)
 

@@ -35,6 +35,14 @@ class Collected(Protocol):
     ma_writes: int
     stacks: list[dict]
     maps: list[dict]
+    stores: int
+    other_writes: int
+    forks: int
+    exact_counters: dict[str, int] | None
+    exact_missed: dict[str, object] | None
+    exact_unmatched: int
+    exact_unmatched_calls: list[dict]
+
 
 # Phases timed from ma_write stores: --level fork attaches no per-VMA program.
 STORE_PHASES = ("mt_dup", "vma_loop", "tail")
@@ -45,7 +53,11 @@ def level_methods(phases: dict[str, str], level: str | None) -> dict[str, str]:
     if level != "fork":
         return dict(phases)
     why = "unavailable (--level fork: no per-VMA program; dup_mmap only)"
-    return {phase: why if phase in STORE_PHASES else method for phase, method in phases.items()}
+    # An exact probe times its function whatever the bracket's level.
+    return {
+        phase: why if phase in STORE_PHASES and not method.startswith("exact") else method
+        for phase, method in phases.items()
+    }
 
 
 def run_metadata(
@@ -78,7 +90,27 @@ def run_metadata(
             else None
         ),
         "maps": session.maps,
+        "exact": (
+            {
+                "attach": plan.to_dict()["exact"],
+                "counters": session.exact_counters,
+                "missed": session.exact_missed,
+                "unmatched": session.exact_unmatched,
+                "unmatched_calls": session.exact_unmatched_calls,
+            }
+            if plan.exact
+            else None
+        ),
+        "algorithm": _algorithm(facts, session),
     }
+
+
+def _algorithm(facts: HostFacts, session: Collected) -> dict:
+    """Which tree-building algorithm ran: kallsyms, corroborated by the writes seen in the brackets."""
+    from analysis.recording.algorithm import infer_algorithm
+
+    mt_dup = facts.symbol("__mt_dup").kallsyms
+    return infer_algorithm(mt_dup, session.forks, session.stores, session.other_writes)
 
 
 

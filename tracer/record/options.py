@@ -15,8 +15,13 @@ from datetime import datetime
 from pathlib import Path
 
 from analysis.errors import TracerError, UsageError
-from tracer.probes.bracket import BACKENDS, LEVELS
+from tracer.probes.bracket import BACKENDS as BRACKET_BACKENDS
+from tracer.probes.bracket import LEVELS
+from tracer.probes.exact import EXACT_BACKENDS
 from tracer.record.output import prepare_output
+
+# --backend: how the bracket attaches, or which exact probes to add beside it.
+BACKENDS = (*BRACKET_BACKENDS, *EXACT_BACKENDS)
 
 __all__ = ["DEFAULT_SAMPLE_HZ", "RecordOptions", "default_output", "validate"]
 

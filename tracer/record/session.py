@@ -19,11 +19,12 @@ from typing import Callable
 import pyarrow as pa
 
 from analysis.errors import TracerError
-from tracer.probes.bracket import BracketProbe, DupEvent
+from tracer.probes.bracket import DupEvent
 from tracer.record.context import keep_off_cpu, wall_mono
 from tracer.record.options import RecordOptions
+from tracer.record.probes import ProbeSet
 from tracer.record.stopping import STOP_SIGNALS, StopRequests
-from tracer.record.table import fork_table
+from tracer.record.table import exact_frame, fork_table, unmatched_exact
 
 __all__ = ["COMMAND_GRACE_S", "Session", "exit_status"]
 
@@ -36,6 +37,8 @@ COMMAND_GRACE_S = 2.0
 # turn the tracer into the load.
 MAPS_MAX_PROCESSES = 64
 MAPS_MIN_INTERVAL_S = 0.1
+# Exact records that matched no bracket, kept in the metadata for diagnosis.
+UNMATCHED_KEPT = 20
 
 
 class Session:
@@ -46,6 +49,12 @@ class Session:
         self.log = log
         self.stop = stop or StopRequests()
         self._dups = bytearray()  # struct dup_event records, packed as they came
+        self._exact = bytearray()  # struct exact_event records, packed as they came
+        self.exact_timed: set[str] = set()  # kernel functions the exact probes attached to
+        self.exact_counters: dict[str, int] | None = None
+        self.exact_missed: dict[str, object] | None = None
+        self.exact_unmatched = 0
+        self.exact_unmatched_calls: list[dict] = []
         self.forks = 0
         self._children: list[tuple[int, int, int]] = []  # (tid, seq, child pid)
         self.maps: list[dict] = []
@@ -55,6 +64,8 @@ class Session:
         self.counters: dict[str, int] = {}
         self.stacks: list[dict] = []
         self.ma_writes = 0  # ma_write events inside brackets, summed from the records
+        self.stores = 0  # of which mas_store of a VMA
+        self.other_writes = 0  # of which from other functions (node splits on the bulk build)
         self.start: dict = {}
         self.end: dict = {}
         self.exit_status: int | None = None  # -- CMD: its status as a shell reports it
@@ -64,8 +75,13 @@ class Session:
         self._dups += raw
         self.forks += 1
         self.ma_writes += event.stores + event.null_stores + event.zero_stores + event.other_writes
+        self.stores += event.stores
+        self.other_writes += event.other_writes
         if self.opts.mode in ("system", "command") and event.pid not in self._maps_seen:
             self._snapshot_rate_limited(event.pid)
+
+    def on_exact(self, raw: bytes) -> None:
+        self._exact += raw
 
     def on_child(self, tid: int, seq: int, child_pid: int) -> None:
         self._children.append((tid, seq, child_pid))
@@ -92,7 +108,7 @@ class Session:
         self.snapshot(pid)
 
     # -- the loop -------------------------------------------------------------
-    def run(self, probe: BracketProbe) -> None:
+    def run(self, probe: ProbeSet) -> None:
         try:
             if self.opts.mode == "spawn":
                 self._run_spawn(probe)
@@ -116,10 +132,12 @@ class Session:
             for _ in range(3):
                 probe.poll(20)
             self.counters = probe.counters()
+            self.exact_counters = probe.exact_counters()
+            self.exact_missed = probe.exact_missed()
             self.stacks = probe.sampled_stacks()
             self._progress(final=True)
 
-    def _loop(self, probe: BracketProbe, done: Callable[[], bool]) -> None:
+    def _loop(self, probe: ProbeSet, done: Callable[[], bool]) -> None:
         self.start = self.start or wall_mono()
         t0 = time.monotonic()
         next_progress = t0 + 1.0
@@ -153,7 +171,7 @@ class Session:
         elif final:
             self.log(line)
 
-    def _run_spawn(self, probe: BracketProbe) -> None:
+    def _run_spawn(self, probe: ProbeSet) -> None:
         from tracer.workload.spawn import SpawnWorkload
 
         opts = self.opts
@@ -172,7 +190,7 @@ class Session:
             work.wait(timeout=60)
         self.workload = {"pid": pid, **work.metadata(), "tracer_cpus": tracer_cpus}
 
-    def _run_command(self, probe: BracketProbe) -> None:
+    def _run_command(self, probe: ProbeSet) -> None:
         # fork + wait-on-pipe + exec, so the pid is in the filter before the
         # command can fork (subprocess would exec before we know the pid).
         read_fd, write_fd = os.pipe()
@@ -213,7 +231,7 @@ class Session:
             "exit_status": self.exit_status,
         }
 
-    def _stop_command(self, probe: BracketProbe, pid: int, exited: Callable[[], bool]) -> None:
+    def _stop_command(self, probe: ProbeSet, pid: int, exited: Callable[[], bool]) -> None:
         """Pass the stop on to the command's group; SIGKILL it after COMMAND_GRACE_S.
 
         The ring buffer is read meanwhile: the command's last forks are recorded.
@@ -239,9 +257,19 @@ class Session:
         A record whose thread saw no sched_process_fork after it (same tid and
         per-thread sequence number) is a fork that did not complete.
         """
-        return fork_table(
-            self._dups, self._children, start_ns=self.start.get("mono_ns"), end_ns=self.end.get("mono_ns")
+        exact = exact_frame(self._exact, self.exact_timed) if self.exact_counters is not None else None
+        table = fork_table(
+            self._dups, self._children, start_ns=self.start.get("mono_ns"), end_ns=self.end.get("mono_ns"), exact=exact
         )
+        if exact is not None:
+            # dup_mmap calls the exact probe saw and the bracket did not: how many, and which ones, for diagnosis.
+            missed = unmatched_exact(table, exact)
+            self.exact_unmatched = len(missed)
+            self.exact_unmatched_calls = [
+                {"tid": int(r.tid), "seq": int(r.seq), "ts_entry": int(r.exact_ts_entry), "dup_mmap_ns": float(r.exact_dup_mmap_ns)}
+                for r in missed.head(UNMATCHED_KEPT).itertuples()
+            ]
+        return table
 
 
 def exit_status(wait_status: int) -> int:
