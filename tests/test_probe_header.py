@@ -51,3 +51,12 @@ def test_bracket_header_matches_what_the_loader_uses():
     assert ctypes.sizeof(bracket.DupEvent) == 160
     assert bracket.COUNTER_NAMES[0] == "lost_ringbuf" and "sample_lost" in bracket.COUNTER_NAMES
     assert set(bracket.SAMPLE_PHASES.values()) == {"mt_dup", "vma_loop", "tail"}
+
+
+def test_numpy_dtype_has_the_ctypes_offsets():
+    h = CHeader(HEADER)
+    dt, rec = h.dtype("rec"), h.structure("rec")
+    assert dt.itemsize == ctypes.sizeof(rec)
+    for name, _ in rec._fields_:
+        assert dt.fields[name][1] == getattr(rec, name).offset, name
+    assert dt["name"] == "S4"

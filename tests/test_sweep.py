@@ -52,7 +52,7 @@ def test_the_cli_refuses_bad_lists_in_one_line(tmp_path):
 def test_a_tiny_sweep_records_both_layouts_and_the_model_predicts_their_leaves(tmp_path):
     out = tmp_path / "sweep"
     proc = subprocess.run(
-        [*TRACER, "sweep", "-o", str(out), "--vmas", "0,100", "--forks", "50", "--cpu", "0", "-q"],
+        [*TRACER, "sweep", "-o", str(out), "--vmas", "0,100", "--forks", "50", "--cpu", "0", "--sample", "4999", "-q"],
         cwd=ROOT, capture_output=True, text=True, timeout=300,
     )
     assert proc.returncode == 0, proc.stderr
@@ -65,7 +65,7 @@ def test_a_tiny_sweep_records_both_layouts_and_the_model_predicts_their_leaves(t
         rec = load_recording(out / entry["file"])
         w = rec.meta["workload"]
         assert (w["layout"], w["extra_vmas"], w["forks"]) == (entry["layout"], entry["extra_vmas"], 50)
-        assert rec.meta["sample"]["hz"] == 999 and rec.meta["cycle"] is not None
+        assert rec.meta["sample"]["hz"] == 4999 and rec.meta["cycle"] is not None
         forks = rec.forks[rec.forks.usable]
         assert len(forks) == 50
         check_ = entry["model_check"]
@@ -80,7 +80,10 @@ def test_a_tiny_sweep_records_both_layouts_and_the_model_predicts_their_leaves(t
     doc = json.loads((out / "report.json").read_text())
     assert len(doc["groups"]) == 4
     for group in doc["groups"]:
-        shares = [c["share"] for c in group["attribution"].values() if c["share"] is not None]
+        if group["vmas"] == 0 and group["attribution_estimate"] != "samples":
+            continue  # 50 forks of ~25 us: a few samples at best; the fit's split then shows what it supports
+        assert group["attribution_estimate"] == "samples", group["group"]
+        shares = [c["share"] for c in group["attribution"].values()]
         assert abs(sum(shares) - 1) < 1e-6, group["group"]
         assert group["model_check"]["observed_leaves"] == group["model_check"]["predicted_leaves"], group["group"]
     assert (out / "report.md").read_text().startswith("# forktrace report")

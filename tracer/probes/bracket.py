@@ -11,7 +11,6 @@ from __future__ import annotations
 import ctypes
 import time
 
-import numpy as np
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
@@ -92,21 +91,8 @@ BTF_OFFSETS = {
 DupEvent = HEADER.structure("dup_event")
 
 
-_NUMPY_OF_CTYPE = {ctypes.c_uint64: "<u8", ctypes.c_uint32: "<u4", ctypes.c_int32: "<i4"}
-
-# The same record as a numpy dtype, so a run's records can stay one packed
-# buffer (160 bytes a fork) and become columns at the end without a Python
-# object per fork.
-DUP_EVENT_DTYPE = np.dtype(
-    {
-        "names": [name for name, _ in DupEvent._fields_],
-        "formats": [
-            _NUMPY_OF_CTYPE.get(ctype, f"S{ctypes.sizeof(ctype)}") for _, ctype in DupEvent._fields_
-        ],
-        "offsets": [getattr(DupEvent, name).offset for name, _ in DupEvent._fields_],
-        "itemsize": ctypes.sizeof(DupEvent),
-    }
-)
+# The same record as a numpy dtype (160 bytes a fork, one packed buffer per run).
+DUP_EVENT_DTYPE = HEADER.dtype("dup_event")
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,8 @@ import ctypes
 import re
 from pathlib import Path
 
+import numpy as np
+
 __all__ = ["CHeader", "read_header"]
 
 _CTYPES = {
@@ -23,6 +25,16 @@ _CTYPES = {
     "s16": ctypes.c_int16,
     "u8": ctypes.c_uint8,
     "char": ctypes.c_char,
+}
+
+_NUMPY = {
+    ctypes.c_uint64: "<u8",
+    ctypes.c_int64: "<i8",
+    ctypes.c_uint32: "<u4",
+    ctypes.c_int32: "<i4",
+    ctypes.c_uint16: "<u2",
+    ctypes.c_int16: "<i2",
+    ctypes.c_uint8: "u1",
 }
 
 _COMMENTS = re.compile(r"/\*.*?\*/|//[^\n]*", re.S)
@@ -68,6 +80,27 @@ class CHeader:
     def structure(self, name: str) -> type[ctypes.Structure]:
         """struct `name` as a ctypes.Structure (natural alignment, as clang lays it out)."""
         return type(name, (ctypes.Structure,), {"_fields_": self.structs[name]})
+
+    def dtype(self, name: str) -> np.dtype:
+        """struct `name` as a numpy dtype with the same offsets: a run's records can stay one
+        packed buffer and become columns at the end, without a Python object per record."""
+        struct = self.structure(name)
+
+        def fmt(ctype):
+            if getattr(ctype, "_type_", None) is ctypes.c_char:
+                return f"S{ctypes.sizeof(ctype)}"
+            if hasattr(ctype, "_length_"):
+                return (np.dtype(_NUMPY[ctype._type_]), ctype._length_)
+            return _NUMPY[ctype]
+
+        return np.dtype(
+            {
+                "names": [field for field, _ in struct._fields_],
+                "formats": [fmt(ctype) for _, ctype in struct._fields_],
+                "offsets": [getattr(struct, field).offset for field, _ in struct._fields_],
+                "itemsize": ctypes.sizeof(struct),
+            }
+        )
 
     def names_in_order(self, enum: str, stop: str | None = None) -> tuple[str, ...]:
         """Enumerator names sorted by value, up to (not including) `stop`."""

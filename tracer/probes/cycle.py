@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
-import numpy as np
 
 from analysis.errors import TracerError
 from tracer.probes.bracket import BACKENDS, BCC_MISSING
@@ -65,17 +64,8 @@ BTF_OFFSETS = {
 
 CycleEvent = HEADER.structure("cycle_event")
 
-_NUMPY_OF_CTYPE = {ctypes.c_uint64: "<u8", ctypes.c_uint32: "<u4", ctypes.c_int32: "<i4"}
-
 # The record as a numpy dtype: a run's records stay one packed buffer.
-CYCLE_EVENT_DTYPE = np.dtype(
-    {
-        "names": [name for name, _ in CycleEvent._fields_],
-        "formats": [_NUMPY_OF_CTYPE[ctype] for _, ctype in CycleEvent._fields_],
-        "offsets": [getattr(CycleEvent, name).offset for name, _ in CycleEvent._fields_],
-        "itemsize": ctypes.sizeof(CycleEvent),
-    }
-)
+CYCLE_EVENT_DTYPE = HEADER.dtype("cycle_event")
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
 
-import numpy as np
 
 from analysis.errors import TracerError
 from tracer.probes.cheader import read_header
@@ -52,26 +51,8 @@ EXACT_COUNTER_NAMES = tuple(name[2:].lower() for name in HEADER.names_in_order("
 
 ExactEvent = HEADER.structure("exact_event")
 
-_NUMPY_OF_CTYPE = {ctypes.c_uint64: "<u8", ctypes.c_int64: "<i8", ctypes.c_uint32: "<u4", ctypes.c_int32: "<i4"}
-
-
-def _numpy_format(ctype) -> object:
-    if getattr(ctype, "_type_", None) is ctypes.c_char:
-        return f"S{ctypes.sizeof(ctype)}"
-    if hasattr(ctype, "_length_"):
-        return (np.dtype(_NUMPY_OF_CTYPE[ctype._type_]), ctype._length_)
-    return _NUMPY_OF_CTYPE[ctype]
-
-
 # struct exact_event as a numpy dtype: records stay one packed buffer until the end.
-EXACT_EVENT_DTYPE = np.dtype(
-    {
-        "names": [name for name, _ in ExactEvent._fields_],
-        "formats": [_numpy_format(ctype) for _, ctype in ExactEvent._fields_],
-        "offsets": [getattr(ExactEvent, name).offset for name, _ in ExactEvent._fields_],
-        "itemsize": ctypes.sizeof(ExactEvent),
-    }
-)
+EXACT_EVENT_DTYPE = HEADER.dtype("exact_event")
 
 
 @dataclass(frozen=True)
