@@ -23,7 +23,8 @@
 #      `tracer record --spawn 200 --forks 50` and `tracer report`.
 #
 # Results, per kernel series, in RESULTS/<series>/: steps.tsv (step, exit code,
-# seconds), <step>.log, tests-*.xml (junit), doctor.json, spawn-200.parquet,
+# seconds), <step>.log, tests.xml (junit), tests.tsv (each test's outcome and first
+# error line, written as it ends), doctor.json, spawn-200.parquet,
 # guest-info.txt, console.log (the guest's console). Latencies measured under
 # emulation are not real-hardware latencies: use them for counts, probe checks and
 # relative comparisons between kernels.
@@ -40,6 +41,7 @@
 #   FORKTRACE_VM_MEMORY      guest memory (default 2G)
 #   FORKTRACE_VM_CPUS        guest CPUs (default 2)
 #   FORKTRACE_VM_PARALLEL=0  boot the guests one after the other (default: side by side)
+#   FORKTRACE_VM_STEPS       guest steps to run (default "doctor-json record report tests")
 #   FORKTRACE_DEBIAN_MIRROR  Debian archive URL (default: the host's apt sources)
 #   FORKTRACE_VM_REFRESH=1   fetch the suites' newest kernels again
 set -euo pipefail
@@ -116,8 +118,8 @@ boot_guest() {
     timeout --kill-after=30 "$guest_timeout" vng \
         --run "${tree[$series]}/root/boot/vmlinuz-$release" \
         --disable-kvm --force-9p --memory "$guest_memory" --cpus "$guest_cpus" \
-        --rwdir "$out" --cwd "$checkout" \
-        --exec "bash $checkout/scripts/vm/guest.sh $checkout $out $guest_python" \
+        --rwdir "$out" --rodir "/boot=${tree[$series]}/root/boot" --cwd "$checkout" \
+        --exec "bash $checkout/scripts/vm/guest.sh $checkout $out $guest_python '$guest_step_names'" \
         </dev/null >"$out/console.log" 2>&1 || rc=$?
     awk -v rc="$rc" -v t0="$start" -v t1="$EPOCHREALTIME" \
         'BEGIN { printf "vng_exit\t%s\nseconds\t%.0f\n", rc, t1 - t0 }' >"$out/host.tsv"
@@ -145,12 +147,14 @@ summarize() {
         [ "$rc" != 124 ] && [ "$rc" != 137 ] || steps+=", timed out after ${guest_timeout}s"
         steps+=")"
     fi
-    counts=$(python3 scripts/vm/junit_counts.py "$out/tests.xml")
+    counts=$(python3 scripts/vm/junit_counts.py "$out/tests.xml" "$out/tests.tsv")
     echo "$series ($release): $verdict in ${seconds}s; $counts;$steps"
     [ "$verdict" = ok ]
 }
 
-guest_steps=4  # doctor-json, record, report, tests: as many lines as guest.sh writes
+guest_step_names=${FORKTRACE_VM_STEPS:-doctor-json record report tests}
+read -ra guest_step_list <<<"$guest_step_names"
+guest_steps=${#guest_step_list[@]}  # guest.sh writes a line per step
 for series in "${series_list[@]}"; do
     rm -rf "${results_root:?}/$series"
     mkdir -p "$results_root/$series"

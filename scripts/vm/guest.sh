@@ -3,7 +3,9 @@
 # tests, `tracer doctor --json`, and a short `tracer record --spawn` + `tracer report`,
 # each step's output saved in RESULTS (a directory shared writable with the host).
 #
-#   guest.sh CHECKOUT RESULTS PYTHON
+#   guest.sh CHECKOUT RESULTS PYTHON [STEPS]
+#
+# STEPS: which of doctor-json, record, report, tests to run (default: all four).
 #
 # The guest sees the host's file system read-only (writable overlays on /tmp, /etc,
 # /var, ...), so caches and bytecode go to /tmp. Every step runs even when an earlier
@@ -13,9 +15,12 @@ set -uo pipefail
 checkout=$1
 results=$2
 python=$3
+steps=" ${4:-doctor-json record report tests} "
 
 cd "$checkout" || exit 1
-export PYTHONPATH=$checkout
+# scripts/vm for the pytest_stream plugin, which writes RESULTS/tests.tsv test by test.
+export PYTHONPATH=$checkout:$checkout/scripts/vm
+export FORKTRACE_VM_STREAM=$results/tests.tsv
 export PYTHONDONTWRITEBYTECODE=1
 export XDG_CACHE_HOME=/tmp/forktrace-guest-cache
 export FORKTRACE_REQUIRE_BPF=1
@@ -26,6 +31,7 @@ mkdir -p "$XDG_CACHE_HOME"
 step() {
     local name=$1 start rc
     shift
+    [[ "$steps" == *" $name "* ]] || return 0
     start=$EPOCHREALTIME
     echo "guest: $name: $*" >&2
     "$@" >"$results/$name.log" 2>&1
@@ -44,7 +50,7 @@ step() {
 } >"$results/guest-info.txt"
 
 tracer=("$python" -m tracer.cli)
-pytest=("$python" -m pytest -p no:cacheprovider -q -ra)
+pytest=("$python" -m pytest -p no:cacheprovider -p pytest_stream -v -ra)
 
 step doctor-json sh -c '"$@" doctor --json >"$0"' "$results/doctor.json" "${tracer[@]}"
 step record "${tracer[@]}" record --spawn 200 --forks 50 --quiet -o "$results/spawn-200.parquet"
