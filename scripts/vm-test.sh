@@ -17,14 +17,17 @@
 #      packages with a private apt configuration (the host's apt is untouched),
 #      unpacks them with dpkg -x into the cache and links lib/modules/REL/build and
 #      source at the unpacked headers. A cached kernel is not downloaded again.
-#   3. Boots each kernel (vng --disable-kvm --force-9p, under timeout) and runs
-#      scripts/vm/guest.sh inside: pytest -m bpf, the host-fact test files
-#      (test_host, test_doctor, test_btf, test_headers), `tracer doctor --json`,
-#      `tracer record --spawn 200 --forks 50` and `tracer report`.
+#   3. Boots both kernels side by side (vng --disable-kvm --force-9p, under timeout)
+#      and runs scripts/vm/guest.sh inside: `tracer doctor --json`, `tracer record
+#      --spawn 200 --forks 50`, `tracer report`, then the host-fact test files
+#      (test_host, test_doctor, test_btf, test_headers; their BPF tests included) and,
+#      if asked (FORKTRACE_VM_STEPS), every other BPF test. The guest's /boot is the
+#      kernel's own (its config), /lib/modules has its modules and headers.
 #
 # Results, per kernel series, in RESULTS/<series>/: steps.tsv (step, exit code,
-# seconds), <step>.log, tests.xml (junit), tests.tsv (each test's outcome and first
-# error line, written as it ends), doctor.json, spawn-200.parquet,
+# seconds), <step>.log, tests.xml / tests-bpf.xml (junit), tests.tsv / tests-bpf.tsv
+# (each test's outcome and first error line, written as it ends), doctor.json,
+# spawn-200.parquet,
 # guest-info.txt, console.log (the guest's console). Latencies measured under
 # emulation are not real-hardware latencies: use them for counts, probe checks and
 # relative comparisons between kernels.
@@ -37,11 +40,13 @@
 #   FORKTRACE_KERNEL_CACHE   unpacked kernels (default ~/.cache/forktrace/kernels)
 #   FORKTRACE_VM_VENV        virtme-ng's venv (default ~/.cache/forktrace/virtme-ng)
 #   FORKTRACE_VM_PYTHON      python in the guest (default .venv/bin/python of the checkout)
-#   FORKTRACE_VM_TIMEOUT     seconds per guest before it is killed (default 960)
+#   FORKTRACE_VM_TIMEOUT     seconds per guest before it is killed (default 1080)
 #   FORKTRACE_VM_MEMORY      guest memory (default 2G)
 #   FORKTRACE_VM_CPUS        guest CPUs (default 2)
 #   FORKTRACE_VM_PARALLEL=0  boot the guests one after the other (default: side by side)
-#   FORKTRACE_VM_STEPS       guest steps to run (default "doctor-json record report tests")
+#   FORKTRACE_VM_STEPS       guest steps (default "doctor-json record report tests"; add
+#                            tests-bpf for the record-based BPF tests: about 25 more
+#                            minutes per guest under emulation)
 #   FORKTRACE_DEBIAN_MIRROR  Debian archive URL (default: the host's apt sources)
 #   FORKTRACE_VM_REFRESH=1   fetch the suites' newest kernels again
 set -euo pipefail
@@ -69,7 +74,7 @@ cache_home=${XDG_CACHE_HOME:-$HOME/.cache}
 venv=${FORKTRACE_VM_VENV:-$cache_home/forktrace/virtme-ng}
 results_root=${FORKTRACE_VM_RESULTS:-$checkout/vm-results}
 guest_python=${FORKTRACE_VM_PYTHON:-$checkout/.venv/bin/python}
-guest_timeout=${FORKTRACE_VM_TIMEOUT:-960}
+guest_timeout=${FORKTRACE_VM_TIMEOUT:-1080}
 guest_memory=${FORKTRACE_VM_MEMORY:-2G}
 guest_cpus=${FORKTRACE_VM_CPUS:-2}
 parallel=${FORKTRACE_VM_PARALLEL:-1}
@@ -147,8 +152,12 @@ summarize() {
         [ "$rc" != 124 ] && [ "$rc" != 137 ] || steps+=", timed out after ${guest_timeout}s"
         steps+=")"
     fi
-    counts=$(python3 scripts/vm/junit_counts.py "$out/tests.xml" "$out/tests.tsv")
-    echo "$series ($release): $verdict in ${seconds}s; $counts;$steps"
+    counts=""
+    for name in tests tests-bpf; do
+        [ -e "$out/$name.tsv" ] || [ -e "$out/$name.xml" ] || continue
+        counts+="$name: $(python3 scripts/vm/junit_counts.py "$out/$name.xml" "$out/$name.tsv"); "
+    done
+    echo "$series ($release): $verdict in ${seconds}s; ${counts}steps:$steps"
     [ "$verdict" = ok ]
 }
 

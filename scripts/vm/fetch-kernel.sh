@@ -93,7 +93,7 @@ apt_opts=(
 [ "$(dpkg --print-architecture)" = amd64 ] || die "only amd64 hosts are supported (got $(dpkg --print-architecture))"
 
 echo "fetch-kernel: $series: package lists of $suite from $mirror" >&2
-apt-get "${apt_opts[@]}" -qq update >&2 || die "apt-get update of $suite failed (no network to the Debian archive?)"
+apt-get "${apt_opts[@]}" -qq --error-on=any update >&2 || die "apt-get update of $suite failed (no network to the Debian archive?)"
 
 # The flavour's metapackage names this suite's current kernel ABI.
 depends_of() {

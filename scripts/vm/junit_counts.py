@@ -1,4 +1,4 @@
-"""Print 'tests: N passed, N failed, N skipped' for vm-test.sh's summary line.
+"""Print 'N passed, N failed, N skipped' for vm-test.sh's summary line.
 
 From pytest's junit XML when the run ended; else from the tests.tsv that
 pytest_stream wrote test by test (a guest stopped by its timeout), marked partial.
@@ -20,7 +20,7 @@ def from_junit(path: Path) -> str | None:
             total[key] += int(suite.get(key, 0))
     failed = total["failures"] + total["errors"]
     passed = total["tests"] - failed - total["skipped"]
-    return f"tests: {passed} passed, {failed} failed, {total['skipped']} skipped"
+    return f"{passed} passed, {failed} failed, {total['skipped']} skipped"
 
 
 def from_stream(path: Path) -> str | None:
@@ -37,9 +37,9 @@ def from_stream(path: Path) -> str | None:
     passed = sum(o == "passed" for o in outcomes.values())
     skipped = sum(o == "skipped" for o in outcomes.values())
     failed = len(outcomes) - passed - skipped
-    return f"tests (partial, run cut short): {passed} passed, {failed} failed, {skipped} skipped"
+    return f"(partial, run cut short) {passed} passed, {failed} failed, {skipped} skipped"
 
 
 if __name__ == "__main__":
     junit, stream = Path(sys.argv[1]), Path(sys.argv[2])
-    print(from_junit(junit) or from_stream(stream) or "tests: no result")
+    print(from_junit(junit) or from_stream(stream) or "no result")
