@@ -6,10 +6,21 @@ version), phases (the one list of phases and how they derive from the
 bracket), reader, writer.
 """
 
-from analysis.recording.phases import PHASE_NAMES, PHASES, Phase, derive_phases
-from analysis.recording.reader import Recording, load_recording
-from analysis.recording.schema import FORMAT_VERSION
-from analysis.recording.writer import check_writable, write_recording
+from importlib import import_module
+
+# Loaded on first use: `tracer doctor` needs the phase list, not pandas and
+# pyarrow, and under emulation their import costs a minute.
+_HOME = {
+    "PHASE_NAMES": "phases",
+    "PHASES": "phases",
+    "Phase": "phases",
+    "derive_phases": "phases",
+    "Recording": "reader",
+    "load_recording": "reader",
+    "FORMAT_VERSION": "schema",
+    "check_writable": "writer",
+    "write_recording": "writer",
+}
 
 __all__ = [
     "FORMAT_VERSION",
@@ -22,3 +33,9 @@ __all__ = [
     "load_recording",
     "write_recording",
 ]
+
+
+def __getattr__(name: str):
+    if name not in _HOME:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(import_module(f"{__name__}.{_HOME[name]}"), name)

@@ -59,9 +59,10 @@ in order), so excluded rows are counted rather than silently lost.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import numpy as np
-import pandas as pd
+if TYPE_CHECKING:  # imported where used: the phase list is needed without pandas
+    import pandas as pd
 
 __all__ = ["Phase", "PHASES", "PHASE_NAMES", "TIMESTAMPS", "derive_phases"]
 
@@ -107,6 +108,8 @@ def derive_phases(forks: pd.DataFrame) -> pd.DataFrame:
     Pure: the input is not modified. Needs the ts_* columns and `stores`,
     `failed`; extra columns pass through.
     """
+    import numpy as np
+
     df = forks.copy()
     # int64 before subtracting: uint64 differences would wrap instead of going negative.
     ts = {name: df[name].astype("int64").to_numpy() for name in TIMESTAMPS}

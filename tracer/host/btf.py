@@ -17,6 +17,7 @@ are resolved only for the lookups asked for.
 from __future__ import annotations
 
 import functools
+import os
 import struct
 from array import array
 from collections.abc import Iterator
@@ -332,9 +333,13 @@ class Btf:
         raise TracerError(f"struct {struct_name} has no member {member!r} on this kernel (BTF of {self.source})")
 
 
-@functools.lru_cache(maxsize=4)
 def load_btf(path: str = VMLINUX_BTF) -> Btf:
     """The parsed BTF at `path`, read and indexed once per process."""
+    return _load_btf(os.path.realpath(path))
+
+
+@functools.lru_cache(maxsize=4)
+def _load_btf(path: str) -> Btf:
     try:
         with open(path, "rb") as f:
             data = f.read()

@@ -21,6 +21,7 @@ from dataclasses import dataclass, replace
 from analysis.errors import TracerError
 from tracer.host import btf as btf_mod
 from tracer.host import kernel
+from tracer.host.attach import Attempt, try_fentry, try_kprobe
 from tracer.host.facts import (
     CONFIG_OPTIONS,
     MT_DUP_SINCE,
@@ -223,18 +224,21 @@ def _refusal(how: str, tried: _Tried, lockdown: str) -> str:
     return f"{how} refused by the kernel ({code}{context})"
 
 
-def _load_check(how: str, text: str, lockdown: str) -> ProbeCheck:
-    tried = _try_bpf(text)
-    if tried.ok:
+def _load_check(how: str, attempt: Attempt, lockdown: str) -> ProbeCheck:
+    if attempt.ok:
         return ProbeCheck(True, "loaded and attached", None)
-    return ProbeCheck(False, _refusal(how, tried, lockdown), tried.errno)
+    tried = _Tried(False, attempt.stage, attempt.errno, attempt.log)
+    return ProbeCheck(False, _refusal(how, tried, lockdown), attempt.errno)
 
 
 class _SymbolProber:
     """Static reasons first, then (when loading is allowed) the kernel's answer."""
 
-    def __init__(self, facts: HostFacts, trampoline: bool, kprobes_built: bool | None, can_load: bool):
+    def __init__(
+        self, facts: HostFacts, trampoline: bool, kprobes_built: bool | None, can_load: bool, skipped: str | None = None
+    ):
         self.facts, self.trampoline, self.kprobes_built, self.can_load = facts, trampoline, kprobes_built, can_load
+        self.skipped = skipped  # why no load is tried, when can_load is False
 
     def fentry(self, symbol: str, in_btf: bool | None, ftrace: str) -> ProbeCheck:
         if not self.facts.btf.present:
@@ -246,8 +250,11 @@ class _SymbolProber:
         if ftrace.startswith("notrace"):
             return ProbeCheck(False, ftrace)
         if not self.can_load:
-            return ProbeCheck(None, f"not tried ({self.facts.load_skipped})")
-        return _load_check("fentry", f"KFUNC_PROBE({symbol}) {{ return 0; }}", self.facts.lockdown)
+            return ProbeCheck(None, f"not tried ({self.skipped})")
+        ids = btf_mod.load_btf().find(symbol, "func")
+        if not ids:
+            return ProbeCheck(False, "no BTF func record (fentry needs one)")
+        return _load_check("fentry", try_fentry(ids[0]), self.facts.lockdown)
 
     def kprobe(self, symbol: str, ftrace: str) -> ProbeCheck:
         config = self.facts.config
@@ -259,8 +266,8 @@ class _SymbolProber:
         if ftrace.startswith("notrace") and config.get("CONFIG_KPROBE_EVENTS_ON_NOTRACE") != "y":
             return ProbeCheck(False, f"{ftrace}; CONFIG_KPROBE_EVENTS_ON_NOTRACE unset")
         if not self.can_load:
-            return ProbeCheck(None, f"not tried ({self.facts.load_skipped})")
-        return _load_check("kprobe", f"int kprobe__{symbol}(void *ctx) {{ return 0; }}", self.facts.lockdown)
+            return ProbeCheck(None, f"not tried ({self.skipped})")
+        return _load_check("kprobe", try_kprobe(symbol), self.facts.lockdown)
 
 
 def probe_host(try_load: bool = True, kinds: tuple[str, ...] | None = None) -> HostFacts:
@@ -327,15 +334,17 @@ def probe_host(try_load: bool = True, kinds: tuple[str, ...] | None = None) -> H
             facts = replace(facts, headers=replace(facts.headers, compiles=True))
             raw_load = LoadCheck(ok=check.ok, errno=check.errno, log=check.log)
     facts = replace(facts, raw_tracepoint_load=raw_load, load_skipped=", ".join(skipped) or None)
-    return replace(facts, symbols=_probe_symbols(facts, config, can_load=not skipped, kinds=kinds))
+    # fentry and kprobe checks load a program through bpf(2) directly: root is all they need.
+    symbol_skipped = ", ".join(why for why, blocked in (("try_load=False", not try_load), ("not root", not root)) if blocked)
+    return replace(facts, symbols=_probe_symbols(facts, config, skipped=symbol_skipped or None, kinds=kinds))
 
 
 def _probe_symbols(
-    facts: HostFacts, config: kernel.KernelConfig | None, can_load: bool, kinds: tuple[str, ...] | None = None
+    facts: HostFacts, config: kernel.KernelConfig | None, skipped: str | None, kinds: tuple[str, ...] | None = None
 ) -> dict[str, SymbolFacts]:
     found = symbol_names([*TARGET_SYMBOLS, *_HELPERS])
     kprobes_built = config.enabled("CONFIG_KPROBES") if config is not None else bool(found["register_kprobe"])
-    prober = _SymbolProber(facts, bool(found["bpf_trampoline_link_prog"]), kprobes_built, can_load)
+    prober = _SymbolProber(facts, bool(found["bpf_trampoline_link_prog"]), kprobes_built, skipped is None, skipped)
     filter_functions, why_unknown = _read_filter_functions(facts.tracefs)
     symbols: dict[str, SymbolFacts] = {}
     for symbol in TARGET_SYMBOLS:  # dup_mmap first
@@ -343,8 +352,7 @@ def _probe_symbols(
             dup = symbols["dup_mmap"]
             if not (dup.fentry.available or dup.kprobe.available):
                 prober = _SymbolProber(
-                    replace(facts, load_skipped="dup_mmap cannot be probed"),
-                    prober.trampoline, kprobes_built, can_load=False,
+                    facts, prober.trampoline, kprobes_built, can_load=False, skipped="dup_mmap cannot be probed"
                 )
         names = found[symbol]
         if not names:
