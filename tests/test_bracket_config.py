@@ -5,11 +5,17 @@ from __future__ import annotations
 import pytest
 
 from analysis.errors import TracerError, UsageError
-from tracer.probes.bracket import ABLATIONS, LEVELS, SOURCE, BracketConfig, cflags_for
+from tracer.probes.bracket import ABLATIONS, LEVELS, RAW_EVENTS, SOURCE, BracketConfig, cflags_for
+from tracer.probes.rawtp import macros_for
 from tracer.record.context import STORE_PHASES, level_methods
 from tracer.record.options import DEFAULT_SAMPLE_HZ, RecordOptions, resolve_level
 
-OFFSETS = {"ma_state_node_off": 16, "task_pid_off": 2000, "mm_map_count_off": 100}
+OFFSETS = {
+    "ma_state_node_off": 16,
+    "task_pid_off": 2000,
+    "mm_map_count_off": 100,
+    "arg_macros": {macro: 1 for macro in macros_for(RAW_EVENTS)},
+}
 
 
 def macros(config: BracketConfig) -> set[str]:

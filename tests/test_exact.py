@@ -59,7 +59,7 @@ def test_cflags_name_each_function_and_its_probe_kind():
     assert "-DHOW_DUP_MMAP=VIA_KPROBE" in flags and "-DHOW_VM_AREA_DUP=VIA_FENTRY" in flags
     assert "-DFILTER_TGIDS" in flags and not any("MT_DUP" in f or "FOLLOW" in f for f in flags)
     every = exact.ExactConfig(
-        attach={fn: ("fentry", fn) for fn in ("dup_mmap", *exact.CHILD_FUNCTIONS)}, follow_children=True, task_pid_off=7
+        attach={fn: ("fentry", fn) for fn in ("dup_mmap", *exact.CHILD_FUNCTIONS)}, follow_children=True, task_pid_off=7, fork_child_arg=1
     )
     flags = exact.exact_cflags(every)
     assert {"-DHOW_MT_DUP=VIA_FENTRY", "-DHOW_MAS_STORE=VIA_FENTRY", "-DHOW_UNDO_DUP_MMAP=VIA_FENTRY"} <= set(flags)
@@ -202,7 +202,7 @@ def test_exact_c_compiles_with_bcc_for_every_variant(bpf_host, attach):
     from tracer.host import headers
 
     headers.apply(headers.resolve_headers())
-    config = exact.ExactConfig(attach=attach, filter_tgids=True, follow_children=True, task_pid_off=8)
+    config = exact.ExactConfig(attach=attach, filter_tgids=True, follow_children=True, task_pid_off=8, fork_child_arg=1)
     programs = set(exact.compile_only(config))
     for function, (via, _) in attach.items():
         if via == "fentry":

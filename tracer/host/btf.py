@@ -284,6 +284,45 @@ class Btf:
                 raise self._fail(f"type chain loops at id {type_id}")
         return type_id
 
+    def type_text(self, type_id: int) -> str:
+        """A C-like spelling of a type, qualifiers dropped: "struct mm_struct *", "_Bool", "void *"."""
+        type_id = self.resolve(type_id)
+        if not type_id:
+            return "void"
+        kind = self.kind(type_id)
+        if kind == BTF_KIND_PTR:
+            return self.type_text(self.referenced(type_id)) + " *"
+        if kind in (BTF_KIND_STRUCT, BTF_KIND_UNION):
+            return f"{'struct' if kind == BTF_KIND_STRUCT else 'union'} {self.name(type_id)}"
+        if kind == BTF_KIND_FUNC_PROTO:
+            return "function"
+        return self.name(type_id)
+
+    def tracepoint_params(self, event: str) -> list[str]:
+        """The arguments a raw tracepoint program gets for `event` (ctx->args[0], [1], ...).
+
+        The kernel declares `typedef void (*btf_trace_<event>)(void *__data, TP_PROTO)`:
+        the types after __data, as type_text() spells them. A tracepoint's
+        prototype changes between kernels (mmap_lock lost its memcg_path
+        argument in v6.14), so raw programs take their argument positions from here.
+        """
+        ids = self.find(f"btf_trace_{event}", "typedef")
+        if not ids:
+            raise TracerError(f"BTF of {self.source} has no btf_trace_{event}: no raw tracepoint {event}")
+        proto = self.resolve(self.referenced(ids[0]))
+        if self.kind(proto) == BTF_KIND_PTR:
+            proto = self.resolve(self.referenced(proto))
+        if self.kind(proto) != BTF_KIND_FUNC_PROTO:
+            raise self._fail(f"btf_trace_{event} is not a pointer to a function type")
+        unpack = struct.Struct(self._order + "II").unpack_from
+        pos = self._offsets[proto] + 12
+        params = []
+        for _ in range(btf_info_vlen(self._infos[proto])):
+            _name_off, param_type = unpack(self._data, pos)
+            params.append(self.type_text(param_type))
+            pos += 8
+        return params[1:]  # drop void *__data
+
     def members(self, type_id: int) -> Iterator[BtfMember]:
         """Members of a STRUCT or UNION, in declaration order."""
         info = self._infos[type_id]

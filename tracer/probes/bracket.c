@@ -48,6 +48,8 @@
  *   NO_PER_VMA               --level fork: no ma_write program at all
  *   MA_STATE_NODE_OFF        offsetof(struct ma_state, node)       (RAW_TP)
  *   TASK_PID_OFF             offsetof(struct task_struct, pid)     (RAW_TP)
+ *   *_ARG                    ctx->args index of each argument read (RAW_TP;
+ *                            rawtp.py, from the kernel's tracepoint prototypes)
  *   MM_MAP_COUNT_OFF         offsetof(struct mm_struct, map_count) (-1: unknown)
  *   FILTER_TGIDS             only trace processes in the `targets` map
  *   FOLLOW_CHILDREN          add children of targets to `targets`
@@ -600,15 +602,15 @@ static __always_inline void on_fork(u32 child_pid)
 
 RAW_TRACEPOINT_PROBE(mmap_lock_acquire_returned)
 {
-	/* (struct mm_struct *mm, bool write, bool success) */
-	on_lock_acquired(ctx->args[0], (u8)ctx->args[1], (u8)ctx->args[2]);
+	/* (mm, [memcg_path before v6.14,] write, success): positions from BTF */
+	on_lock_acquired(ctx->args[LOCK_MM_ARG], (u8)ctx->args[LOCK_WRITE_ARG], (u8)ctx->args[LOCK_SUCCESS_ARG]);
 	return 0;
 }
 
 RAW_TRACEPOINT_PROBE(mmap_lock_released)
 {
-	/* (struct mm_struct *mm, bool write) */
-	on_lock_released(ctx->args[0]);
+	/* (mm, [memcg_path,] write) */
+	on_lock_released(ctx->args[UNLOCK_MM_ARG]);
 	return 0;
 }
 
@@ -623,9 +625,9 @@ RAW_TRACEPOINT_PROBE(ma_write)
 		return 0;
 #ifndef ABLATE_VMA_BODY
 #ifndef ABLATE_MA_STATE
-	bpf_probe_read_kernel(&leaf, sizeof(leaf), (void *)(ctx->args[1] + MA_STATE_NODE_OFF));
+	bpf_probe_read_kernel(&leaf, sizeof(leaf), (void *)(ctx->args[MA_WRITE_MAS_ARG] + MA_STATE_NODE_OFF));
 #endif
-	on_ma_write(a, ctx->args[0], leaf, ctx->args[3]);
+	on_ma_write(a, ctx->args[MA_WRITE_FN_ARG], leaf, ctx->args[MA_WRITE_VAL_ARG]);
 #endif
 	return 0;
 }
@@ -636,7 +638,7 @@ RAW_TRACEPOINT_PROBE(sched_process_fork)
 	/* (struct task_struct *parent, struct task_struct *child) */
 	u32 child_pid = 0;
 
-	bpf_probe_read_kernel(&child_pid, sizeof(child_pid), (void *)(ctx->args[1] + TASK_PID_OFF));
+	bpf_probe_read_kernel(&child_pid, sizeof(child_pid), (void *)(ctx->args[FORK_CHILD_ARG] + TASK_PID_OFF));
 	on_fork(child_pid);
 	return 0;
 }
@@ -651,7 +653,7 @@ RAW_TRACEPOINT_PROBE(sched_switch)
 	n = parked_count();
 	if (!n)
 		return 0;
-	bpf_probe_read_kernel(&next_pid, sizeof(next_pid), (void *)(ctx->args[2] + TASK_PID_OFF));
+	bpf_probe_read_kernel(&next_pid, sizeof(next_pid), (void *)(ctx->args[SWITCH_NEXT_ARG] + TASK_PID_OFF));
 	on_switch_in(n, next_pid);
 	return 0;
 }

@@ -17,6 +17,8 @@ from typing import Callable, Iterable
 
 from analysis.errors import TracerError
 from tracer.probes.cheader import read_header
+from tracer.probes.rawtp import argument_macros, as_cflags
+from tracer.probes.rawtp import macros_for as rawtp_macros
 
 __all__ = [
     "BACKENDS",
@@ -60,6 +62,8 @@ TRACEPOINTS = (
     ("sched", "sched_process_fork"),
     ("sched", "sched_switch"),  # off-CPU time inside the bracket, at every level
 )
+
+RAW_EVENTS = tuple(event for _, event in TRACEPOINTS)
 
 # Recording levels (`record --level`), cheapest first: what each attaches.
 LEVELS = {
@@ -111,6 +115,7 @@ class BracketConfig:
     level: str = "phase"  # LEVELS; "full" needs sample_hz
     ablate: tuple[str, ...] = ()  # ABLATIONS, for the overhead bench only
     max_cpus: int = field(default_factory=lambda: possible_cpus())
+    arg_macros: dict[str, int] = field(default_factory=dict)  # raw tracepoint argument positions (rawtp.py)
 
 
 def cflags_for(config: BracketConfig) -> list[str]:
@@ -134,10 +139,14 @@ def cflags_for(config: BracketConfig) -> list[str]:
     if config.backend == "raw_tracepoint":
         if config.ma_state_node_off is None or config.task_pid_off is None:
             raise TracerError("raw tracepoints need struct offsets from BTF (ma_state.node, task_struct.pid)")
+        missing = sorted(set(rawtp_macros(RAW_EVENTS)) - set(config.arg_macros))
+        if missing:
+            raise TracerError(f"raw tracepoints need argument positions from BTF ({', '.join(missing)})")
         flags += [
             "-DRAW_TP",
             f"-DMA_STATE_NODE_OFF={config.ma_state_node_off}",
             f"-DTASK_PID_OFF={config.task_pid_off}",
+            *as_cflags(config.arg_macros),
         ]
     if config.filter_tgids:
         flags.append("-DFILTER_TGIDS")
@@ -307,8 +316,10 @@ def _one_line(err: BaseException) -> str:
     return text[:300] + ("..." if len(text) > 300 else "")
 
 
-def offsets_from_btf() -> dict[str, int]:
-    """The struct offsets bracket.c needs, from the running kernel's BTF."""
+def offsets_from_btf() -> dict:
+    """BracketConfig's fields that come from the running kernel's BTF: struct offsets, argument positions."""
     from tracer.host import btf
 
-    return {key: btf.member_offset(struct, member) for (struct, member), key in BTF_OFFSETS.items()}
+    found: dict = {key: btf.member_offset(struct, member) for (struct, member), key in BTF_OFFSETS.items()}
+    found["arg_macros"] = argument_macros(RAW_EVENTS)
+    return found

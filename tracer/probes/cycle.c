@@ -251,9 +251,9 @@ RAW_TRACEPOINT_PROBE(sys_enter)
 	/* (struct pt_regs *regs, long id) */
 	u64 dx = 0;
 
-	if (ctx->args[1] == NR_WAITID)
-		bpf_probe_read_kernel(&dx, sizeof(dx), (void *)(ctx->args[0] + REGS_DX_OFF));
-	on_sys_enter(ctx->args[1], dx);
+	if (ctx->args[SYS_ENTER_ID_ARG] == NR_WAITID)
+		bpf_probe_read_kernel(&dx, sizeof(dx), (void *)(ctx->args[SYS_ENTER_REGS_ARG] + REGS_DX_OFF));
+	on_sys_enter(ctx->args[SYS_ENTER_ID_ARG], dx);
 	return 0;
 }
 
@@ -262,8 +262,8 @@ RAW_TRACEPOINT_PROBE(sys_exit)
 	/* (struct pt_regs *regs, long ret): the number is regs->orig_ax */
 	u64 nr = 0;
 
-	bpf_probe_read_kernel(&nr, sizeof(nr), (void *)(ctx->args[0] + REGS_ORIG_AX_OFF));
-	on_sys_exit(nr, (s64)ctx->args[1]);
+	bpf_probe_read_kernel(&nr, sizeof(nr), (void *)(ctx->args[SYS_EXIT_REGS_ARG] + REGS_ORIG_AX_OFF));
+	on_sys_exit(nr, (s64)ctx->args[SYS_EXIT_RET_ARG]);
 	return 0;
 }
 
@@ -272,30 +272,30 @@ RAW_TRACEPOINT_PROBE(sched_process_fork)
 	/* (struct task_struct *parent, struct task_struct *child) */
 	u32 pid = 0, tgid = 0;
 
-	bpf_probe_read_kernel(&pid, sizeof(pid), (void *)(ctx->args[1] + TASK_PID_OFF));
-	bpf_probe_read_kernel(&tgid, sizeof(tgid), (void *)(ctx->args[1] + TASK_TGID_OFF));
+	bpf_probe_read_kernel(&pid, sizeof(pid), (void *)(ctx->args[FORK_CHILD_ARG] + TASK_PID_OFF));
+	bpf_probe_read_kernel(&tgid, sizeof(tgid), (void *)(ctx->args[FORK_CHILD_ARG] + TASK_TGID_OFF));
 	on_fork(pid, tgid);
 	return 0;
 }
 
 RAW_TRACEPOINT_PROBE(mmap_lock_acquire_returned)
 {
-	/* (struct mm_struct *mm, bool write, bool success) */
-	on_lock_acquired(ctx->args[0], (u8)ctx->args[1], (u8)ctx->args[2]);
+	/* (mm, [memcg_path before v6.14,] write, success): positions from BTF */
+	on_lock_acquired(ctx->args[LOCK_MM_ARG], (u8)ctx->args[LOCK_WRITE_ARG], (u8)ctx->args[LOCK_SUCCESS_ARG]);
 	return 0;
 }
 
 RAW_TRACEPOINT_PROBE(mmap_lock_released)
 {
-	/* (struct mm_struct *mm, bool write) */
-	on_lock_released(ctx->args[0], (u8)ctx->args[1]);
+	/* (mm, [memcg_path,] write) */
+	on_lock_released(ctx->args[UNLOCK_MM_ARG], (u8)ctx->args[UNLOCK_WRITE_ARG]);
 	return 0;
 }
 
 RAW_TRACEPOINT_PROBE(exit_mmap)
 {
 	/* (struct mm_struct *mm) */
-	on_exit_mmap(ctx->args[0]);
+	on_exit_mmap(ctx->args[EXIT_MMAP_MM_ARG]);
 	return 0;
 }
 

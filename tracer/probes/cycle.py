@@ -18,6 +18,7 @@ from typing import Iterable
 from analysis.errors import TracerError
 from tracer.probes.bracket import BACKENDS, BCC_MISSING
 from tracer.probes.cheader import read_header
+from tracer.probes.rawtp import argument_macros, macros_for
 
 __all__ = [
     "CYCLE_EVENT_DTYPE",
@@ -53,6 +54,7 @@ TRACEPOINTS = (
     ("mmap_lock", "mmap_lock_released"),
     ("mmap", "exit_mmap"),
 )
+RAW_EVENTS = tuple(event for _, event in TRACEPOINTS)
 
 # struct members the raw tracepoint programs read, with the -D macro that carries each offset.
 BTF_OFFSETS = {
@@ -88,11 +90,12 @@ def cflags_for(config: CycleConfig) -> list[str]:
         raise TracerError(f"ring buffer pages must be a power of two, not {pages}")
     flags = [f"-I{SOURCE.parent}", f"-DRINGBUF_PAGES={pages}"]
     if config.backend == "raw_tracepoint":
-        missing = [macro for macro in BTF_OFFSETS.values() if macro not in config.offsets]
+        needed = [*BTF_OFFSETS.values(), *macros_for(RAW_EVENTS)]
+        missing = [macro for macro in needed if macro not in config.offsets]
         if missing:
-            raise TracerError(f"raw tracepoints need struct offsets from BTF ({', '.join(missing)})")
+            raise TracerError(f"raw tracepoints need struct offsets and argument positions from BTF ({', '.join(missing)})")
         flags.append("-DRAW_TP")
-        flags += [f"-D{macro}={config.offsets[macro]}" for macro in BTF_OFFSETS.values()]
+        flags += [f"-D{macro}={config.offsets[macro]}" for macro in needed]
     if config.filter_tgids:
         flags.append("-DFILTER_TGIDS")
     if config.follow_children:
@@ -129,10 +132,11 @@ def _tracepoint_exists(category: str, event: str) -> bool:
 
 
 def offsets_from_btf() -> dict[str, int]:
-    """The struct offsets cycle.c's raw tracepoint programs need, from the running kernel's BTF."""
+    """-D macros cycle.c's raw tracepoint programs need (struct offsets, argument positions), from BTF."""
     from tracer.host import btf
 
-    return {macro: btf.member_offset(struct, member) for (struct, member), macro in BTF_OFFSETS.items()}
+    found = {macro: btf.member_offset(struct, member) for (struct, member), macro in BTF_OFFSETS.items()}
+    return {**found, **argument_macros(RAW_EVENTS)}
 
 
 @dataclass

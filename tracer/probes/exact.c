@@ -244,7 +244,7 @@ RAW_TRACEPOINT_PROBE(sched_process_fork)
 
 	if (!traced_tgid(bpf_get_current_pid_tgid() >> 32))
 		return 0;
-	bpf_probe_read_kernel(&child_pid, sizeof(child_pid), (void *)(ctx->args[1] + TASK_PID_OFF));
+	bpf_probe_read_kernel(&child_pid, sizeof(child_pid), (void *)(ctx->args[FORK_CHILD_ARG] + TASK_PID_OFF));
 	targets.update(&child_pid, &one);
 	return 0;
 }

@@ -69,6 +69,7 @@ class ExactConfig:
     filter_tgids: bool = False
     follow_children: bool = False
     task_pid_off: int | None = None
+    fork_child_arg: int | None = None  # sched_process_fork's child argument (rawtp.py), to follow children
     ringbuf_pages: int = 64
 
 
@@ -98,9 +99,9 @@ def exact_cflags(config: ExactConfig) -> list[str]:
     if config.filter_tgids:
         flags.append("-DFILTER_TGIDS")
     if config.follow_children:
-        if config.task_pid_off is None:
-            raise TracerError("following children needs task_struct.pid's offset from BTF")
-        flags += ["-DFOLLOW_CHILDREN", f"-DTASK_PID_OFF={config.task_pid_off}"]
+        if config.task_pid_off is None or config.fork_child_arg is None:
+            raise TracerError("following children needs task_struct.pid's offset and sched_process_fork's arguments from BTF")
+        flags += ["-DFOLLOW_CHILDREN", f"-DTASK_PID_OFF={config.task_pid_off}", f"-DFORK_CHILD_ARG={config.fork_child_arg}"]
     return flags
 
 

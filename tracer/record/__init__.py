@@ -77,8 +77,9 @@ def _record(opts: RecordOptions, log: Callable[[str], None], stop: StopRequests)
         exact_config = ExactConfig(
             attach={fn: (a.via, a.symbol) for fn, a in plan.exact.items()},
             filter_tgids=config.filter_tgids,
-            follow_children=config.follow_children and config.task_pid_off is not None,
+            follow_children=config.follow_children and "FORK_CHILD_ARG" in config.arg_macros,
             task_pid_off=config.task_pid_off,
+            fork_child_arg=config.arg_macros.get("FORK_CHILD_ARG"),
         )
         exact = ExactProbe(exact_config, on_event=session.on_exact)
         session.exact_timed = set(plan.exact)
