@@ -63,23 +63,37 @@ def config_files(release: str | None = None) -> list[str]:
     return [p for p in ("/proc/config.gz", f"/boot/config-{release}") if os.path.exists(p)]
 
 
-def attaches(how: str, function: str) -> bool:
-    """Does the kernel let a BPF program of kind `how` (fentry, kprobe) attach to `function`?
+def attach_results(how: str, functions: tuple[str, ...]) -> dict[str, bool]:
+    """Per function: does the kernel let a BPF program of kind `how` (fentry, kprobe) attach?
 
-    A real load and attach through bcc's explicit API (doctor uses autoattach),
-    detached at once. Needs root, bcc and headers applied.
+    Real loads and attaches through bcc's explicit API (doctor loads through
+    bpf(2) directly), detached at once. One compile for all functions: under
+    emulation each costs most of a minute. Needs root, bcc and headers applied.
     """
     from bcc import BPF
 
+    class Compiled(BPF):
+        def _trace_autoload(self) -> None:  # attach one at a time below
+            return None
+
+    if how == "kprobe":
+        bpf = Compiled(text=b"int on_call(void *ctx) { return 0; }")
+    else:
+        bpf = Compiled(text="\n".join(f"KFUNC_PROBE({f}) {{ return 0; }}" for f in functions).encode())
+    found = {}
     try:
-        if how == "kprobe":
-            bpf = BPF(text=b"int on_call(void *ctx) { return 0; }")
+        for function in functions:
             try:
-                bpf.attach_kprobe(event=function.encode(), fn_name=b"on_call")
-            finally:
-                bpf.cleanup()
-        else:
-            BPF(text=f"KFUNC_PROBE({function}) {{ return 0; }}".encode()).cleanup()
-    except Exception:  # bcc raises bare Exception for any refusal
-        return False
-    return True
+                if how == "kprobe":
+                    bpf.attach_kprobe(event=function.encode(), fn_name=b"on_call")
+                    bpf.detach_kprobe(event=function.encode())
+                else:
+                    bpf.attach_kfunc(fn_name=function.encode())
+                    bpf.detach_kfunc(fn_name=function.encode())
+            except Exception:  # bcc raises bare Exception for any refusal
+                found[function] = False
+            else:
+                found[function] = True
+    finally:
+        bpf.cleanup()
+    return found

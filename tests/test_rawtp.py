@@ -11,7 +11,7 @@ import os
 import pytest
 
 from analysis.errors import TracerError
-from tests.test_btf import CONST, INT, PTR, STRUCT, TYPEDEF, BlobBuilder
+from test_btf import CONST, PTR, STRUCT, TYPEDEF, BlobBuilder
 from tracer.host.btf import Btf, load_btf
 from tracer.probes import bracket, cycle, rawtp
 
