@@ -20,13 +20,20 @@ compared. Prints forks/s and its ratio to untraced, and the ns per VMA a mode
 adds to the forking thread's CPU time (relative to untraced, and as a
 multiple of what the empty programs add); asserts nothing. Needs root.
 
-    sudo .venv/bin/python scripts/bench_overhead.py [--rounds 5] [--seconds 1] [--json FILE]
+With --switches, each mode also runs a pipe ping-pong between two processes
+pinned to one CPU (every message is a context switch, as in `perf bench sched
+pipe`): the sched_switch program, which tracks time off CPU inside a bracket,
+runs on every switch of the machine, so its cost is per switch, not per VMA.
+
+    sudo .venv/bin/python scripts/bench_overhead.py [--rounds 5] [--seconds 1] [--switches] [--json FILE]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import time
 import statistics
 import sys
 import threading
@@ -100,6 +107,46 @@ def one_run(vmas: int, seconds: float, cpu: int, probe: BracketProbe | None) -> 
     return result.forks_per_sec, result.cpu_ns / max(result.forks, 1), vmas_total
 
 
+def switch_run(seconds: float, cpu: int, probe: BracketProbe | None) -> float:
+    """Wall ns per context switch of a two-process pipe ping-pong on one CPU, `probe` attached."""
+    to_child, to_parent = os.pipe(), os.pipe()
+    pid = os.fork()
+    if pid == 0:  # echo every byte back until the pipe closes
+        try:
+            os.sched_setaffinity(0, {cpu})
+            os.close(to_child[1])
+            os.close(to_parent[0])
+            while os.read(to_child[0], 1):
+                os.write(to_parent[1], b"x")
+        finally:
+            os._exit(0)
+    os.close(to_child[0])
+    os.close(to_parent[1])
+    saved = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {cpu})
+    if probe is not None:
+        probe.attach()
+    try:
+        trips, start = 0, time.perf_counter_ns()
+        deadline = start + int(seconds * 1e9)
+        while True:
+            for _ in range(200):
+                os.write(to_child[1], b"x")
+                os.read(to_parent[0], 1)
+            trips += 200
+            now = time.perf_counter_ns()
+            if now >= deadline:
+                break
+    finally:
+        if probe is not None:
+            probe.detach()
+        os.close(to_child[1])
+        os.waitpid(pid, 0)
+        os.close(to_parent[0])
+        os.sched_setaffinity(0, saved)
+    return (now - start) / (2 * trips)  # a round trip is two switches
+
+
 def summarise(figures: dict, cpu: dict, vmas_totals: dict, modes: list[str]) -> dict:
     """Medians per mode and VMA count; ratios to untraced; per-VMA cost vs the empty floor.
 
@@ -163,6 +210,7 @@ def main() -> int:
     parser.add_argument("--modes", nargs="+", default=DEFAULT_MODES, choices=list(MODES),
                         help="modes to run (untraced is always run)")
     parser.add_argument("--backend", default=None, help="raw_tracepoint or tracepoint (default: doctor's choice)")
+    parser.add_argument("--switches", action="store_true", help="also time context switches under each mode")
     parser.add_argument("--json", type=Path, help="also write the raw figures and the summary here")
     args = parser.parse_args()
 
@@ -184,6 +232,7 @@ def main() -> int:
         figures = {v: {m: [] for m in modes} for v in args.vmas}
         cpu_per_fork = {v: {m: [] for m in modes} for v in args.vmas}
         vmas_totals: dict[int, int] = {}
+        switch_ns: dict[str, list[float]] = {m: [] for m in modes}
         lost = 0
         for rnd in range(args.rounds):
             for vmas in args.vmas:
@@ -191,6 +240,9 @@ def main() -> int:
                     rate, cpu_ns, vmas_totals[vmas] = one_run(vmas, args.seconds, args.cpu, probes.get(m))
                     figures[vmas][m].append(rate)
                     cpu_per_fork[vmas][m].append(cpu_ns)
+            if args.switches:
+                for m in modes:
+                    switch_ns[m].append(switch_run(args.seconds, args.cpu, probes.get(m)))
             print(f"  round {rnd + 1}/{args.rounds} done", file=sys.stderr, flush=True)
         lost = sum(p.counters()["lost_ringbuf"] for p in probes.values())
     finally:
@@ -200,6 +252,14 @@ def main() -> int:
     summary = summarise(figures, cpu_per_fork, vmas_totals, modes)
     print()
     print(render(summary, modes))
+    switches = {}
+    if args.switches:
+        med = {m: statistics.median(v) for m, v in switch_ns.items()}
+        switches = {"ns_per_switch": med, "added_ns": {m: med[m] - med["untraced"] for m in modes if m != "untraced"}}
+        print("\ncontext switches (pipe ping-pong on one CPU): ns per switch, and added over untraced")
+        for m in modes:
+            added = switches["added_ns"].get(m)
+            print(f"{m:<13}{med[m]:>9.0f}" + (f"{added:>+9.0f}" if added is not None else ""))
     print(f"\n/untr: forks/s relative to untraced (1.000 = no slowdown); ns/VMA: CPU time the forking thread "
           f"spends per fork over untraced's, over VMAs copied; x empty: that as a multiple of the empty "
           f"programs'. Ring buffer records lost: {lost}")
@@ -207,7 +267,8 @@ def main() -> int:
         args.json.write_text(json.dumps({"backend": backend, "rounds": args.rounds, "seconds": args.seconds,
                                          "cpu": args.cpu, "modes": {m: MODES[m] for m in modes},
                                          "raw": {"forks_per_s": figures, "cpu_ns_per_fork": cpu_per_fork},
-                                         "summary": summary}, indent=2))
+                                         "summary": summary, "switches": switches,
+                                         "raw_switch_ns": switch_ns}, indent=2))
     return 0
 
 
