@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import functools
 import os
 import sys
 import tempfile
@@ -122,6 +123,12 @@ def _try_bpf(text: str) -> _Tried:
     errors = [line for line in log if "error" in line]
     line = (errors or log or [None])[0 if errors else -1]
     return _Tried(stage is None, stage, code, line)
+
+
+@functools.lru_cache(maxsize=4)
+def _raw_tracepoint_check(headers_path: str | None) -> _Tried:
+    """One empty raw tracepoint program, once per process and headers (doctor then record, in one process)."""
+    return _try_bpf("RAW_TRACEPOINT_PROBE(sched_process_fork) { return 0; }")
 
 
 def _read_filter_functions(tracefs: str | None) -> tuple[set[str] | None, str]:
@@ -325,7 +332,7 @@ def probe_host(try_load: bool = True, kinds: tuple[str, ...] | None = None) -> H
         # One empty raw tracepoint program: proves the headers compile and the backend loads.
         if headers is not None:
             apply_headers(headers)
-        check = _try_bpf("RAW_TRACEPOINT_PROBE(sched_process_fork) { return 0; }")
+        check = _raw_tracepoint_check(headers.path if headers is not None else None)
         if check.stage == "compile":
             description = f"{facts.headers.description}; a test program does not compile: {check.log}"
             facts = replace(facts, headers=replace(facts.headers, ok=False, compiles=False, description=description))
