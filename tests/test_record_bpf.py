@@ -194,15 +194,16 @@ def test_dup_event_layout_matches_bpf():
     from bcc import BPF
 
     from tracer.host import headers
-    from tracer.probes.bracket import SOURCE, DupEvent
+    from tracer.probes.bracket import SOURCE, BracketConfig, DupEvent, cflags_for
+    from tracer.probes.program import program_text
 
     headers.apply(headers.resolve_headers())
     checks = [f"_Static_assert(sizeof(struct dup_event) == {ctypes.sizeof(DupEvent)}, \"size\");"]
     for name, _ in DupEvent._fields_:
         offset = getattr(DupEvent, name).offset
         checks.append(f"_Static_assert(__builtin_offsetof(struct dup_event, {name}) == {offset}, \"{name}\");")
-    text = SOURCE.read_text() + "\n" + "\n".join(checks) + "\n"
-    BPF(text=text.encode(), cflags=[f"-I{SOURCE.parent}", "-DRINGBUF_PAGES=8", "-DMM_MAP_COUNT_OFF=-1", "-DMAX_CPUS=1"]).cleanup()
+    text = program_text(SOURCE) + ("\n" + "\n".join(checks) + "\n").encode()
+    BPF(text=text, cflags=cflags_for(BracketConfig(backend="tracepoint", ringbuf_pages=8, max_cpus=1))).cleanup()
 
 
 FAILING_FORK = r"""
