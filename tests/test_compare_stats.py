@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from analysis.compare.samples import IMPROVEMENT, REGRESSION, SAME, UNDECIDED, SamplePair, compare_samples
-from analysis.compare.stats import bootstrap_delta_ci, holm, mann_whitney, rankdata
+from analysis.compare.stats import bootstrap_delta_ci, decide, holm, mann_whitney, rankdata
 
 
 def brute_u(a, b) -> float:
@@ -100,6 +100,16 @@ def test_holm_by_hand():
     # sorted 0.005, 0.01, 0.03, 0.04 times 4, 3, 2, 1 = 0.02, 0.03, 0.06, 0.04 -> running max.
     assert holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
     assert math.isnan(holm([0.2, math.nan])[1])
+
+
+def test_decide_holm_then_direction():
+    # Holm over the three in the family (None is outside it): 0.01*3, 0.02*2, 0.2*1.
+    verdicts = decide([(0.01, 10.0, 12.0), (0.02, 10.0, 8.0), None, (0.2, 10.0, 30.0)], alpha=0.05)
+    assert [change for _, change in verdicts] == [REGRESSION, IMPROVEMENT, UNDECIDED, SAME]
+    assert [p for p, _ in verdicts][:2] == pytest.approx([0.03, 0.04])
+    assert math.isnan(verdicts[2][0])
+    # Significant p, equal values: no direction to call.
+    assert decide([(0.001, 5.0, 5.0)]) == [(0.001, SAME)]
 
 
 def test_bootstrap_ci_covers_known_shift():

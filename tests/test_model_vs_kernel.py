@@ -28,11 +28,12 @@ from analysis.recording import load_recording, write_recording
 from analysis.recording.layout import Vma, format_maps, parse_maps
 from analysis.model.build import build_bulk, build_from_history, layout_slots
 from analysis.model.cli import run_model
-from analysis.model.parent import RecordedTarget, choose_parent_build
+from analysis.model.parent import RecordedTarget, choose_parent_build, parent_tree
 from analysis.model.history import (
     PAGE_SIZE,
     TEMPORARY,
     find_spawn_region,
+    history_mmap_order,
     munmap_stores,
     spawn_history,
 )
@@ -130,6 +131,20 @@ def test_find_spawn_region():
         find_spawn_region(sorted(twice, key=lambda v: v.start), 3)
     with pytest.raises(ValueError):
         find_spawn_region(layout, -1)
+
+
+def test_parent_tree_is_built_once_per_target():
+    layout = spawn_like_layout(20)
+    spawn = {"kind": "spawn", "pid": 1, "extra_vmas": 20}
+    first = parent_tree(RecordedTarget(layout, 3.0, "", 1, spawn))
+    # An equal target (another list, another note) gets the same tree; anything that decides the tree does not.
+    assert parent_tree(RecordedTarget(list(layout), 3.0, "other", 1, dict(spawn))) is first
+    other = parent_tree(RecordedTarget(layout, 5.0, "", 1, None))
+    assert (other.build, first.build) == ("observed_leaves", "spawn_history")
+    assert other.tree.shape().leaves == 5
+    assert parent_tree(RecordedTarget(layout, 6.0, "", 1, None)).tree.shape().leaves == 6
+    assert first.assumed_leaves is None
+    assert other.assumed_leaves == build_from_history(history_mmap_order(layout, "descending")).shape().leaves
 
 
 def test_choose_parent_build():

@@ -31,6 +31,18 @@ def run_tracer(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
     )
 
 
+def record(path: Path, *args: str):
+    """`tracer record -q -o PATH ARGS...`, which must succeed; the recording it wrote."""
+    proc = run_tracer("record", "-q", "-o", str(path), *args)
+    assert proc.returncode == 0, proc.stderr
+    return load_recording(path)
+
+
+def workload_forks(rec):
+    """The forks of the workload's own process (not of its children or the tracer)."""
+    return rec.forks[rec.forks.pid == rec.meta["workload"]["pid"]]
+
+
 def tree_vmas(maps_text: str) -> int:
     """VMAs in mm->mm_mt: /proc/PID/maps lines minus the gate area, which is not in the tree."""
     return sum(1 for v in parse_maps(maps_text) if v.path != "[vsyscall]")
@@ -42,9 +54,7 @@ def spawn_recordings(tmp_path_factory) -> dict[int, object]:
     out = {}
     for vmas in (0, 200, 1000):
         path = tmp_path_factory.mktemp("rec") / f"spawn{vmas}.parquet"
-        proc = run_tracer("record", "--spawn", str(vmas), "--forks", str(FORKS), "--cpu", "0", "-q", "-o", str(path))
-        assert proc.returncode == 0, proc.stderr
-        out[vmas] = load_recording(path)
+        out[vmas] = record(path, "--spawn", str(vmas), "--forks", str(FORKS), "--cpu", "0")
     return out
 
 
@@ -111,12 +121,9 @@ def test_recording_is_self_describing(spawn_recordings):
 
 
 def test_classic_tracepoint_backend_agrees(tmp_path):
-    path = tmp_path / "classic.parquet"
-    proc = run_tracer("record", "--spawn", "100", "--forks", "10", "--backend", "tracepoint", "-q", "-o", str(path))
-    assert proc.returncode == 0, proc.stderr
-    rec = load_recording(path)
+    rec = record(tmp_path / "classic.parquet", "--spawn", "100", "--forks", "10", "--backend", "tracepoint")
     assert rec.meta["backend"] == "tracepoint"
-    forks = rec.forks[rec.forks.pid == rec.meta["workload"]["pid"]]
+    forks = workload_forks(rec)
     assert len(forks) == 10
     (snapshot,) = rec.meta["maps"]
     assert (forks.stores == tree_vmas(snapshot["maps"])).all()
@@ -159,13 +166,10 @@ def test_pid_mode_traces_only_that_process(tmp_path):
 
 
 def test_command_mode_follows_descendants(tmp_path):
-    path = tmp_path / "cmd.parquet"
     # bash forks for each external command but execs the last one in place
     # (dash would vfork, which has no dup_mmap): 2 forks outside, 1 inside.
     script = "/bin/true; bash -c '/bin/true; /bin/true'; /bin/true"
-    proc = run_tracer("record", "-q", "-o", str(path), "--", "bash", "-c", script)
-    assert proc.returncode == 0, proc.stderr
-    rec = load_recording(path)
+    rec = record(tmp_path / "cmd.parquet", "--", "bash", "-c", script)
     assert len(rec.forks) == 3
     assert rec.meta["workload"]["exit_status"] == 0
     assert set(rec.forks.comm) == {"bash"}
@@ -175,10 +179,7 @@ def test_command_mode_follows_descendants(tmp_path):
 
 
 def test_sampling_sees_the_kernel_inside_dup_mmap(tmp_path):
-    path = tmp_path / "sample.parquet"
-    proc = run_tracer("record", "--spawn", "6400", "--forks", "150", "--sample", "4999", "-q", "-o", str(path))
-    assert proc.returncode == 0, proc.stderr
-    meta = load_recording(path).meta
+    meta = record(tmp_path / "sample.parquet", "--spawn", "6400", "--forks", "150", "--sample", "4999").meta
     assert meta["level"] == "full"  # --sample is the full level
     sample = meta["sample"]
     assert sample["hz"] == 4999
@@ -194,15 +195,16 @@ def test_dup_event_layout_matches_bpf():
     from bcc import BPF
 
     from tracer.host import headers
-    from tracer.probes.bracket import SOURCE, DupEvent
+    from tracer.probes.bracket import SOURCE, BracketConfig, DupEvent, cflags_for
+    from tracer.probes.program import program_text
 
     headers.apply(headers.resolve_headers())
     checks = [f"_Static_assert(sizeof(struct dup_event) == {ctypes.sizeof(DupEvent)}, \"size\");"]
     for name, _ in DupEvent._fields_:
         offset = getattr(DupEvent, name).offset
         checks.append(f"_Static_assert(__builtin_offsetof(struct dup_event, {name}) == {offset}, \"{name}\");")
-    text = SOURCE.read_text() + "\n" + "\n".join(checks) + "\n"
-    BPF(text=text.encode(), cflags=[f"-I{SOURCE.parent}", "-DRINGBUF_PAGES=8", "-DMM_MAP_COUNT_OFF=-1", "-DMAX_CPUS=1"]).cleanup()
+    text = program_text(SOURCE) + ("\n" + "\n".join(checks) + "\n").encode()
+    BPF(text=text, cflags=cflags_for(BracketConfig(backend="tracepoint", ringbuf_pages=8, max_cpus=1))).cleanup()
 
 
 FAILING_FORK = r"""
@@ -252,11 +254,9 @@ def test_fork_failing_inside_dup_mmap_is_recorded_and_flagged(tmp_path):
 
 def test_fork_level_times_dup_mmap_without_per_vma_data(tmp_path):
     path = tmp_path / "fork.parquet"
-    proc = run_tracer("record", "--spawn", "300", "--forks", "20", "--level", "fork", "-q", "-o", str(path))
-    assert proc.returncode == 0, proc.stderr
-    rec = load_recording(path)
+    rec = record(path, "--spawn", "300", "--forks", "20", "--level", "fork")
     assert rec.meta["level"] == "fork"
-    forks = rec.forks[rec.forks.pid == rec.meta["workload"]["pid"]]
+    forks = workload_forks(rec)
     assert len(forks) == 20 and not forks.failed.any()
     assert (forks.dup_mmap_ns > 0).all()
     assert (forks.child_pid > 0).all() and forks.child_pid.is_unique
@@ -276,14 +276,11 @@ def test_fork_level_times_dup_mmap_without_per_vma_data(tmp_path):
 def test_full_level_samples_at_a_default_rate(tmp_path):
     from tracer.record.options import DEFAULT_SAMPLE_HZ
 
-    path = tmp_path / "full.parquet"
-    proc = run_tracer("record", "--spawn", "1600", "--forks", "60", "--level", "full", "-q", "-o", str(path))
-    assert proc.returncode == 0, proc.stderr
-    rec = load_recording(path)
+    rec = record(tmp_path / "full.parquet", "--spawn", "1600", "--forks", "60", "--level", "full")
     assert rec.meta["level"] == "full"
     assert rec.meta["sample"]["hz"] == DEFAULT_SAMPLE_HZ
     assert sum(s["count"] for s in rec.meta["sample"]["stacks"]) > 0
-    forks = rec.forks[rec.forks.pid == rec.meta["workload"]["pid"]]
+    forks = workload_forks(rec)
     assert (forks.stores >= 1600).all() and (forks.vma_loop_ns > 0).all()
 
 

@@ -112,16 +112,20 @@ def test_lost_unknown_is_not_zero(tmp_path):
     assert "unknown ring buffer records dropped" in render_report(path, "text")
 
 
-def test_top_functions_by_self_samples(tmp_path):
+def sampled(path, stacks: list[dict], hz: int = 99):
+    """A synthetic recording at `path` whose metadata holds these sampled kernel stacks."""
     rows = fork_rows(4)
+    return write_synthetic(path, rows, default_metadata(rows, sample={"hz": hz, "stacks": stacks, "lost": 0}))
+
+
+def test_top_functions_by_self_samples(tmp_path):
     stacks = [
         {"stack": "entry_SYSCALL_64;__x64_sys_clone;copy_process;dup_mmap;__mt_dup;mas_dup_alloc", "phase": "mt_dup", "count": 5},
         {"stack": "entry_SYSCALL_64;__x64_sys_clone;copy_process;dup_mmap;__mt_dup+0x1a/0x40", "phase": "mt_dup", "count": 3},
         {"stack": "copy_process;dup_mmap;mas_dup_alloc+0x10/0x200", "phase": "mt_dup", "count": 4},
         {"stack": "copy_process;dup_mmap;copy_page_range", "phase": "vma_loop", "count": 11},
     ]
-    meta = default_metadata(rows, sample={"hz": 999, "stacks": stacks, "lost": 0})
-    path = write_synthetic(tmp_path / "r.parquet", rows, meta)
+    path = sampled(tmp_path / "r.parquet", stacks, hz=999)
     samples = json.loads(render_report(path, "json"))["samples"]
     top = samples["phases"]["mt_dup"]["top"]
     assert [(f["function"], f["self"]) for f in top] == [("mas_dup_alloc", 9), ("__mt_dup", 3)]
@@ -182,14 +186,12 @@ def test_command_workload_stays_on_one_header_line(tmp_path):
 
 
 def test_folded_output_merges_stacks_per_phase_for_flamegraph(tmp_path):
-    rows = fork_rows(5)
     stacks = [
         {"stack": "copy_process;dup_mmap;__mt_dup", "phase": "mt_dup", "count": 3},
         {"stack": "copy_process;dup_mmap;__mt_dup", "phase": "mt_dup", "count": 2},
         {"stack": "copy_process;dup_mmap;mas_store", "phase": "vma_loop", "count": 7},
     ]
-    path = write_synthetic(tmp_path / "s.parquet", rows, default_metadata(rows, sample={"hz": 99, "stacks": stacks, "lost": 0}))
-    lines = render_report(path, "folded").splitlines()
+    lines = render_report(sampled(tmp_path / "s.parquet", stacks), "folded").splitlines()
     assert lines == [
         "dup_mmap[mt_dup];copy_process;dup_mmap;__mt_dup 5",
         "dup_mmap[vma_loop];copy_process;dup_mmap;mas_store 7",

@@ -10,9 +10,9 @@ snapshot of the forking pid) shaped by
   evenly over them. Its leaf count matches by construction; how far a
   guessed history (top-down mmap order) would be off is reported beside it.
 
-Every result says which source it used. Forks share layouts, so counts are
-computed once per (layout, source) and cached: a 6400-VMA layout costs ~0.1 s
-the first time.
+Every result says which source it used. The parent's tree comes from
+analysis.model.parent.parent_tree, which caches it: forks share layouts, and
+a 6400-VMA tree costs ~0.1 s to build the first time.
 """
 
 from __future__ import annotations
@@ -24,10 +24,8 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from analysis.model.build import build_from_history
 from analysis.model.parent import GATE_AREAS, RecordedTarget, parent_tree
 from analysis.model.dup import dup_mmap_replace, mt_dup
-from analysis.model.history import history_mmap_order
 from analysis.model.tree import MapleTree
 from analysis.recording.layout import Vma
 from analysis.recording.reader import Recording
@@ -90,33 +88,15 @@ class RecordingCounts:
     missing: str | None  # why no fork has counts, or None
 
 
-_CACHE: dict[tuple, tuple[ModelCounts, CountSource]] = {}
-_CACHE_MAX = 64
-
-
 def counts_for_layout(
     layout: Sequence[Vma], workload: dict[str, Any] | None, observed_leaves: float | None
 ) -> tuple[ModelCounts, CountSource]:
-    """The model's counts for one fork of a process with `layout` (cached)."""
+    """The model's counts for one fork of a process with `layout` (its tree cached by parent_tree)."""
     layout = [v for v in layout if v.path not in GATE_AREAS]
-    wkey = (workload or {}).get("kind"), (workload or {}).get("extra_vmas")
-    key = (tuple(layout), wkey, None if observed_leaves is None else round(float(observed_leaves)))
-    hit = _CACHE.get(key)
-    if hit is not None:
-        return hit
-    target = RecordedTarget(layout, observed_leaves, "", None, workload)
-    chosen = parent_tree(target)
-    tree, why = chosen.tree, chosen.why
+    chosen = parent_tree(RecordedTarget(layout, observed_leaves, "", None, workload))
     source = {"observed_leaves": "observed_partition"}.get(chosen.build, chosen.build)
-    assumed: int | None = None
-    if chosen.build != "spawn_history":
-        assumed = build_from_history(history_mmap_order(layout, "descending")).shape().leaves
-    counts = _count(tree, layout)
-    result = (counts, CountSource(source, why, observed_leaves, counts.predicted_leaves, assumed))
-    if len(_CACHE) >= _CACHE_MAX:
-        _CACHE.pop(next(iter(_CACHE)))
-    _CACHE[key] = result
-    return result
+    counts = _count(chosen.tree, layout)
+    return counts, CountSource(source, chosen.why, observed_leaves, counts.predicted_leaves, chosen.assumed_leaves)
 
 
 def _count(tree: MapleTree, layout: Sequence[Vma]) -> ModelCounts:

@@ -20,8 +20,7 @@ from typing import Any, Mapping, Sequence
 
 from analysis.attribution.components import COMPONENT_UNITS as ATTRIBUTION_UNITS
 from analysis.attribution.components import UNIT_DOC
-from analysis.compare.samples import IMPROVEMENT, REGRESSION, SAME, UNDECIDED
-from analysis.compare.stats import ALPHA, holm
+from analysis.compare.stats import ALPHA, IMPROVEMENT, REGRESSION, UNDECIDED, decide
 from analysis.errors import TracerError
 
 __all__ = ["COMPONENT_UNITS", "ComponentRow", "ShapeChange", "compare_components", "compare_shapes"]
@@ -94,12 +93,8 @@ def compare_components(
         else:
             pct, ci = math.nan, (math.nan, math.nan)
         rows.append(ComponentRow(group, name, COMPONENT_UNITS.get(name, "per unit"), b, n, b_ci, n_ci, pct, ci, p, math.nan, UNDECIDED))
-    for row, p_adj in zip(rows, holm([r.p for r in rows])):
-        row.p_adjusted = p_adj
-        if p_adj < alpha and row.new_ns != row.base_ns:
-            row.change = REGRESSION if row.new_ns > row.base_ns else IMPROVEMENT
-        else:
-            row.change = SAME
+    for row, (p_adjusted, change) in zip(rows, decide([(r.p, r.base_ns, r.new_ns) for r in rows], alpha)):
+        row.p_adjusted, row.change = p_adjusted, change
     return rows
 
 

@@ -36,13 +36,12 @@ def _usable_forks(group: Group) -> pd.DataFrame:
 def _model_shape(rec: Recording) -> dict[str, int] | None:
     """The replay model's tree (nodes, height, leaves) for a recording's saved layout, if any."""
     from analysis.errors import TracerError
-    from analysis.model.cli import load_recording_target
-    from analysis.model.parent import parent_tree
+    from analysis.model.parent import parent_tree, recording_target
 
     if not rec.meta.get("maps"):
         return None
     try:
-        shape = parent_tree(load_recording_target(rec.path)).tree.shape()
+        shape = parent_tree(recording_target(rec)).tree.shape()
     except (TracerError, ValueError):
         return None
     return {"nodes": shape.nodes, "height": shape.height, "leaves": shape.leaves}

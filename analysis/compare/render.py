@@ -7,7 +7,7 @@ import math
 from dataclasses import asdict
 from typing import Any
 
-from analysis.compare.components import SHAPE_NAMES
+from analysis.compare.components import SHAPE_NAMES, ComponentRow
 from analysis.compare.result import Comparison
 from analysis.compare.samples import IMPROVEMENT, REGRESSION, SAME, UNDECIDED, SampleRow
 
@@ -67,6 +67,24 @@ def _wrap(text: str, indent: str = "", width: int = WIDTH) -> list[str]:
     return lines
 
 
+def _cells(r: SampleRow | ComponentRow, unit: str) -> tuple[str, str, str, str, str, str]:
+    """A row's numbers as both text and Markdown print them: base, new, delta, 95% CI, p, mark.
+
+    A sample row outside the Holm family (too few values) shows its own p.
+    """
+    if isinstance(r, ComponentRow):
+        base, new, p = r.base_ns, r.new_ns, r.p_adjusted
+    else:
+        base, new, p = r.base_median, r.new_median, r.p_adjusted if r.decided else r.p
+    return fmt_time(base, unit), fmt_time(new, unit), _pct(r.delta_pct), _ci(r.ci95_pct), _p(p), MARKS[r.change]
+
+
+def _unmatched(c: Comparison) -> list[str]:
+    """What one side has and the other lacks, a line a side."""
+    sides = (("base", c.unmatched_base), ("new", c.unmatched_new))
+    return [f"only in {side} (not compared): " + "; ".join(labels) for side, labels in sides if labels]
+
+
 def _sides(c: Comparison) -> str:
     what = "recording" if c.kind == "recordings" else "benchmark file"
     nb, nn = len(c.base_files), len(c.new_files)
@@ -109,18 +127,13 @@ def render_text(c: Comparison) -> str:
         if comps:
             out.append(f"  {'per-unit cost':<20} {'base':>8} {'new':>8} {'delta':>8}  {'95% CI':<16} {'p-adj':>6}")
             for r in comps:
-                out.append(
-                    _clip(
-                        f"  {r.component + ' (' + r.unit + ')':<20.20} {fmt_time(r.base_ns, 'ns'):>8} "
-                        f"{fmt_time(r.new_ns, 'ns'):>8} {_pct(r.delta_pct):>8}  {_ci(r.ci95_pct):<16} "
-                        f"{_p(r.p_adjusted):>6}  {MARKS[r.change]}"
-                    )
-                )
+                base, new, delta, ci, p, mark = _cells(r, "ns")
+                name = f"{r.component} ({r.unit})"
+                out.append(_clip(f"  {name:<20.20} {base:>8} {new:>8} {delta:>8}  {ci:<16} {p:>6}  {mark}"))
     if c.unmatched_base or c.unmatched_new:
         out.append("")
-        for side, labels in (("base", c.unmatched_base), ("new", c.unmatched_new)):
-            if labels:
-                out += _wrap(f"only in {side} (not compared): " + "; ".join(labels), "  ")
+        for line in _unmatched(c):
+            out += _wrap(line, "  ")
     if c.notes:
         out.append("")
         for note in c.notes:
@@ -135,11 +148,8 @@ def render_text(c: Comparison) -> str:
 
 
 def _row_text(r: SampleRow, unit: str, width: int) -> str:
-    mark = MARKS[r.change]
-    return _clip(
-        f"  {r.metric:<{width}.{width}} {fmt_time(r.base_median, unit):>8} {fmt_time(r.new_median, unit):>8} "
-        f"{_pct(r.delta_pct):>8}  {_ci(r.ci95_pct):<16} {_p(r.p_adjusted if r.decided else r.p):>6}  {mark}"
-    )
+    base, new, delta, ci, p, mark = _cells(r, unit)
+    return _clip(f"  {r.metric:<{width}.{width}} {base:>8} {new:>8} {delta:>8}  {ci:<16} {p:>6}  {mark}")
 
 
 def _shape_text(s) -> str:
@@ -180,11 +190,7 @@ def render_markdown(c: Comparison) -> str:
         out.append(f"| {label} | n base | n new | base | new | delta | 95% CI | p-adj | |")
         out.append("|---|---:|---:|---:|---:|---:|---|---:|---|")
         for r in rows:
-            p = r.p_adjusted if r.decided else r.p
-            out.append(
-                f"| {r.metric} | {r.base_n} | {r.new_n} | {fmt_time(r.base_median, c.unit)} | {fmt_time(r.new_median, c.unit)} "
-                f"| {_pct(r.delta_pct)} | {_ci(r.ci95_pct)} | {_p(p)} | {MARKS[r.change]} |"
-            )
+            out.append(_md_row(r.metric, str(r.base_n), str(r.new_n), *_cells(r, c.unit)))
         for s in c.shapes:
             if s.group == group:
                 out.append("")
@@ -195,15 +201,10 @@ def render_markdown(c: Comparison) -> str:
             out.append("| component | unit | base | new | delta | 95% CI | p-adj | |")
             out.append("|---|---|---:|---:|---:|---|---:|---|")
             for r in comps:
-                out.append(
-                    f"| {r.component} | {r.unit} | {fmt_time(r.base_ns, 'ns')} | {fmt_time(r.new_ns, 'ns')} "
-                    f"| {_pct(r.delta_pct)} | {_ci(r.ci95_pct)} | {_p(r.p_adjusted)} | {MARKS[r.change]} |"
-                )
+                out.append(_md_row(r.component, r.unit, *_cells(r, "ns")))
     if c.unmatched_base or c.unmatched_new:
         out.append("")
-        for side, labels in (("base", c.unmatched_base), ("new", c.unmatched_new)):
-            if labels:
-                out.append(f"- only in {side} (not compared): " + "; ".join(labels))
+        out += [f"- {line}" for line in _unmatched(c)]
     for note in c.notes:
         out.append(f"- note: {note}")
     out.append("")
@@ -213,6 +214,10 @@ def render_markdown(c: Comparison) -> str:
         f"?: fewer than {c.min_samples} a side, no verdict."
     )
     return "\n".join(out)
+
+
+def _md_row(*cells: str) -> str:
+    return "| " + " | ".join(cells) + " |"
 
 
 def _clean(x: Any) -> Any:

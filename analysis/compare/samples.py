@@ -15,15 +15,19 @@ from typing import Sequence
 
 import numpy as np
 
-from analysis.compare.stats import ALPHA, MIN_SAMPLES, bootstrap_delta_ci, holm, mann_whitney
+from analysis.compare.stats import (
+    ALPHA,
+    IMPROVEMENT,
+    MIN_SAMPLES,
+    REGRESSION,
+    SAME,
+    UNDECIDED,
+    bootstrap_delta_ci,
+    decide,
+    mann_whitney,
+)
 
 __all__ = ["SampleRow", "SamplePair", "compare_samples", "REGRESSION", "IMPROVEMENT", "SAME", "UNDECIDED"]
-
-REGRESSION = "regression"  # significantly slower (larger values)
-IMPROVEMENT = "improvement"  # significantly faster
-SAME = "~"  # no significant change
-UNDECIDED = "?"  # too few values on a side to decide
-
 
 @dataclass(frozen=True)
 class SamplePair:
@@ -92,13 +96,7 @@ def compare_samples(
             nm = float(np.median(new)) if len(new) else math.nan
             decided = False
         rows.append(SampleRow(pair.group, pair.metric, len(base), len(new), bm, nm, delta_pct, ci, p, math.nan, decided, UNDECIDED))
-    adjusted = holm([r.p if r.decided else math.nan for r in rows])
-    for row, p_adj in zip(rows, adjusted):
-        row.p_adjusted = p_adj
-        if not row.decided:
-            row.change = UNDECIDED
-        elif p_adj < alpha and row.new_median != row.base_median:
-            row.change = REGRESSION if row.new_median > row.base_median else IMPROVEMENT
-        else:
-            row.change = SAME
+    verdicts = decide([(r.p, r.base_median, r.new_median) if r.decided else None for r in rows], alpha)
+    for row, (p_adjusted, change) in zip(rows, verdicts):
+        row.p_adjusted, row.change = p_adjusted, change
     return rows

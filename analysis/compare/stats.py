@@ -31,9 +31,20 @@ __all__ = [
     "rankdata",
     "bootstrap_delta_ci",
     "holm",
+    "decide",
+    "REGRESSION",
+    "IMPROVEMENT",
+    "SAME",
+    "UNDECIDED",
 ]
 
 ALPHA = 0.05
+
+# A row's verdict, benchstat-style.
+REGRESSION = "regression"  # significantly slower (larger values)
+IMPROVEMENT = "improvement"  # significantly faster
+SAME = "~"  # no significant change
+UNDECIDED = "?"  # too few values on a side to decide
 
 # Fewer values than this on a side: no verdict, a warning. With 5 a side the
 # smallest two-sided U-test p-value is 2/252 = 0.008, so a change can be
@@ -185,3 +196,24 @@ def holm(pvalues: Sequence[float]) -> list[float]:
     adjusted = np.minimum(1.0, np.maximum.accumulate((m - np.arange(m)) * p[order]))
     out[order] = adjusted
     return out.tolist()
+
+
+def decide(tests: Sequence[tuple[float, float, float] | None], alpha: float = ALPHA) -> list[tuple[float, str]]:
+    """Holm over a family of tests, then each one's verdict: (adjusted p, change).
+
+    tests: per row, (p, base, new): its own p-value and the two values it
+    compared (medians, per-unit costs; smaller is better); None for a row
+    outside the family (too few values), which gets no verdict. A change
+    needs the adjusted p below alpha and the two values to differ.
+    """
+    adjusted = holm([t[0] if t is not None else math.nan for t in tests])
+    out: list[tuple[float, str]] = []
+    for test, p_adj in zip(tests, adjusted):
+        if test is None:
+            change = UNDECIDED
+        elif p_adj < alpha and test[2] != test[1]:
+            change = REGRESSION if test[2] > test[1] else IMPROVEMENT
+        else:
+            change = SAME
+        out.append((p_adj, change))
+    return out

@@ -18,14 +18,13 @@ top-down assumption would have been off.
 from __future__ import annotations
 
 import json
-import statistics
 from pathlib import Path
 from typing import Any
 
-from analysis.recording.layout import Vma, parse_maps
+from analysis.recording.layout import Vma
 from analysis.model.build import synthetic_layout
 from analysis.model.compare import ModelReport, compare_paths, model_leaf_counts
-from analysis.model.parent import GATE_AREAS, RecordedTarget, parent_tree
+from analysis.model.parent import RecordedTarget, layout_from_maps_text, parent_tree, recording_target
 from analysis.model.tree import TreeShape
 from analysis.recording import load_recording
 from analysis.errors import TracerError, UsageError
@@ -90,45 +89,12 @@ def load_maps_layout(path: Path) -> list[Vma]:
         text = Path(path).read_text()
     except (OSError, UnicodeDecodeError) as err:
         raise TracerError(f"cannot read {path}: {getattr(err, 'strerror', None) or err}") from None
-    return _layout_from_maps_text(text, str(path))
-
-
-def _layout_from_maps_text(text: str, what: str) -> list[Vma]:
-    try:
-        vmas = parse_maps(text)
-    except ValueError as err:
-        raise TracerError(f"{what} is not a /proc/PID/maps file: {err}") from None
-    layout = [v for v in vmas if v.path not in GATE_AREAS]
-    if not layout:
-        raise TracerError(f"{what} holds no VMAs")
-    return layout
+    return layout_from_maps_text(text, str(path))
 
 
 def load_recording_target(path: Path) -> RecordedTarget:
-    """The process with the most forks in a recording: layout, median `leaves`, workload."""
-    rec = load_recording(path)
-    snapshots = rec.meta.get("maps") or []
-    if not snapshots:
-        raise TracerError(f"{path} holds no /proc/PID/maps snapshot")
-
-    forks = rec.forks[rec.forks["leaves"] > 0]
-    leaves_by_pid = {int(pid): rows["leaves"].tolist() for pid, rows in forks.groupby("pid")}
-    pids_with_maps = {s.get("pid") for s in snapshots}
-    ranked = sorted((p for p in leaves_by_pid if p in pids_with_maps), key=lambda p: -len(leaves_by_pid[p]))
-    if ranked:
-        pid = ranked[0]
-        snapshot = next(s for s in snapshots if s.get("pid") == pid)
-    else:
-        snapshot = snapshots[0]
-        pid = snapshot.get("pid")
-    layout = _layout_from_maps_text(snapshot.get("maps") or "", f"{path} (maps of pid {pid})")
-    leaves = leaves_by_pid.get(pid, [])
-    observed = statistics.median(leaves) if leaves else None
-    note = f"pid {pid} {snapshot.get('comm', '')}".rstrip() + f", {len(leaves)} forks with leaves"
-    workload = rec.meta.get("workload")
-    if not isinstance(workload, dict) or workload.get("pid") != pid:
-        workload = None
-    return RecordedTarget(layout, observed, note, pid, workload)
+    """The process with the most forks in the recording at `path` (analysis.model.parent.recording_target)."""
+    return recording_target(load_recording(path))
 
 
 # -- rendering ---------------------------------------------------------------------

@@ -159,8 +159,28 @@ def find_spawn_region(
     if extra_vmas == 0:
         return None
     if spawn_layout == "adjacent":
-        return _adjacent_region(layout, extra_vmas, page)
-    runs: list[tuple[int, int]] = []  # (first index, length) of maximal runs
+        # A run may be longer than asked only if a lookalike neighbour sits right beside it.
+        first, count, base = _the_one_run(
+            layout, _adjacent_runs(layout, page), extra_vmas, page,
+            vmas="adjacent one-page anonymous VMAs alternating rw-p/r--p",
+            several="adjacent one-page VMAs",
+            layout_name="the adjacent layout",
+        )
+        return SpawnRegion(first=first, count=count, base=base, pages=count + 2, layout="adjacent")
+    # A run longer than asked for cannot be cut apart (each extra VMA has a hole on
+    # both sides, so a neighbour that looks alike would be one page away only by chance).
+    first, count, base = _the_one_run(
+        layout, _gapped_runs(layout, page), extra_vmas, page,
+        vmas="one-page rw-p anonymous VMAs a page apart",
+        several="one-page anonymous VMAs",
+        layout_name="the layout",
+    )
+    return SpawnRegion(first=first, count=count, base=base, pages=2 * count + 1)
+
+
+def _gapped_runs(layout: Sequence[Vma], page: int) -> list[tuple[int, int]]:
+    """Maximal runs of one-page rw-p anonymous VMAs, each one page after the last."""
+    runs: list[tuple[int, int]] = []
     i = 0
     while i < len(layout):
         if not _is_extra(layout[i], page):
@@ -171,41 +191,32 @@ def find_spawn_region(
             j += 1
         runs.append((i, j - i + 1))
         i = j + 1
-    # A run longer than asked for cannot be cut apart (each extra VMA has a hole on
-    # both sides, so a neighbour that looks alike would be one page away only by chance).
+    return runs
+
+
+def _the_one_run(
+    layout: Sequence[Vma], runs: list[tuple[int, int]], extra_vmas: int, page: int,
+    *, vmas: str, several: str, layout_name: str,
+) -> tuple[int, int, int]:
+    """The only run of exactly `extra_vmas` VMAs, with a free page below and above: (first, count, base).
+
+    Both layouts are told apart from a lookalike the same way; vmas, several
+    and layout_name are how the one-line errors name what was looked for.
+    """
     fits = [r for r in runs if r[1] == extra_vmas]
     if not fits:
         longest = max((n for _, n in runs), default=0)
         raise ValueError(
-            f"no run of {extra_vmas} one-page rw-p anonymous VMAs a page apart in the layout "
-            f"(longest run: {longest}): not the layout spawn.c makes"
+            f"no run of {extra_vmas} {vmas} in the layout "
+            f"(longest run: {longest}): not {layout_name} spawn.c makes"
         )
     if len(fits) > 1:
-        raise ValueError(f"{len(fits)} runs of {extra_vmas} one-page anonymous VMAs: cannot tell which is spawn.c's")
+        raise ValueError(f"{len(fits)} runs of {extra_vmas} {several}: cannot tell which is spawn.c's")
     first, count = fits[0]
     lo, hi = layout[first].start - page, layout[first + count - 1].end + page
     if first > 0 and layout[first - 1].end > lo or first + count < len(layout) and layout[first + count].start < hi:
         raise ValueError("the extra VMAs have no free page below the first or above the last: not spawn.c's layout")
-    return SpawnRegion(first=first, count=count, base=lo, pages=2 * count + 1)
-
-
-def _adjacent_region(layout: Sequence[Vma], extra_vmas: int, page: int) -> SpawnRegion:
-    runs = _adjacent_runs(layout, page)
-    # A run may be longer than asked only if a lookalike neighbour sits right beside it.
-    fits = [r for r in runs if r[1] == extra_vmas]
-    if not fits:
-        longest = max((n for _, n in runs), default=0)
-        raise ValueError(
-            f"no run of {extra_vmas} adjacent one-page anonymous VMAs alternating rw-p/r--p in the layout "
-            f"(longest run: {longest}): not the adjacent layout spawn.c makes"
-        )
-    if len(fits) > 1:
-        raise ValueError(f"{len(fits)} runs of {extra_vmas} adjacent one-page VMAs: cannot tell which is spawn.c's")
-    first, count = fits[0]
-    lo, hi = layout[first].start - page, layout[first + count - 1].end + page
-    if first > 0 and layout[first - 1].end > lo or first + count < len(layout) and layout[first + count].start < hi:
-        raise ValueError("the extra VMAs have no free page below the first or above the last: not spawn.c's layout")
-    return SpawnRegion(first=first, count=count, base=lo, pages=count + 2, layout="adjacent")
+    return first, count, lo
 
 
 def mprotect_stores(

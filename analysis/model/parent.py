@@ -5,19 +5,37 @@ workload's history is known, so its tree is replayed store by store; any
 other process's is not, and its tree is built with the leaf count its forks
 were seen writing (VMAs spread evenly over them), else top-down mmap order.
 Every choice carries the sentence that says why.
+
+One place reads a recording's parent (recording_target) and builds its tree
+(parent_tree, cached): the model CLI, the model check, attribution's counts and
+compare's tree shapes all take it from here.
 """
 
 from __future__ import annotations
 
+import statistics
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from analysis.errors import TracerError
 from analysis.model.build import build_from_history, build_from_partition, even_leaf_partition
 from analysis.model.history import find_spawn_region, history_mmap_order, spawn_history
 from analysis.model.tree import MapleTree
-from analysis.recording.layout import Vma
+from analysis.recording.layout import Vma, parse_maps
 
-__all__ = ["GATE_AREAS", "RecordedTarget", "ParentTree", "choose_parent_build", "observed_parent", "parent_tree"]
+if TYPE_CHECKING:
+    from analysis.recording.reader import Recording
+
+__all__ = [
+    "GATE_AREAS",
+    "RecordedTarget",
+    "ParentTree",
+    "choose_parent_build",
+    "layout_from_maps_text",
+    "observed_parent",
+    "parent_tree",
+    "recording_target",
+]
 
 # Not user VMAs in mm->mm_mt although /proc/PID/maps shows them (x86-64 [vsyscall] is a gate area).
 GATE_AREAS = ("[vsyscall]",)
@@ -32,6 +50,45 @@ class RecordedTarget:
     note: str
     pid: int | None
     workload: dict[str, Any] | None  # the recording's metadata `workload`, if it is this pid's
+
+
+def layout_from_maps_text(text: str, what: str) -> list[Vma]:
+    """A /proc/PID/maps text as a layout, without gate areas; `what` names it in the one-line errors."""
+    try:
+        vmas = parse_maps(text)
+    except ValueError as err:
+        raise TracerError(f"{what} is not a /proc/PID/maps file: {err}") from None
+    layout = [v for v in vmas if v.path not in GATE_AREAS]
+    if not layout:
+        raise TracerError(f"{what} holds no VMAs")
+    return layout
+
+
+def recording_target(rec: Recording) -> RecordedTarget:
+    """The process with the most forks in a recording: layout, median `leaves`, workload."""
+    path = rec.path
+    snapshots = rec.meta.get("maps") or []
+    if not snapshots:
+        raise TracerError(f"{path} holds no /proc/PID/maps snapshot")
+
+    forks = rec.forks[rec.forks["leaves"] > 0]
+    leaves_by_pid = {int(pid): rows["leaves"].tolist() for pid, rows in forks.groupby("pid")}
+    pids_with_maps = {s.get("pid") for s in snapshots}
+    ranked = sorted((p for p in leaves_by_pid if p in pids_with_maps), key=lambda p: -len(leaves_by_pid[p]))
+    if ranked:
+        pid = ranked[0]
+        snapshot = next(s for s in snapshots if s.get("pid") == pid)
+    else:
+        snapshot = snapshots[0]
+        pid = snapshot.get("pid")
+    layout = layout_from_maps_text(snapshot.get("maps") or "", f"{path} (maps of pid {pid})")
+    leaves = leaves_by_pid.get(pid, [])
+    observed = statistics.median(leaves) if leaves else None
+    note = f"pid {pid} {snapshot.get('comm', '')}".rstrip() + f", {len(leaves)} forks with leaves"
+    workload = rec.meta.get("workload")
+    if not isinstance(workload, dict) or workload.get("pid") != pid:
+        workload = None
+    return RecordedTarget(layout, observed, note, pid, workload)
 
 
 def choose_parent_build(target: RecordedTarget) -> tuple[str, str, int | None]:
@@ -77,15 +134,19 @@ def choose_parent_build(target: RecordedTarget) -> tuple[str, str, int | None]:
     return "spawn_history", why, extra
 
 
-def observed_parent(layout: list[Vma], observed: float | None, why: str) -> tuple[Any, str, str]:
+def observed_parent(
+    layout: list[Vma], observed: float | None, why: str, assumed: int | None = None
+) -> tuple[Any, str, str]:
     """(parent tree, build, reason) for a process of unknown history whose forks wrote `observed` leaves.
 
     The leaf count is what the kernel showed; how the VMAs fall into the leaves
     is not recorded, so they are spread evenly. The reason says how far the
-    top-down mmap assumption is from the observation. Falls back to top-down
-    order where the observed count cannot hold the layout.
+    top-down mmap assumption (`assumed` leaves; built here if not given) is
+    from the observation. Falls back to top-down order where the observed count
+    cannot hold the layout.
     """
-    assumed = build_from_history(history_mmap_order(layout, "descending")).shape().leaves
+    if assumed is None:
+        assumed = build_from_history(history_mmap_order(layout, "descending")).shape().leaves
     if not observed:
         return None, "mmap_descending", f"{why}; nothing observed: top-down mmap order assumed ({assumed} leaves)"
     leaves = max(1, round(observed))
@@ -102,23 +163,47 @@ def observed_parent(layout: list[Vma], observed: float | None, why: str) -> tupl
 
 @dataclass(frozen=True)
 class ParentTree:
-    """The parent's tree for a recorded process, how it was built, and why."""
+    """The parent's tree for a recorded process, how it was built, and why.
+
+    Shared by every caller that asks for the same target (parent_tree caches
+    it): read the tree, never change it.
+    """
 
     tree: MapleTree
     build: str  # 'spawn_history', 'observed_leaves' or 'mmap_descending'
     why: str
     extra_vmas: int | None
     spawn_layout: str
+    assumed_leaves: int | None = None  # leaves of top-down mmap order; None for spawn_history
+
+
+# Built trees by what decides them. A recording is read by report, attribution
+# and compare, each asking for the same trees; a 6400-VMA tree takes ~0.1 s.
+_BUILT: dict[tuple, ParentTree] = {}
+_BUILT_MAX = 64
 
 
 def parent_tree(target: RecordedTarget) -> ParentTree:
-    """Build the parent's tree the way choose_parent_build() decides."""
+    """Build the parent's tree the way choose_parent_build() decides (cached)."""
+    # choose_parent_build and the builds read the layout, the observation and the workload only.
+    key = (tuple(target.layout), target.observed, repr(target.workload))
+    hit = _BUILT.get(key)
+    if hit is None:
+        hit = _build_parent_tree(target)
+        if len(_BUILT) >= _BUILT_MAX:
+            _BUILT.pop(next(iter(_BUILT)))
+        _BUILT[key] = hit
+    return hit
+
+
+def _build_parent_tree(target: RecordedTarget) -> ParentTree:
     build, why, extra = choose_parent_build(target)
     spawn_layout = str((target.workload or {}).get("layout") or "gapped")
     if build == "spawn_history":
         tree = build_from_history(spawn_history(target.layout, extra, spawn_layout=spawn_layout))
         return ParentTree(tree, build, why, extra, spawn_layout)
-    tree, build, why = observed_parent(target.layout, target.observed if build == "observed_leaves" else None, why)
-    if tree is None:
-        tree = build_from_history(history_mmap_order(target.layout, "descending"))
-    return ParentTree(tree, build, why, None, spawn_layout)
+    top_down = build_from_history(history_mmap_order(target.layout, "descending"))
+    assumed = top_down.shape().leaves
+    observed = target.observed if build == "observed_leaves" else None
+    tree, build, why = observed_parent(target.layout, observed, why, assumed)
+    return ParentTree(tree if tree is not None else top_down, build, why, None, spawn_layout, assumed)

@@ -42,6 +42,9 @@
  * because dup_mmap() writes the child tree once per parent VMA
  * (mm->map_count, read at the child lock; parent write-locked, so stable).
  *
+ * count(), traced_tgid() and the `counters` and `targets` maps come from
+ * common.bpf.h, which the loader puts in front of this text.
+ *
  * Macros set by the loader:
  *   RAW_TP                   use raw tracepoints
  *   MAX_CPUS                 number of possible CPUs (size of cpu_slots)
@@ -134,7 +137,6 @@ struct sample_key {
 BPF_TASK_STORAGE(threads, struct thread_state);
 BPF_ARRAY(cpu_slots, struct vma_agg, MAX_CPUS);
 BPF_RINGBUF_OUTPUT(events, RINGBUF_PAGES);
-BPF_PERCPU_ARRAY(counters, u64, NR_COUNTERS);
 /*
  * bcc attaches one program at a time: a write section that began before the
  * release program was attached never closes. The loader stores here the time
@@ -142,10 +144,6 @@ BPF_PERCPU_ARRAY(counters, u64, NR_COUNTERS);
  * an artefact of attaching, not an anomaly of the kernel's locking.
  */
 BPF_ARRAY(armed_at, u64, 1);
-
-#ifdef FILTER_TGIDS
-BPF_HASH(targets, u32, u8, 10240);
-#endif
 
 #ifndef OFFCPU_THREADS
 #define OFFCPU_THREADS 10240
@@ -171,14 +169,6 @@ BPF_STACK_TRACE(stacks, 16384);
 BPF_HASH(samples, struct sample_key, u64, 16384);
 #endif
 
-static __always_inline void count(int idx)
-{
-	u64 *c = counters.lookup(&idx);
-
-	if (c)
-		(*c)++;
-}
-
 /*
  * A ring buffer wakeup is an irq_work self-interrupt: an APIC write, which
  * traps to the hypervisor in a VM and costs microseconds inside dup_mmap().
@@ -192,15 +182,6 @@ static __always_inline void count(int idx)
 static __always_inline u64 wakeup_flags(u64 seq)
 {
 	return seq == 1 || seq % WAKEUP_EVERY == 0 ? BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP;
-}
-
-static __always_inline int traced_tgid(u32 tgid)
-{
-#ifdef FILTER_TGIDS
-	return targets.lookup(&tgid) != NULL;
-#else
-	return 1;
-#endif
 }
 
 static __always_inline struct thread_state *current_state(int create)

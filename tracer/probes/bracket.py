@@ -17,6 +17,7 @@ from typing import Callable, Iterable
 
 from analysis.errors import TracerError
 from tracer.probes.cheader import read_header
+from tracer.probes.program import BCC_MISSING, add_targets, common_cflags, one_line, program_text, read_counters
 from tracer.probes.rawtp import argument_macros, as_cflags
 from tracer.probes.rawtp import macros_for as rawtp_macros
 
@@ -37,10 +38,6 @@ __all__ = [
 ]
 
 SOURCE = Path(__file__).with_name("bracket.c")
-BCC_MISSING = (
-    "bcc is not importable: install python3-bpfcc (Debian) and run from a venv made "
-    "with --system-site-packages (scripts/install.sh does both)"
-)
 BACKENDS = ("raw_tracepoint", "tracepoint")
 
 HEADER = read_header(SOURCE.with_name("bracket.h"))
@@ -122,9 +119,7 @@ def cflags_for(config: BracketConfig) -> list[str]:
     """The -D flags that select bracket.c's variant; pure, so it is testable."""
     if config.backend not in BACKENDS:
         raise TracerError(f"unknown backend {config.backend!r} (known: {', '.join(BACKENDS)})")
-    pages = config.ringbuf_pages
-    if pages <= 0 or pages & (pages - 1):
-        raise TracerError(f"ring buffer pages must be a power of two, not {pages}")
+    flags = common_cflags(SOURCE, config.ringbuf_pages, COUNTER_NAMES)
     if config.level not in LEVELS:
         raise TracerError(f"unknown level {config.level!r} (known: {', '.join(LEVELS)})")
     unknown = sorted(set(config.ablate) - set(ABLATIONS))
@@ -134,7 +129,7 @@ def cflags_for(config: BracketConfig) -> list[str]:
         raise TracerError("level full samples stacks: it needs a sampling rate")
     if config.max_cpus <= 0:
         raise TracerError(f"max_cpus must be positive, not {config.max_cpus}")
-    flags = [f"-I{SOURCE.parent}", f"-DRINGBUF_PAGES={pages}", f"-DMAX_CPUS={config.max_cpus}"]
+    flags.append(f"-DMAX_CPUS={config.max_cpus}")
     flags.append(f"-DMM_MAP_COUNT_OFF={config.mm_map_count_off if config.mm_map_count_off is not None else -1}")
     if config.backend == "raw_tracepoint":
         if config.ma_state_node_off is None or config.task_pid_off is None:
@@ -201,13 +196,13 @@ class BracketProbe:
         except ImportError:
             raise TracerError(BCC_MISSING) from None
         if self.config.empty:
-            text = _empty_source(self.config.backend)
+            text = _empty_source(self.config.backend).encode()
         else:
-            text = SOURCE.read_text()
+            text = program_text(SOURCE)
         try:
-            self._bpf = BPF(text=text.encode(), cflags=cflags_for(self.config))
+            self._bpf = BPF(text=text, cflags=cflags_for(self.config))
         except Exception as err:  # bcc raises plain Exception for compile/load failures
-            raise TracerError(f"BPF programs failed to load ({self.config.backend}): {_one_line(err)}") from None
+            raise TracerError(f"BPF programs failed to load ({self.config.backend}): {one_line(err)}") from None
         if self.config.empty:
             return self
         if self.config.sample_hz:
@@ -219,7 +214,7 @@ class BracketProbe:
                     sample_freq=self.config.sample_hz,
                 )
             except Exception as err:
-                raise TracerError(f"perf_event sampling could not be attached: {_one_line(err)}") from None
+                raise TracerError(f"perf_event sampling could not be attached: {one_line(err)}") from None
         self._bpf[b"events"].open_ring_buffer(self._on_event)
         # Every program is attached now; CLOCK_MONOTONIC, as bpf_ktime_get_ns().
         self._bpf[b"armed_at"][ctypes.c_int(0)] = ctypes.c_uint64(time.monotonic_ns())
@@ -246,9 +241,7 @@ class BracketProbe:
         return [(cat, event) for cat, event in TRACEPOINTS if event not in skip]
 
     def add_targets(self, tgids: Iterable[int]) -> None:
-        table = self._bpf[b"targets"]
-        for tgid in tgids:
-            table[ctypes.c_uint32(tgid)] = ctypes.c_uint8(1)
+        add_targets(self._bpf, tgids)
 
     def poll(self, timeout_ms: int = 100) -> None:
         """Wait up to timeout_ms for a wakeup, then read whatever is queued.
@@ -265,8 +258,7 @@ class BracketProbe:
         """Sum of the per-CPU counters, by name."""
         if self.config.empty:
             return {name: 0 for name in COUNTER_NAMES}
-        table = self._bpf[b"counters"]
-        return {name: int(sum(table[ctypes.c_int(i)])) for i, name in enumerate(COUNTER_NAMES)}
+        return read_counters(self._bpf, COUNTER_NAMES)
 
     def sampled_stacks(self) -> list[dict]:
         """Sampled kernel stacks as folded strings (root first), with phase and count.
@@ -309,11 +301,6 @@ class BracketProbe:
                 self.on_dup(event, ctypes.string_at(data, ctypes.sizeof(DupEvent)))
         elif event.kind == EVENT_CHILD and self.on_child:
             self.on_child(event.tid, event.seq, event.child_pid)
-
-
-def _one_line(err: BaseException) -> str:
-    text = " ".join(str(err).split())
-    return text[:300] + ("..." if len(text) > 300 else "")
 
 
 def offsets_from_btf() -> dict:

@@ -31,6 +31,9 @@
  *
  * Syscall numbers are x86_64's (cycle.h); the loader refuses other machines.
  *
+ * count(), traced_tgid() and the `counters` and `targets` maps come from
+ * common.bpf.h, which the loader puts in front of this text.
+ *
  * Macros set by the loader:
  *   RAW_TP              raw tracepoints (offsets below from BTF)
  *   TASK_PID_OFF        offsetof(struct task_struct, pid)   (RAW_TP)
@@ -74,30 +77,8 @@ struct child {
 };
 
 BPF_RINGBUF_OUTPUT(cycle_events, RINGBUF_PAGES);
-BPF_PERCPU_ARRAY(cycle_counters, u64, NR_CYCLE_COUNTERS);
 BPF_TABLE("lru_hash", u32, struct in_syscall, syscalls, 10240);
 BPF_TABLE("lru_hash", u32, struct child, children, 16384);
-
-#ifdef FILTER_TGIDS
-BPF_HASH(targets, u32, u8, 10240);
-#endif
-
-static __always_inline void count(int idx)
-{
-	u64 *c = cycle_counters.lookup(&idx);
-
-	if (c)
-		(*c)++;
-}
-
-static __always_inline int traced_tgid(u32 tgid)
-{
-#ifdef FILTER_TGIDS
-	return targets.lookup(&tgid) != NULL;
-#else
-	return 1;
-#endif
-}
 
 static __always_inline int is_clone(u64 nr)
 {

@@ -16,8 +16,9 @@ from typing import Iterable
 
 
 from analysis.errors import TracerError
-from tracer.probes.bracket import BACKENDS, BCC_MISSING
+from tracer.probes.bracket import BACKENDS
 from tracer.probes.cheader import read_header
+from tracer.probes.program import BCC_MISSING, add_targets, common_cflags, one_line, program_text, read_counters
 from tracer.probes.rawtp import argument_macros, macros_for
 
 __all__ = [
@@ -85,10 +86,7 @@ def cflags_for(config: CycleConfig) -> list[str]:
     """The -D flags that select cycle.c's variant; pure, so it is testable."""
     if config.backend not in BACKENDS:
         raise TracerError(f"unknown backend {config.backend!r} (known: {', '.join(BACKENDS)})")
-    pages = config.ringbuf_pages
-    if pages <= 0 or pages & (pages - 1):
-        raise TracerError(f"ring buffer pages must be a power of two, not {pages}")
-    flags = [f"-I{SOURCE.parent}", f"-DRINGBUF_PAGES={pages}"]
+    flags = common_cflags(SOURCE, config.ringbuf_pages, COUNTER_NAMES)
     if config.backend == "raw_tracepoint":
         needed = [*BTF_OFFSETS.values(), *macros_for(RAW_EVENTS)]
         missing = [macro for macro in needed if macro not in config.offsets]
@@ -153,17 +151,14 @@ class CycleProbe:
         except ImportError:
             raise TracerError(BCC_MISSING) from None
         try:
-            self._bpf = BPF(text=SOURCE.read_text().encode(), cflags=cflags_for(self.config))
+            self._bpf = BPF(text=program_text(SOURCE), cflags=cflags_for(self.config))
         except Exception as err:  # bcc raises plain Exception for compile/load failures
-            text = " ".join(str(err).split())[:300]
-            raise TracerError(f"cycle BPF programs failed to load ({self.config.backend}): {text}") from None
+            raise TracerError(f"cycle BPF programs failed to load ({self.config.backend}): {one_line(err)}") from None
         self._bpf[b"cycle_events"].open_ring_buffer(self._on_event)
         return self
 
     def add_targets(self, tgids: Iterable[int]) -> None:
-        table = self._bpf[b"targets"]
-        for tgid in tgids:
-            table[ctypes.c_uint32(tgid)] = ctypes.c_uint8(1)
+        add_targets(self._bpf, tgids)
 
     def drain(self) -> None:
         """Read whatever is queued, without waiting (cycle.c never wakes the reader)."""
@@ -174,8 +169,7 @@ class CycleProbe:
         return bytes(self._records)
 
     def counters(self) -> dict[str, int]:
-        table = self._bpf[b"cycle_counters"]
-        return {name: int(sum(table[ctypes.c_int(i)])) for i, name in enumerate(COUNTER_NAMES)}
+        return read_counters(self._bpf, COUNTER_NAMES)
 
     def close(self) -> None:
         if self._bpf is not None:

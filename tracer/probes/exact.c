@@ -12,6 +12,9 @@
  * finds its slot still open, or an exit that never comes before dup_mmap()
  * returns, is counted as an entry without an exit rather than timed.
  *
+ * count(), traced_tgid() and the `counters` and `targets` maps come from
+ * common.bpf.h, which the loader puts in front of this text.
+ *
  * Macros set by the loader (exact.py), one per function it can attach to,
  * each VIA_FENTRY (fentry/fexit, BTF trampolines) or VIA_KPROBE
  * (kprobe/kretprobe); a function without one is not attached:
@@ -50,28 +53,6 @@ struct thread_state {
 BPF_HASH(threads, u32, struct thread_state, 10240);
 BPF_PERCPU_ARRAY(zero_state, struct thread_state, 1);	/* all zero: the initial state */
 BPF_RINGBUF_OUTPUT(events, RINGBUF_PAGES);
-BPF_PERCPU_ARRAY(counters, u64, NR_X_COUNTERS);
-
-#if defined(FILTER_TGIDS) || defined(FOLLOW_CHILDREN)
-BPF_HASH(targets, u32, u8, 10240);
-#endif
-
-static __always_inline void count(int idx)
-{
-	u64 *c = counters.lookup(&idx);
-
-	if (c)
-		(*c)++;
-}
-
-static __always_inline int traced_tgid(u32 tgid)
-{
-#ifdef FILTER_TGIDS
-	return targets.lookup(&tgid) != NULL;
-#else
-	return 1;
-#endif
-}
 
 static __always_inline void dup_enter(void)
 {

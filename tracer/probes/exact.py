@@ -18,6 +18,7 @@ from typing import Callable, Iterable
 
 from analysis.errors import TracerError
 from tracer.probes.cheader import read_header
+from tracer.probes.program import BCC_MISSING, add_targets, common_cflags, one_line, program_text, read_counters
 
 __all__ = [
     "CHILD_FUNCTIONS",
@@ -85,10 +86,7 @@ def exact_cflags(config: ExactConfig) -> list[str]:
     unknown = set(config.attach) - {"dup_mmap", *CHILD_FUNCTIONS}
     if unknown:
         raise TracerError(f"exact.c cannot time {', '.join(sorted(unknown))}")
-    pages = config.ringbuf_pages
-    if pages <= 0 or pages & (pages - 1):
-        raise TracerError(f"ring buffer pages must be a power of two, not {pages}")
-    flags = [f"-I{SOURCE.parent}", f"-DRINGBUF_PAGES={pages}"]
+    flags = common_cflags(SOURCE, config.ringbuf_pages, EXACT_COUNTER_NAMES)
     for function in ("dup_mmap", *CHILD_FUNCTIONS):
         if function not in config.attach:
             continue
@@ -125,7 +123,7 @@ def compile_only(config: ExactConfig) -> list[str]:
         def _trace_autoload(self) -> None:  # noqa: D401  compile, never attach
             return None
 
-    bpf = _Compiled(text=SOURCE.read_text().encode(), cflags=exact_cflags(config))
+    bpf = _Compiled(text=program_text(SOURCE), cflags=exact_cflags(config))
     try:
         return [lib.bpf_function_name(bpf.module, i).decode() for i in range(lib.bpf_num_functions(bpf.module))]
     finally:
@@ -145,10 +143,8 @@ class ExactProbe:
         try:
             from bcc import BPF
         except ImportError:
-            from tracer.probes.bracket import BCC_MISSING
-
             raise TracerError(BCC_MISSING) from None
-        text = SOURCE.read_text().encode()
+        text = program_text(SOURCE)
         try:
             # fentry: bcc attaches kfunc__/kretfunc__ programs while it loads them.
             self._bpf = BPF(text=text, cflags=exact_cflags(self.config))
@@ -156,7 +152,7 @@ class ExactProbe:
         except Exception as err:  # bcc raises plain Exception for compile/load/attach failures
             self.close()
             how = ", ".join(f"{fn} ({via})" for fn, (via, _) in self.config.attach.items())
-            raise TracerError(f"exact probes failed to load ({how}): {_one_line(err)}") from None
+            raise TracerError(f"exact probes failed to load ({how}): {one_line(err)}") from None
         self._bpf["events"].open_ring_buffer(self._on_event)
         return self
 
@@ -174,9 +170,7 @@ class ExactProbe:
     def add_targets(self, tgids: Iterable[int]) -> None:
         if not (self.config.filter_tgids or self.config.follow_children):
             return
-        table = self._bpf["targets"]
-        for tgid in tgids:
-            table[ctypes.c_uint32(tgid)] = ctypes.c_uint8(1)
+        add_targets(self._bpf, tgids)
 
     def poll(self, timeout_ms: int = 100) -> None:
         self._bpf.ring_buffer_poll(timeout_ms)
@@ -184,8 +178,7 @@ class ExactProbe:
 
     def counters(self) -> dict[str, int]:
         """Sum of the per-CPU counters, by name."""
-        table = self._bpf["counters"]
-        return {name: int(sum(table[ctypes.c_int(i)])) for i, name in enumerate(EXACT_COUNTER_NAMES)}
+        return read_counters(self._bpf, EXACT_COUNTER_NAMES)
 
     def missed(self) -> dict[str, object]:
         """The kernel's own miss counters for these programs, each with how it was read.
@@ -220,11 +213,6 @@ class ExactProbe:
     def _on_event(self, ctx, data, size) -> None:
         if self.on_event:
             self.on_event(ctypes.string_at(data, ctypes.sizeof(ExactEvent)))
-
-
-def _one_line(err: BaseException) -> str:
-    text = " ".join(str(err).split())
-    return text[:300] + ("..." if len(text) > 300 else "")
 
 
 # bpf(2) command and the kernel's bpf_prog_info member read, at the offset the running kernel's BTF gives.

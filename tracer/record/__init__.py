@@ -19,9 +19,10 @@ from typing import Callable
 
 from analysis.errors import TracerError
 from tracer.probes import cycle as cycle_probe
-from tracer.probes.bracket import BCC_MISSING, BracketConfig, BracketProbe, offsets_from_btf
+from tracer.probes.bracket import BracketConfig, BracketProbe, offsets_from_btf
 from tracer.probes.cycle import SYSCALLS, CycleConfig, CycleProbe
 from tracer.probes.exact import ExactConfig, ExactProbe
+from tracer.probes.program import BCC_MISSING
 from tracer.record.context import run_metadata
 from tracer.record.cycle import join_cycle
 from tracer.record.options import RecordOptions, validate

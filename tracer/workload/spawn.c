@@ -207,6 +207,30 @@ static long read_max_map_count(void)
 }
 
 /*
+ * Find a free range of span pages for nr extra VMAs (map it PROT_NONE, unmap
+ * it) and map its middle span - 2 pages read-write in one go, with
+ * MAP_FIXED_NOREPLACE, keeping a hole at each end.  Returns the first mapped
+ * page, one page above the range's start.
+ */
+static char *reserve_range(long nr, size_t span, size_t page)
+{
+	char *base, *region;
+
+	base = mmap(NULL, span * page, PROT_NONE,
+		    MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+	if (base == MAP_FAILED || munmap(base, span * page))
+		die(1, "cannot find %zu free pages of address space for %ld extra VMAs: %s",
+		    span, nr, strerror(errno));
+	region = mmap(base + page, (span - 2) * page, PROT_READ | PROT_WRITE,
+		      MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0);
+	if (region == MAP_FAILED)
+		die(1, "cannot map %zu pages for %ld extra VMAs: %s", span - 2, nr, strerror(errno));
+	if (region != base + page)
+		die(1, "the kernel ignored MAP_FIXED_NOREPLACE (it needs Linux 4.17 or later)");
+	return region;
+}
+
+/*
  * Add nr extra VMAs that cannot merge, in a free range of 2*nr + 1 pages:
  *
  *	hole | page | hole | page | ... | page | hole
@@ -232,21 +256,11 @@ static void make_extra_vmas(long nr, int touch)
 {
 	size_t page = (size_t)sysconf(_SC_PAGESIZE);
 	size_t span = 2 * (size_t)nr + 1;	/* pages, both end holes included */
-	char *base, *region;
+	char *base;
 
 	if (nr == 0)
 		return;
-	base = mmap(NULL, span * page, PROT_NONE,
-		    MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-	if (base == MAP_FAILED || munmap(base, span * page))
-		die(1, "cannot find %zu free pages of address space for %ld extra VMAs: %s",
-		    span, nr, strerror(errno));
-	region = mmap(base + page, (span - 2) * page, PROT_READ | PROT_WRITE,
-		      MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0);
-	if (region == MAP_FAILED)
-		die(1, "cannot map %zu pages for %ld extra VMAs: %s", span - 2, nr, strerror(errno));
-	if (region != base + page)
-		die(1, "the kernel ignored MAP_FIXED_NOREPLACE (it needs Linux 4.17 or later)");
+	base = reserve_range(nr, span, page) - page;
 	if (touch)
 		for (size_t i = 1; i < span; i += 2)
 			base[i * page] = 1;
@@ -271,7 +285,7 @@ static void make_extra_vmas(long nr, int touch)
  * In mm->mm_mt the range takes nr + 1 slots (nr VMAs, one NULL entry for the
  * upper hole; the lower one joins the free gap below) where the free gap took
  * one: one slot per extra VMA instead of two. Made as the gapped layout is
- * (find the range, map its middle in one go), then mprotect() of pages 1, 3,
+ * (reserve_range(): find the range, map its middle in one go), then mprotect() of pages 1, 3,
  * 5, ... ascending: each splits the still unsplit remainder, as
  * analysis/model/history.py replays.
  */
@@ -279,21 +293,11 @@ static void make_adjacent_vmas(long nr, int touch)
 {
 	size_t page = (size_t)sysconf(_SC_PAGESIZE);
 	size_t span = (size_t)nr + 2;	/* pages, both end holes included */
-	char *base, *region;
+	char *region;
 
 	if (nr == 0)
 		return;
-	base = mmap(NULL, span * page, PROT_NONE,
-		    MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-	if (base == MAP_FAILED || munmap(base, span * page))
-		die(1, "cannot find %zu free pages of address space for %ld extra VMAs: %s",
-		    span, nr, strerror(errno));
-	region = mmap(base + page, (size_t)nr * page, PROT_READ | PROT_WRITE,
-		      MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0);
-	if (region == MAP_FAILED)
-		die(1, "cannot map %ld pages for %ld extra VMAs: %s", nr, nr, strerror(errno));
-	if (region != base + page)
-		die(1, "the kernel ignored MAP_FIXED_NOREPLACE (it needs Linux 4.17 or later)");
+	region = reserve_range(nr, span, page);
 	if (touch)
 		for (long i = 0; i < nr; i++)
 			region[(size_t)i * page] = 1;
