@@ -105,6 +105,7 @@ def recording_context(base: Iterable[Mapping[str, Any]], new: Iterable[Mapping[s
         ("governor", lambda m: _dict(m, "host").get("governor")),
         ("backend", lambda m: m.get("backend")),
         ("methods", _methods),
+        ("algorithm", lambda m: _dict(m, "algorithm").get("name")),
         ("workload", _workload),
         ("layout", _layout),
         ("tool", lambda m: m.get("tool_version")),

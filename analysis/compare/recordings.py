@@ -14,6 +14,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import pandas as pd
 
+from analysis.compare.algorithm import compare_algorithms, model_report
 from analysis.compare.components import compare_components, compare_shapes, shape_of
 from analysis.compare.context import recording_context
 from analysis.compare.result import Comparison
@@ -137,4 +138,7 @@ def compare_recordings(
         groups=labels,
     )
     comparison.values = {(p.group, p.metric): (p.base, p.new) for p in sample_pairs}
+    comparison.algorithm = compare_algorithms(
+        base, new, [(_label(b, n), b, n) for b, n in pairs], model=model_report if model else None
+    )
     return comparison

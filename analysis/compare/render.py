@@ -7,6 +7,8 @@ import math
 from dataclasses import asdict
 from typing import Any
 
+from analysis.compare.algorithm import ALGORITHM_NAMES, table
+from analysis.compare.algorithm import to_dict as algorithm_dict
 from analysis.compare.components import SHAPE_NAMES, ComponentRow
 from analysis.compare.result import Comparison
 from analysis.compare.samples import IMPROVEMENT, REGRESSION, SAME, UNDECIDED, SampleRow
@@ -53,10 +55,11 @@ def _clip(text: str, width: int = WIDTH) -> str:
 
 
 def _wrap(text: str, indent: str = "", width: int = WIDTH) -> list[str]:
-    """Greedy word wrap (the verdict can be long; a mail must not be)."""
-    lines, line = [], ""
+    """Greedy word wrap (the verdict can be long; a mail must not be); the text's own indent is kept."""
+    lead = text[: len(text) - len(text.lstrip(" "))]
+    lines, line = [], lead
     for word in text.split():
-        candidate = f"{line} {word}" if line else word
+        candidate = f"{line} {word}" if line.strip() else line + word
         if line and len(indent) + len(candidate) > width:
             lines.append(indent + line if lines else line)
             line = word
@@ -123,6 +126,7 @@ def render_text(c: Comparison) -> str:
         for s in c.shapes:
             if s.group == group:
                 out += _wrap("  tree " + _shape_text(s), "    ")
+        out += _tree_work_text(c, group)
         comps = [r for r in c.components if r.group == group]
         if comps:
             out.append(f"  {'per-unit cost':<20} {'base':>8} {'new':>8} {'delta':>8}  {'95% CI':<16} {'p-adj':>6}")
@@ -145,6 +149,31 @@ def render_text(c: Comparison) -> str:
         f"?: fewer than {c.min_samples} {'forks' if c.kind == 'recordings' else 'values'} a side, no verdict."
     )
     return "\n".join(out)
+
+
+def _tree_work(c: Comparison, group: str):
+    """The group's (base, new) TreeWork when the two sides run different algorithms, else None."""
+    change = c.algorithm
+    if change is None or not change.differs:
+        return None
+    return next(((b, n) for label, b, n in change.groups if label == group), None)
+
+
+def _tree_work_text(c: Comparison, group: str) -> list[str]:
+    work = _tree_work(c, group)
+    if work is None:
+        return []
+    b, n = work
+    out = [
+        _clip(f"  tree work per fork: base {ALGORITHM_NAMES.get(b.algorithm, b.algorithm)}"),
+        _clip(f"  {'':<20}new  {ALGORITHM_NAMES.get(n.algorithm, n.algorithm)}"),
+        f"  {'':<26} {'--------- base ---------':>24} {'---------- new ---------':>24}",
+        f"  {'per fork (median)':<26} {'seen':>7} {'bulk':>8} {'mt_dup':>7} {'seen':>7} {'bulk':>8} {'mt_dup':>7}",
+    ]
+    for quantity, cells in table(b, n):
+        out.append(_clip(f"  {quantity:<26.26} " + " ".join(f"{cell:>{w}}" for cell, w in zip(cells, (7, 8, 7, 7, 8, 7)))))
+    out += _wrap("  seen: the bracket's counts; bulk, mt_dup: the replay model's for each path on that side's layout", "    ")
+    return out
 
 
 def _row_text(r: SampleRow, unit: str, width: int) -> str:
@@ -195,6 +224,17 @@ def render_markdown(c: Comparison) -> str:
             if s.group == group:
                 out.append("")
                 out.append(f"tree {_shape_text(s)}")
+        work = _tree_work(c, group)
+        if work is not None:
+            b, n = work
+            out.append("")
+            out.append(f"Tree work per fork (medians; model = replay model on that side's layout). "
+                       f"Base {ALGORITHM_NAMES.get(b.algorithm, b.algorithm)}; new {ALGORITHM_NAMES.get(n.algorithm, n.algorithm)}.")
+            out.append("")
+            out.append("| per fork | base seen | base model: bulk | base model: mt_dup | new seen | new model: bulk | new model: mt_dup |")
+            out.append("|---|---:|---:|---:|---:|---:|---:|")
+            for quantity, cells in table(b, n):
+                out.append(f"| {quantity} | " + " | ".join(cells) + " |")
         comps = [r for r in c.components if r.group == group]
         if comps:
             out.append("")
@@ -254,6 +294,7 @@ def to_dict(c: Comparison) -> dict[str, Any]:
             }
             for g in c.groups
         ],
+        "algorithm": algorithm_dict(c.algorithm) if c.algorithm is not None else None,
         "unmatched": {"base": c.unmatched_base, "new": c.unmatched_new},
         "notes": c.notes,
     }

@@ -44,6 +44,7 @@ class Comparison:
     alpha: float = ALPHA
     min_samples: int = MIN_SAMPLES
     groups: list[str] = field(default_factory=list)  # matched groups, in order
+    algorithm: Any = None  # analysis.compare.algorithm.AlgorithmChange, for recordings
     # (group, metric) -> (base values, new values): what the rows were computed from, for plots.
     values: dict[tuple[str, str], tuple[Any, Any]] = field(default_factory=dict, repr=False)
 
@@ -104,6 +105,8 @@ def verdict(c: Comparison) -> Verdict:
     others = sum(1 for r in c.rows if r.significant) - 1 - (1 if total is not None and total.significant else 0)
     if others > 0:
         text += f"; {others} more significant"
+    if c.algorithm is not None and c.algorithm.differs:
+        text += f"; the kernels run different algorithms ({c.algorithm.base} -> {c.algorithm.new}): an algorithm change"
     return Verdict(main.change, text, main.group, main.metric, component)
 
 
