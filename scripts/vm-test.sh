@@ -18,11 +18,13 @@
 #      unpacks them with dpkg -x into the cache and links lib/modules/REL/build and
 #      source at the unpacked headers. A cached kernel is not downloaded again.
 #   3. Boots both kernels side by side (vng --disable-kvm --force-9p, under timeout)
-#      and runs scripts/vm/guest.sh inside: `tracer doctor --json`, `tracer record
-#      --spawn 200 --forks 50`, `tracer report`, then the host-fact test files
-#      (test_host, test_doctor, test_btf, test_headers; their BPF tests included) and,
-#      if asked (FORKTRACE_VM_STEPS), every other BPF test. The guest's /boot is the
-#      kernel's own (its config), /lib/modules has its modules and headers.
+#      and runs scripts/vm/guest.sh inside (all steps in one Python process:
+#      scripts/vm/guest_steps.py): `tracer doctor --json`, `tracer record --spawn 200
+#      --forks 50`, `tracer report`, then the host-fact test files (test_host,
+#      test_doctor, test_btf, test_headers, test_rawtp; their BPF tests included) and,
+#      if asked (FORKTRACE_VM_STEPS), a small sweep for a kernel A/B (`sweep`) and
+#      every other BPF test (`tests-bpf`). The guest's /boot is the kernel's own (its
+#      config), /lib/modules has its modules and headers.
 #
 # Results, per kernel series, in RESULTS/<series>/: steps.tsv (step, exit code,
 # seconds), <step>.log, tests.xml / tests-bpf.xml (junit), tests.tsv / tests-bpf.tsv
@@ -40,13 +42,14 @@
 #   FORKTRACE_KERNEL_CACHE   unpacked kernels (default ~/.cache/forktrace/kernels)
 #   FORKTRACE_VM_VENV        virtme-ng's venv (default ~/.cache/forktrace/virtme-ng)
 #   FORKTRACE_VM_PYTHON      python in the guest (default .venv/bin/python of the checkout)
-#   FORKTRACE_VM_TIMEOUT     seconds per guest before it is killed (default 1080)
+#   FORKTRACE_VM_TIMEOUT     seconds per guest before it is killed (default 1500)
 #   FORKTRACE_VM_MEMORY      guest memory (default 2G)
 #   FORKTRACE_VM_CPUS        guest CPUs (default 2)
 #   FORKTRACE_VM_PARALLEL=0  boot the guests one after the other (default: side by side)
 #   FORKTRACE_VM_STEPS       guest steps (default "doctor-json record report tests"; add
-#                            tests-bpf for the record-based BPF tests: about 25 more
-#                            minutes per guest under emulation)
+#                            sweep (100/400/1600 VMAs, gapped, 40 forks each) for the
+#                            kernel A/B, tests-bpf for the record-based BPF tests:
+#                            about 25 more minutes per guest under emulation)
 #   FORKTRACE_DEBIAN_MIRROR  Debian archive URL (default: the host's apt sources)
 #   FORKTRACE_VM_REFRESH=1   fetch the suites' newest kernels again
 set -euo pipefail
@@ -74,7 +77,7 @@ cache_home=${XDG_CACHE_HOME:-$HOME/.cache}
 venv=${FORKTRACE_VM_VENV:-$cache_home/forktrace/virtme-ng}
 results_root=${FORKTRACE_VM_RESULTS:-$checkout/vm-results}
 guest_python=${FORKTRACE_VM_PYTHON:-$checkout/.venv/bin/python}
-guest_timeout=${FORKTRACE_VM_TIMEOUT:-1080}
+guest_timeout=${FORKTRACE_VM_TIMEOUT:-1500}
 guest_memory=${FORKTRACE_VM_MEMORY:-2G}
 guest_cpus=${FORKTRACE_VM_CPUS:-2}
 parallel=${FORKTRACE_VM_PARALLEL:-1}
@@ -171,6 +174,8 @@ done
 # The guests run side by side: each one's work is mostly one python process, so two
 # emulated guests on two host cores take about the time of one.
 pids=()
+# Stopped (Ctrl-C, or scripts/test.sh ending): the guests' timeout processes pass it on to QEMU.
+trap 'for p in "${pids[@]}"; do pkill -TERM -P "$p"; done; exit 130' INT TERM
 for series in "${series_list[@]}"; do
     echo "vm-test: $series: booting $(cat "${tree[$series]}/release") under emulation (timeout ${guest_timeout}s)" >&2
     boot_guest "$series" &
