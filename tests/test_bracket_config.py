@@ -86,3 +86,11 @@ def test_fork_level_says_why_store_phases_are_missing():
         assert fork[phase].startswith("unavailable") and "--level fork" in fork[phase]
     assert level_methods(doctor, "phase") == doctor == level_methods(doctor, "full")
     assert set(LEVELS) == {"fork", "phase", "full"}
+
+
+def test_every_store_is_timed_where_the_last_is_not_known_in_advance():
+    """Before v6.8 (no __mt_dup) the bulk build's mas_store() calls are not one per VMA."""
+    assert "TIME_EVERY_STORE" not in macros(BracketConfig(**OFFSETS))
+    assert "TIME_EVERY_STORE" in macros(BracketConfig(time_every_store=True, **OFFSETS))
+    both = cflags_for(BracketConfig(time_every_store=True, ablate=("time_every_store",), **OFFSETS))
+    assert both.count("-DTIME_EVERY_STORE") == 1

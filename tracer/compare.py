@@ -31,11 +31,15 @@ def split_sides(paths: Sequence[Path], base: Sequence[Path], new: Sequence[Path]
 
 def _expand(paths: Sequence[Path]) -> list[Path]:
     """Directories stand for their recordings and pyperf files."""
+    from analysis.compare import is_pyperf_file
+
     out: list[Path] = []
     for path in paths:
         path = Path(path)
         if path.is_dir():
-            found = sorted([*path.glob("*.parquet"), *path.glob("*.json"), *path.glob("*.json.gz")])
+            # A sweep's directory also holds index.json and report.json: only pyperf's own JSON counts.
+            benchmarks = [p for p in [*path.glob("*.json"), *path.glob("*.json.gz")] if is_pyperf_file(p, strict=True)]
+            found = sorted([*path.glob("*.parquet"), *benchmarks])
             if not found:
                 raise UsageError(f"directory {path} holds no recordings (*.parquet) or pyperf files (*.json)")
             out += found

@@ -21,8 +21,12 @@ from analysis.errors import TracerError
 __all__ = ["is_pyperf_file", "load_benchmarks", "compare_benchmarks"]
 
 
-def is_pyperf_file(path: Path | str) -> bool:
-    """A pyperf JSON file (plain or .json.gz), told apart from a recording by its name and head."""
+def is_pyperf_file(path: Path | str, strict: bool = False) -> bool:
+    """A pyperf JSON file (plain or .json.gz), told apart from a recording by its name and head.
+
+    strict: a plain .json must name "benchmarks" in its head (pyperf writes it
+    first), so other JSON in a directory (a sweep's index.json) is not taken for one.
+    """
     name = str(path)
     if name.endswith(".json.gz"):
         return True
@@ -33,6 +37,8 @@ def is_pyperf_file(path: Path | str) -> bool:
             head = f.read(4096)
     except OSError:
         return True  # let the loader report the error
+    if strict:
+        return b'"benchmarks"' in head
     return b'"benchmarks"' in head or b'"metadata"' in head or head.lstrip().startswith(b"{")
 
 

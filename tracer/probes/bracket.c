@@ -39,8 +39,13 @@
  *
  * Stores are timed where a column needs it, not all of them: the first, the
  * next MIN_STEP_STORES (for min_step), and the last, known in advance
- * because dup_mmap() writes the child tree once per parent VMA
- * (mm->map_count, read at the child lock; parent write-locked, so stable).
+ * because since v6.8 the replace loop calls mas_store() once per parent VMA
+ * (a NULL store for VM_DONTCOPY; mm->map_count, read at the child lock;
+ * parent write-locked, so stable). Only mas_store() calls count: before v6.8
+ * the bulk build also emits ma_write from mas_wr_bnode() on most stores, and
+ * skips VM_DONTCOPY VMAs, so the loader times every store there
+ * (TIME_EVERY_STORE). A last store that was not timed is counted
+ * (C_LAST_STORE_MISSED) and its time left 0: no phase is made of a wrong one.
  *
  * count(), traced_tgid() and the `counters` and `targets` maps come from
  * common.bpf.h, which the loader puts in front of this text.
@@ -107,8 +112,8 @@ struct vma_agg {
 	u64 ts_last_store;
 	u64 ts_prev_store;	/* last timed store, for min_step */
 	u64 min_step;
-	u32 writes;		/* ma_write events so far, of every function */
-	u32 expected_writes;	/* parent map_count: one write per VMA (0: unknown) */
+	u32 last_timed;		/* mas_store() call number of the last timed store */
+	u32 expected_stores;	/* parent map_count: one mas_store() per VMA (0: unknown) */
 	u32 stores;
 	u32 null_stores;
 	u32 zero_stores;
@@ -215,7 +220,7 @@ static __always_inline void reset_agg(struct vma_agg *a, u32 expected)
 
 	__builtin_memset(&a->mas_store_fn, 0, sizeof(*a) - __builtin_offsetof(struct vma_agg, mas_store_fn));
 	a->mas_store_fn = fn;
-	a->expected_writes = expected;
+	a->expected_stores = expected;
 }
 
 /*
@@ -265,8 +270,10 @@ static __always_inline void release_slot(struct thread_state *s)
 	s->ev.zero_stores = a->zero_stores;
 	s->ev.other_writes = a->other_writes;
 	s->ev.leaves = a->leaves;
-	if (a->stores && !a->ts_last_store)
+	if (a->stores + a->null_stores + a->zero_stores != a->last_timed) {
 		count(C_LAST_STORE_MISSED);
+		s->ev.ts_last_store = 0;
+	}
 	if (s->slot_cpu != NO_SLOT)
 		a->task = 0;
 	s->slot_cpu = NO_SLOT;
@@ -476,31 +483,34 @@ static __always_inline int is_mas_store(struct vma_agg *a, u64 fn)
 }
 
 /* Whether this store's time is needed: see the top of this file. */
-static __always_inline int store_is_timed(struct vma_agg *a, u64 val)
+static __always_inline int store_is_timed(struct vma_agg *a, u32 call, u64 val)
 {
 #ifdef ABLATE_TIMESTAMP
 	return 0;
 #elif defined(TIME_EVERY_STORE)
 	return 1;
 #else
-	return a->stores <= MIN_STEP_STORES || a->writes == a->expected_writes ||
-	       val == DUP_FAILED_MARK || !a->expected_writes;
+	return a->stores <= MIN_STEP_STORES || call == a->expected_stores ||
+	       val == DUP_FAILED_MARK || !a->expected_stores;
 #endif
 }
 
 /* Only the forking thread inside dup_mmap() gets here: see current_agg(). */
 static __always_inline void on_ma_write(struct vma_agg *a, u64 fn, u64 leaf, u64 val)
 {
-	a->writes++;
+	u32 call;
+
 #ifndef ABLATE_FN_CHECK
 	if (!is_mas_store(a, fn)) {
 		a->other_writes++;
 		return;
 	}
 #endif
-	if (store_is_timed(a, val)) {
+	call = a->stores + a->null_stores + a->zero_stores + 1;	/* this mas_store() call's number */
+	if (store_is_timed(a, call, val)) {
 		u64 now = bpf_ktime_get_ns();
 
+		a->last_timed = call;
 		if (!a->ts_first_store)
 			a->ts_first_store = now;
 		else if (a->ts_prev_store && (!a->min_step || now - a->ts_prev_store < a->min_step))

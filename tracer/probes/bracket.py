@@ -113,6 +113,8 @@ class BracketConfig:
     ablate: tuple[str, ...] = ()  # ABLATIONS, for the overhead bench only
     max_cpus: int = field(default_factory=lambda: possible_cpus())
     arg_macros: dict[str, int] = field(default_factory=dict)  # raw tracepoint argument positions (rawtp.py)
+    # Before v6.8 (no __mt_dup) the last store is not known in advance: time them all (bracket.c).
+    time_every_store: bool = False
 
 
 def cflags_for(config: BracketConfig) -> list[str]:
@@ -151,8 +153,9 @@ def cflags_for(config: BracketConfig) -> list[str]:
         flags.append("-DSAMPLE")
     if config.level == "fork":
         flags.append("-DNO_PER_VMA")
+    switches = set(config.ablate) | ({"time_every_store"} if config.time_every_store else set())
     flags += [f"-DABLATE_{name.upper()}" if name not in _PLAIN_SWITCHES else f"-D{name.upper()}"
-              for name in sorted(set(config.ablate))]
+              for name in sorted(switches)]
     return flags
 
 

@@ -64,7 +64,7 @@ def _record(opts: RecordOptions, log: Callable[[str], None], stop: StopRequests)
     backend = plan.backend
     if backend is None:
         raise TracerError(f"cannot trace dup_mmap on this kernel: {plan.reason} (see tracer doctor)")
-    config = _bracket_config(opts, backend)
+    config = _bracket_config(opts, backend, facts)
     if backend == "tracepoint":
         kernel.ensure_tracefs()  # classic tracepoints: bcc reads event ids and formats there
     hdrs = headers.resolve_headers()
@@ -123,7 +123,7 @@ def _record(opts: RecordOptions, log: Callable[[str], None], stop: StopRequests)
     return Recorded(path, session.exit_status or 0)
 
 
-def _bracket_config(opts: RecordOptions, backend: str) -> BracketConfig:
+def _bracket_config(opts: RecordOptions, backend: str, facts) -> BracketConfig:
     offsets: dict[str, int | None] = {"ma_state_node_off": None, "task_pid_off": None, "mm_map_count_off": None}
     try:
         offsets.update(offsets_from_btf())
@@ -136,8 +136,18 @@ def _bracket_config(opts: RecordOptions, backend: str) -> BracketConfig:
         follow_children=opts.mode == "command",
         sample_hz=opts.sample_hz,
         level=opts.level,
+        time_every_store=not _runs_mt_dup(facts),
         **offsets,
     )
+
+
+def _runs_mt_dup(facts) -> bool:
+    """__mt_dup in kallsyms: one mas_store() per VMA, so bracket.c knows the last store in advance.
+
+    Otherwise (the bulk build before v6.8, or kallsyms unread) it times every store.
+    """
+    mt_dup = facts.symbols.get("__mt_dup")
+    return mt_dup is not None and mt_dup.kallsyms is True
 
 
 def _cycle_config(opts: RecordOptions, backend: str, log: Callable[[str], None]) -> CycleConfig | None:
