@@ -64,7 +64,7 @@ def test_an_algorithm_change_is_shown_with_the_model_for_both_paths(tmp_path):
     text = render_text(c)
     assert "tree work per fork" in text and "bulk appends" in text and "__mt_dup" in text
     assert max(len(line) for line in text.splitlines()) <= 80
-    assert any(line.strip().startswith("mas_wr_bnode") and f"{splits:,}" in line for line in text.splitlines())
+    assert any(line.strip().startswith("other ma_write") and f"{splits:,}" in line for line in text.splitlines())
     context = {line.split()[1]: line for line in text.splitlines() if line.startswith("* ")}
     assert "algorithm" in context
     assert "Tree work per fork" in render_markdown(c)

@@ -1,9 +1,11 @@
 """A kernel A/B across v6.8: the two sides build the child's tree by different algorithms.
 
 Before v6.8 dup_mmap() appends each VMA to the child's empty tree in bulk
-mode, and a full node is split through mas_wr_bnode(), which emits an
-ma_write event of its own; from v6.8 __mt_dup() copies the parent's tree
-whole and the VMA loop only replaces entries. A timing difference between
+mode, and a node rebuilt on the way (mas_wr_bnode(): a split, a rebalance)
+emits an ma_write event of its own besides mas_store()'s; from v6.8
+__mt_dup() copies the parent's tree whole and the VMA loop only replaces
+entries, one mas_store() each. The model's column for that row counts the
+node rebuilds its bulk build makes. A timing difference between
 such kernels is an algorithm change, not a regression of one path, so the
 comparison shows per group what each side's forks were seen writing beside
 the replay model's counts for both paths on that side's layout: a reader
@@ -33,7 +35,7 @@ ALGORITHM_NAMES = {
 # A seen or model value that does not exist for a path is None ("-").
 QUANTITIES = (
     "mas_store calls",
-    "mas_wr_bnode (splits)",
+    "other ma_write events",
     "leaves written",
     "child tree nodes",
 )
