@@ -20,6 +20,7 @@ from pathlib import Path
 
 # Recording sizes: small, since every fork is emulated.
 RECORD = ["record", "--spawn", "200", "--forks", "50", "--quiet"]
+RECORD_FORK = ["record", "--spawn", "1600", "--forks", "40", "--level", "fork", "--quiet"]
 # Kernel A/B (not in the default steps): the same small sweep on each kernel, compared on the host.
 SWEEP = ["sweep", "--vmas", "100,400,1600", "--layout", "gapped", "--forks", "40", "--sample", "0", "--quiet"]
 # The files about host facts (kallsyms, tracefs, lockdown, BTF, headers, doctor, raw
@@ -59,6 +60,8 @@ def steps(results: Path) -> dict:
         "record": (None, lambda: _tracer(*RECORD, "-o", str(results / "spawn-200.parquet"))),
         "report": (None, lambda: _tracer("report", str(results / "spawn-200.parquet"))),
         "sweep": (None, lambda: _tracer(*SWEEP, "-o", str(results / "sweep"))),
+        # The A/B's dup_mmap without any per-VMA program (whose cost differs between the kernels).
+        "record-fork": (None, lambda: _tracer(*RECORD_FORK, "-o", str(results / "fork-1600.parquet"))),
         "tests": (None, lambda: _pytest(results, "tests", FACT_FILES)),
         # Every other BPF test (each records in a subprocess: minutes per test under emulation).
         "tests-bpf": (None, lambda: _pytest(results, "tests-bpf", ["-m", "bpf", *[f"--ignore={f}" for f in FACT_FILES], "tests"])),
