@@ -23,7 +23,7 @@ from tracer.probes.bracket import BracketConfig, BracketProbe, offsets_from_btf
 from tracer.probes.cycle import SYSCALLS, CycleConfig, CycleProbe
 from tracer.probes.exact import ExactConfig, ExactProbe
 from tracer.probes.program import BCC_MISSING
-from tracer.record.context import run_metadata
+from tracer.record.context import run_metadata, runs_mt_dup
 from tracer.record.cycle import join_cycle
 from tracer.record.options import RecordOptions, validate
 from tracer.record.output import save_recording
@@ -136,18 +136,9 @@ def _bracket_config(opts: RecordOptions, backend: str, facts) -> BracketConfig:
         follow_children=opts.mode == "command",
         sample_hz=opts.sample_hz,
         level=opts.level,
-        time_every_store=not _runs_mt_dup(facts),
+        time_every_store=not runs_mt_dup(facts),
         **offsets,
     )
-
-
-def _runs_mt_dup(facts) -> bool:
-    """__mt_dup in kallsyms: one mas_store() per VMA, so bracket.c knows the last store in advance.
-
-    Otherwise (the bulk build before v6.8, or kallsyms unread) it times every store.
-    """
-    mt_dup = facts.symbols.get("__mt_dup")
-    return mt_dup is not None and mt_dup.kallsyms is True
 
 
 def _cycle_config(opts: RecordOptions, backend: str, log: Callable[[str], None]) -> CycleConfig | None:

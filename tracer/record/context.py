@@ -48,6 +48,15 @@ class Collected(Protocol):
 STORE_PHASES = ("mt_dup", "vma_loop", "tail")
 
 
+def runs_mt_dup(facts: HostFacts) -> bool:
+    """__mt_dup in kallsyms: one mas_store() per VMA, so bracket.c knows the last store in advance.
+
+    Otherwise (the bulk build before v6.8, or kallsyms unread) it times every store.
+    """
+    mt_dup = facts.symbols.get("__mt_dup")
+    return mt_dup is not None and mt_dup.kallsyms is True
+
+
 def level_methods(phases: dict[str, str], level: str | None) -> dict[str, str]:
     """Doctor's method per phase, as the chosen level leaves it (pure)."""
     if level != "fork":
@@ -70,6 +79,7 @@ def run_metadata(
         "host": host_context(lockdown),
         "backend": plan.backend,
         "level": opts.level,
+        "stores_timed": "sparse" if runs_mt_dup(facts) else "every",
         "methods": level_methods(plan.phase_texts(), opts.level),
         "backend_reason": plan.reason,
         "probes": facts.to_dict(),
