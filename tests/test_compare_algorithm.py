@@ -78,3 +78,12 @@ def test_same_algorithm_shows_no_tree_work_section(tmp_path):
     c = compare_recordings([a], [b], attribute=None, resamples=200)
     assert not c.algorithm.differs
     assert "tree work per fork" not in render_text(c) and "different algorithms" not in c.verdict.text
+
+
+def test_fork_level_recordings_show_no_counts_rather_than_zeros(tmp_path):
+    a = spawn_recording(tmp_path / "a.parquet", OLD, "6.1.0-50-amd64", other_writes=0, leaves=10)
+    b = spawn_recording(tmp_path / "b.parquet", NEW, "6.12.95-amd64", other_writes=0, leaves=10)
+    a.meta["level"] = "fork"
+    c = compare_recordings([a], [b], attribute=None, resamples=200)
+    (_, base, new), = c.algorithm.groups
+    assert all(v is None for v in base.seen.values()) and new.seen[QUANTITIES[0]] == EXTRA + 7

@@ -134,7 +134,10 @@ def tree_work(recordings: Sequence[Recording], forks: pd.DataFrame, algorithm: s
     report = model(recordings[0]) if model is not None and recordings else None
     old, new = model_counts(report) if report is not None else (None, None)
     usable = int(forks["usable"].sum()) if "usable" in forks else len(forks)
-    return TreeWork(algorithm, seen_per_fork(forks), old, new, usable)
+    seen = seen_per_fork(forks)
+    if any(rec.meta.get("level") == "fork" for rec in recordings):
+        seen = dict.fromkeys(seen)  # --level fork: no per-VMA program counted anything
+    return TreeWork(algorithm, seen, old, new, usable)
 
 
 def compare_algorithms(
