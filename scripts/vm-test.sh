@@ -118,24 +118,40 @@ done
 # boot_guest SERIES: boot it, run guest.sh inside, leave the results in RESULTS/SERIES
 # with vng's exit code and the wall time in RESULTS/SERIES/host.tsv.
 boot_guest() {
-    local series=$1 release out start rc=0
+    local series=$1 release out start rc attempt
     release=$(cat "${tree[$series]}/release")
     out=$results_root/$series
     start=$EPOCHREALTIME
-    # The host's file system (checkout, venv, cache) is seen read-only, $out writable.
-    timeout --kill-after=30 "$guest_timeout" vng \
-        --run "${tree[$series]}/root/boot/vmlinuz-$release" \
-        --disable-kvm --force-9p --memory "$guest_memory" --cpus "$guest_cpus" \
-        --rwdir "$out" --rodir "/boot=${tree[$series]}/root/boot" --cwd "$checkout" \
-        --exec "bash $checkout/scripts/vm/guest.sh $checkout $out $guest_python '$guest_step_names'" \
-        </dev/null >"$out/console.log" 2>&1 || rc=$?
+    : >"$out/host.tsv"
+    for attempt in 1 2; do
+        rc=0
+        # The host's file system (checkout, venv, cache) is seen read-only, $out writable.
+        # --verbose: the guest kernel's own messages (an oops, a panic) land in console.log.
+        timeout --kill-after=30 "$guest_timeout" vng \
+            --run "${tree[$series]}/root/boot/vmlinuz-$release" \
+            --disable-kvm --force-9p --verbose --memory "$guest_memory" --cpus "$guest_cpus" \
+            --rwdir "$out" --rodir "/boot=${tree[$series]}/root/boot" --cwd "$checkout" \
+            --exec "bash $checkout/scripts/vm/guest.sh $checkout $out $guest_python '$guest_step_names'" \
+            </dev/null >"$out/console.log" 2>&1 || rc=$?
+        # A guest that died under emulation before its steps ended (not a timeout, not a
+        # failed step) is booted once more; the first console is kept and the summary says so.
+        if [ "$attempt" = 1 ] && [ "$rc" != 0 ] && [ "$rc" != 124 ] && [ "$rc" != 137 ] &&
+            [ "$(wc -l <"$out/steps.tsv" 2>/dev/null || echo 0)" -lt "$guest_steps" ]; then
+            mv "$out/console.log" "$out/console-attempt1.log"
+            mv "$out/steps.tsv" "$out/steps-attempt1.tsv" 2>/dev/null || true
+            printf 'retried\tthe first guest died after %s of %s steps (vng exit %s; console-attempt1.log)\n' \
+                "$(wc -l <"$out/steps-attempt1.tsv" 2>/dev/null || echo 0)" "$guest_steps" "$rc" >>"$out/host.tsv"
+            continue
+        fi
+        break
+    done
     awk -v rc="$rc" -v t0="$start" -v t1="$EPOCHREALTIME" \
-        'BEGIN { printf "vng_exit\t%s\nseconds\t%.0f\n", rc, t1 - t0 }' >"$out/host.tsv"
+        'BEGIN { printf "vng_exit\t%s\nseconds\t%.0f\n", rc, t1 - t0 }' >>"$out/host.tsv"
 }
 
 # summarize SERIES: one line saying each step's verdict and time, and the test counts.
 summarize() {
-    local series=$1 out release rc seconds verdict=ok steps="" name step_rc step_seconds mark counts
+    local series=$1 out release rc seconds verdict=ok steps="" name step_rc step_seconds mark counts retried
     out=$results_root/$series
     release=$(cat "${tree[$series]}/release")
     rc=$(awk -F'\t' '$1 == "vng_exit" { print $2 }' "$out/host.tsv")
@@ -160,6 +176,8 @@ summarize() {
         [ -e "$out/$name.tsv" ] || [ -e "$out/$name.xml" ] || continue
         counts+="$name: $(python3 scripts/vm/junit_counts.py "$out/$name.xml" "$out/$name.tsv"); "
     done
+    retried=$(awk -F'\t' '$1 == "retried" { print $2 }' "$out/host.tsv")
+    [ -z "$retried" ] || steps+=" (RETRIED: $retried)"
     echo "$series ($release): $verdict in ${seconds}s; ${counts}steps:$steps"
     [ "$verdict" = ok ]
 }
