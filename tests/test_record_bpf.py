@@ -234,6 +234,7 @@ finally:
 """
 
 
+@pytest.mark.system_wide  # strict overcommit, most of the commit headroom taken: nothing else may allocate meanwhile
 def test_fork_failing_inside_dup_mmap_is_recorded_and_flagged(tmp_path):
     path = tmp_path / "fail.parquet"
     saved = Path("/proc/sys/vm/overcommit_memory").read_text()
