@@ -19,7 +19,7 @@ import os
 import struct
 from dataclasses import dataclass
 
-__all__ = ["Attempt", "try_fentry", "try_kprobe"]
+__all__ = ["Attempt", "errno_name", "try_fentry", "try_kprobe"]
 
 _SYS_BPF = 321  # x86_64
 _SYS_PERF_EVENT_OPEN = 298
@@ -42,7 +42,7 @@ _libc.syscall.restype = ctypes.c_long
 
 @dataclass(frozen=True)
 class Attempt:
-    """The kernel's answer: ok, else the stage that refused (load, attach) and the errno's name."""
+    """A test load's outcome: ok, else the stage that failed (compile, load, attach), the errno's name, one line of log."""
 
     ok: bool
     stage: str | None = None
@@ -50,8 +50,9 @@ class Attempt:
     log: str | None = None
 
 
-def _errno_name(number: int) -> str:
-    return errno_mod.errorcode.get(number, str(number))
+def errno_name(number: int) -> str:
+    """EPERM for 1: the name a kernel developer reads in an error line."""
+    return errno_mod.errorcode.get(number, f"errno {number}")
 
 
 def _load(prog_type: int, attach_type: int = 0, attach_btf_id: int = 0) -> tuple[int, int]:
@@ -71,13 +72,13 @@ def try_fentry(btf_func_id: int) -> Attempt:
     """Load an fentry program for the function with this vmlinux BTF id, attach it, detach it."""
     prog, err = _load(_PROG_TYPE_TRACING, _TRACE_FENTRY, btf_func_id)
     if prog < 0:
-        return Attempt(False, "load", _errno_name(err))
+        return Attempt(False, "load", errno_name(err))
     try:
         attr = ctypes.create_string_buffer(16)
         struct.pack_into("<QI", attr, 0, 0, prog)  # name NULL: a tracing program's own target
         link = _libc.syscall(_SYS_BPF, _BPF_RAW_TRACEPOINT_OPEN, attr, 16)
         if link < 0:
-            return Attempt(False, "attach", _errno_name(ctypes.get_errno()))
+            return Attempt(False, "attach", errno_name(ctypes.get_errno()))
         os.close(link)
         return Attempt(True)
     finally:
@@ -99,7 +100,7 @@ def try_kprobe(function: str) -> Attempt:
         return Attempt(False, "attach", "ENOENT", f"no kprobe PMU ({_KPROBE_PMU})")
     prog, err = _load(_PROG_TYPE_KPROBE)
     if prog < 0:
-        return Attempt(False, "load", _errno_name(err))
+        return Attempt(False, "load", errno_name(err))
     name = ctypes.create_string_buffer(function.encode())
     attr = ctypes.create_string_buffer(_ATTR_SIZE)
     # perf_event_attr: type, size, config (0: kprobe, not kretprobe), sample_period 1,
@@ -110,10 +111,10 @@ def try_kprobe(function: str) -> Attempt:
     try:
         event = _libc.syscall(_SYS_PERF_EVENT_OPEN, attr, -1, 0, -1, _PERF_FLAG_FD_CLOEXEC)
         if event < 0:
-            return Attempt(False, "attach", _errno_name(ctypes.get_errno()))
+            return Attempt(False, "attach", errno_name(ctypes.get_errno()))
         try:
             if _libc.ioctl(event, _PERF_EVENT_IOC_SET_BPF, prog) < 0:
-                return Attempt(False, "attach", _errno_name(ctypes.get_errno()))
+                return Attempt(False, "attach", errno_name(ctypes.get_errno()))
             return Attempt(True)
         finally:
             os.close(event)

@@ -11,18 +11,18 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import errno
 import functools
 import os
 import sys
 import tempfile
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 from analysis.errors import TracerError
 from tracer.host import btf as btf_mod
 from tracer.host import kernel
 from tracer.host.attach import Attempt, try_fentry, try_kprobe
+from tracer.host.attach import errno_name as _errno_name
 from tracer.host.facts import (
     CONFIG_OPTIONS,
     MT_DUP_SINCE,
@@ -87,21 +87,7 @@ def _captured_output() -> Iterator[list[str]]:
             lines.extend(line for line in sink.read().decode(errors="replace").splitlines() if line.strip())
 
 
-def _errno_name(number: int) -> str:
-    return errno.errorcode.get(number, f"errno {number}")
-
-
-@dataclass(frozen=True)
-class _Tried:
-    """One test load: ok, the stage it failed at (compile, load, attach), errno, bcc's one line."""
-
-    ok: bool
-    stage: str | None
-    errno: str | None
-    log: str | None
-
-
-def _try_bpf(text: str) -> _Tried:
+def _try_bpf(text: str) -> Attempt:
     """Compile, load and attach `text` with bcc (autoattach), then detach at once."""
     from bcc import BPF
 
@@ -122,11 +108,11 @@ def _try_bpf(text: str) -> _Tried:
     # Keep the one line worth showing: clang's first error, else libbpf's last word.
     errors = [line for line in log if "error" in line]
     line = (errors or log or [None])[0 if errors else -1]
-    return _Tried(stage is None, stage, code, line)
+    return Attempt(stage is None, stage, code, line)
 
 
 @functools.lru_cache(maxsize=4)
-def _raw_tracepoint_check(headers_path: str | None) -> _Tried:
+def _raw_tracepoint_check(headers_path: str | None) -> Attempt:
     """One empty raw tracepoint program, once per process and headers (doctor then record, in one process)."""
     return _try_bpf("RAW_TRACEPOINT_PROBE(sched_process_fork) { return 0; }")
 
@@ -220,7 +206,7 @@ def _ftrace_status(symbol: str, filter_functions: set[str] | None, why_unknown: 
     return "notrace (not in available_filter_functions)"
 
 
-def _refusal(how: str, tried: _Tried, lockdown: str) -> str:
+def _refusal(how: str, tried: Attempt, lockdown: str) -> str:
     """One line for a failed test load: which stage, the errno, lockdown as context."""
     if tried.stage == "compile":
         return f"{how} test program did not compile: {tried.log or 'see bcc output'}"
@@ -234,8 +220,7 @@ def _refusal(how: str, tried: _Tried, lockdown: str) -> str:
 def _load_check(how: str, attempt: Attempt, lockdown: str) -> ProbeCheck:
     if attempt.ok:
         return ProbeCheck(True, "loaded and attached", None)
-    tried = _Tried(False, attempt.stage, attempt.errno, attempt.log)
-    return ProbeCheck(False, _refusal(how, tried, lockdown), attempt.errno)
+    return ProbeCheck(False, _refusal(how, attempt, lockdown), attempt.errno)
 
 
 class _SymbolProber:
