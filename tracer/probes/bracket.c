@@ -257,6 +257,12 @@ static __always_inline struct vma_agg *agg_of(struct thread_state *s)
 	return a ? a : &s->agg;
 }
 
+/* mas_store() calls seen so far: stores of a VMA, of NULL (VM_DONTCOPY), of the failure mark. */
+static __always_inline u32 store_calls(struct vma_agg *a)
+{
+	return a->stores + a->null_stores + a->zero_stores;
+}
+
 /* Copy the aggregates into the record and free the slot. Only in state IN_DUP. */
 static __always_inline void release_slot(struct thread_state *s)
 {
@@ -270,7 +276,7 @@ static __always_inline void release_slot(struct thread_state *s)
 	s->ev.zero_stores = a->zero_stores;
 	s->ev.other_writes = a->other_writes;
 	s->ev.leaves = a->leaves;
-	if (a->stores + a->null_stores + a->zero_stores != a->last_timed) {
+	if (store_calls(a) != a->last_timed) {
 		count(C_LAST_STORE_MISSED);
 		s->ev.ts_last_store = 0;
 	}
@@ -506,7 +512,7 @@ static __always_inline void on_ma_write(struct vma_agg *a, u64 fn, u64 leaf, u64
 		return;
 	}
 #endif
-	call = a->stores + a->null_stores + a->zero_stores + 1;	/* this mas_store() call's number */
+	call = store_calls(a) + 1;	/* this mas_store() call's number */
 	if (store_is_timed(a, call, val)) {
 		u64 now = bpf_ktime_get_ns();
 
