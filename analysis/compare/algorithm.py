@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -115,23 +115,22 @@ def model_counts(report: Any) -> tuple[dict[str, int | None], dict[str, int | No
     return old_counts, new_counts
 
 
-def model_report(rec: Recording) -> Any | None:
-    """The model of both paths for a recording's saved layout and parent tree, or None."""
+def model_report(parent: tuple[Any, Any] | None) -> Any | None:
+    """Both paths modelled on a recording's parent (analysis.model.parent.saved_parent), or None."""
     from analysis.errors import TracerError
     from analysis.model.compare import compare_paths
-    from analysis.model.parent import parent_tree, recording_target
 
-    if not rec.meta.get("maps"):
+    if parent is None:
         return None
+    target, tree = parent
     try:
-        target = recording_target(rec)
-        return compare_paths(target.layout, parent=parent_tree(target).tree)
+        return compare_paths(target.layout, parent=tree.tree)
     except (TracerError, ValueError):
         return None
 
 
-def tree_work(recordings: Sequence[Recording], forks: pd.DataFrame, algorithm: str, model: Callable[[Recording], Any] | None = model_report) -> TreeWork:
-    report = model(recordings[0]) if model is not None and recordings else None
+def tree_work(recordings: Sequence[Recording], forks: pd.DataFrame, algorithm: str, report: Any | None) -> TreeWork:
+    """One side of one group; report: model_report() of its first recording, or None."""
     old, new = model_counts(report) if report is not None else (None, None)
     usable = int(forks["usable"].sum()) if "usable" in forks else len(forks)
     seen = seen_per_fork(forks)
@@ -140,19 +139,20 @@ def tree_work(recordings: Sequence[Recording], forks: pd.DataFrame, algorithm: s
     return TreeWork(algorithm, seen, old, new, usable)
 
 
+# One side of one matched group: its recordings, their fork frame, model_report() (or None).
+Side = tuple[Sequence[Recording], pd.DataFrame, Any]
+
+
 def compare_algorithms(
-    base: Sequence[Recording],
-    new: Sequence[Recording],
-    pairs: Sequence[tuple[str, Any, Any]],
-    model: Callable[[Recording], Any] | None = model_report,
+    base: Sequence[Recording], new: Sequence[Recording], pairs: Sequence[tuple[str, Side, Side]]
 ) -> AlgorithmChange:
-    """pairs: (label, base Group, new Group) as compare_recordings matched them."""
+    """pairs: (label, base side, new side) as compare_recordings matched and framed them."""
     base_name, base_evidence = algorithm_of(base)
     new_name, new_evidence = algorithm_of(new)
     change = AlgorithmChange(base_name, new_name, base_evidence, new_evidence)
-    for label, b, n in pairs:
+    for label, (b_recs, b_forks, b_report), (n_recs, n_forks, n_report) in pairs:
         change.groups.append(
-            (label, tree_work(b.recordings, b.forks, base_name, model), tree_work(n.recordings, n.forks, new_name, model))
+            (label, tree_work(b_recs, b_forks, base_name, b_report), tree_work(n_recs, n_forks, new_name, n_report))
         )
     return change
 

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 from typing import Any, Callable, Mapping, Sequence
 
-import pandas as pd
-
 from analysis.compare.algorithm import compare_algorithms, model_report
 from analysis.compare.components import compare_components, compare_shapes, shape_of
 from analysis.compare.context import recording_context
@@ -21,6 +19,7 @@ from analysis.compare.result import Comparison
 from analysis.compare.samples import SamplePair, compare_samples
 from analysis.compare.stats import ALPHA, MIN_SAMPLES
 from analysis.frame import Group, group_recordings
+from analysis.model.parent import saved_parent
 from analysis.recording import PHASES, Recording
 
 __all__ = ["compare_recordings", "attributed_costs", "Attribute"]
@@ -29,22 +28,11 @@ __all__ = ["compare_recordings", "attributed_costs", "Attribute"]
 Attribute = Callable[[Sequence[Recording]], Mapping[str, Any] | None]
 
 
-def _usable_forks(group: Group) -> pd.DataFrame:
-    forks = group.forks
-    return forks[forks["usable"]]
-
-
-def _model_shape(rec: Recording) -> dict[str, int] | None:
-    """The replay model's tree (nodes, height, leaves) for a recording's saved layout, if any."""
-    from analysis.errors import TracerError
-    from analysis.model.parent import parent_tree, recording_target
-
-    if not rec.meta.get("maps"):
+def _model_shape(parent: tuple[Any, Any] | None) -> dict[str, int] | None:
+    """The replay model's parent tree (nodes, height, leaves) from analysis.model.parent.saved_parent, if any."""
+    if parent is None:
         return None
-    try:
-        shape = parent_tree(recording_target(rec)).tree.shape()
-    except (TracerError, ValueError):
-        return None
+    shape = parent[1].tree.shape()
     return {"nodes": shape.nodes, "height": shape.height, "leaves": shape.leaves}
 
 
@@ -98,9 +86,13 @@ def compare_recordings(
     components = []
     shapes = []
     labels = []
+    tree_sides = []
     for b, n in pairs:
         label = _label(b, n)
-        fb, fn = _usable_forks(b), _usable_forks(n)
+        forks_b, forks_n = b.forks, n.forks  # a frame per access: build each once
+        fb, fn = forks_b[forks_b["usable"]], forks_n[forks_n["usable"]]
+        parent_b = saved_parent(b.recordings[0]) if model else None
+        parent_n = saved_parent(n.recordings[0]) if model else None
         labels.append(label)
         if b.key != n.key:
             warnings.append(f"DIFFERENT WORKLOADS PAIRED: base {b.key.label()}, new {n.key.label()}")
@@ -108,9 +100,12 @@ def compare_recordings(
             sample_pairs.append(SamplePair(label, phase.name, fb[phase.column].to_numpy(float), fn[phase.column].to_numpy(float)))
         if attribute is not None:
             components += compare_components(attribute(b.recordings), attribute(n.recordings), label, alpha)
-        base_shape = shape_of(fb["leaves"].to_numpy(float), _model_shape(b.recordings[0]) if model else None)
-        new_shape = shape_of(fn["leaves"].to_numpy(float), _model_shape(n.recordings[0]) if model else None)
+        base_shape = shape_of(fb["leaves"].to_numpy(float), _model_shape(parent_b))
+        new_shape = shape_of(fn["leaves"].to_numpy(float), _model_shape(parent_n))
         shapes.append(compare_shapes(label, base_shape, new_shape))
+        tree_sides.append(
+            (label, (b.recordings, forks_b, model_report(parent_b)), (n.recordings, forks_n, model_report(parent_n)))
+        )
     rows = compare_samples(sample_pairs, alpha=alpha, min_samples=min_samples, resamples=resamples)
     for row in rows:
         if not row.decided and row.base_n + row.new_n > 0:
@@ -138,7 +133,5 @@ def compare_recordings(
         groups=labels,
     )
     comparison.values = {(p.group, p.metric): (p.base, p.new) for p in sample_pairs}
-    comparison.algorithm = compare_algorithms(
-        base, new, [(_label(b, n), b, n) for b, n in pairs], model=model_report if model else None
-    )
+    comparison.algorithm = compare_algorithms(base, new, tree_sides)
     return comparison

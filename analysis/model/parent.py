@@ -35,6 +35,7 @@ __all__ = [
     "observed_parent",
     "parent_tree",
     "recording_target",
+    "saved_parent",
 ]
 
 # Not user VMAs in mm->mm_mt although /proc/PID/maps shows them (x86-64 [vsyscall] is a gate area).
@@ -89,6 +90,15 @@ def recording_target(rec: Recording) -> RecordedTarget:
     if not isinstance(workload, dict) or workload.get("pid") != pid:
         workload = None
     return RecordedTarget(layout, observed, note, pid, workload)
+
+
+def saved_parent(rec: Recording) -> tuple[RecordedTarget, ParentTree] | None:
+    """A recording's process and its parent tree, or None where it saved no layout the model can use."""
+    try:
+        target = recording_target(rec)
+        return target, parent_tree(target)
+    except (TracerError, ValueError):
+        return None
 
 
 def choose_parent_build(target: RecordedTarget) -> tuple[str, str, int | None]:
