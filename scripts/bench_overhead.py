@@ -8,8 +8,9 @@ each mode, side by side in one run:
                   floor any tracepoint-based tracer pays here
   fork            `record --level fork`: the lock bracket, no per-VMA program
   phase           `record --level phase` (the default): the full bracket
-  before          the per-VMA program as it was before the CPU slot and the
-                  sparse timestamps (task storage lookup, every store timed)
+  before          the per-VMA program as it was before the CPU slot, the
+                  sparse timestamps and tp_btf (task storage lookup, every
+                  store timed, ma_state read by bpf_probe_read_kernel)
   -<piece>        `phase` without one piece of its per-VMA program (ablation;
                   see ABLATIONS in tracer/probes/bracket.py): its cost is
                   what the mode saves against `phase`
@@ -54,7 +55,7 @@ MODES: dict[str, dict | None] = {
     "empty": {"empty": True},
     "fork": {"level": "fork"},
     "phase": {},
-    "before": {"ablate": ("lookup_task_storage", "time_every_store")},
+    "before": {"ablate": ("lookup_task_storage", "time_every_store"), "typed_ma_write": False},
     "no_body": {"ablate": ("vma_body",)},
     "no_fn_check": {"ablate": ("fn_check",)},
     "no_ma_state": {"ablate": ("ma_state",)},
@@ -62,6 +63,7 @@ MODES: dict[str, dict | None] = {
     "no_leaves": {"ablate": ("leaves",)},
     "task_storage": {"ablate": ("lookup_task_storage",)},
     "every_ts": {"ablate": ("time_every_store",)},
+    "probe_read": {"typed_ma_write": False},
 }
 DEFAULT_MODES = list(MODES)
 
@@ -76,6 +78,7 @@ MEANING = {
     "no_leaves": ("leaf tracking", +1),
     "task_storage": ("task storage lookup, over the CPU slot", -1),
     "every_ts": ("timing every store, over sparse", -1),
+    "probe_read": ("raw tracepoint + probe read, over tp_btf", -1),
 }
 
 
@@ -147,6 +150,44 @@ def switch_run(seconds: float, cpu: int, probe: BracketProbe | None) -> float:
     return (now - start) / (2 * trips)  # a round trip is two switches
 
 
+# The issue's targets: phase's added cost per VMA at most 2x the empty programs';
+# --level fork at most 2% fewer forks/s than untraced at 6400 VMAs.
+PHASE_X_EMPTY_MAX = 2.0
+FORK_RATE_MIN = 0.98
+
+
+def bootstrap_interval(rounds: dict[str, list[float]], stat, resamples: int = 2000, seed: int = 1) -> tuple[float, float]:
+    """95% percentile interval of stat(medians by mode) over rounds resampled with replacement.
+
+    Rounds are resampled whole (the same indices for every mode): the modes of
+    one round ran minutes apart at most, so their drift is shared, as in the
+    point estimate.
+    """
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    arrays = {m: np.asarray(v, dtype=float) for m, v in rounds.items()}
+    n = min(len(a) for a in arrays.values())
+    values = []
+    for _ in range(resamples):
+        idx = rng.integers(0, n, n)
+        value = stat({m: float(np.median(a[idx])) for m, a in arrays.items()})
+        if value is not None and np.isfinite(value):
+            values.append(value)
+    if not values:
+        return (float("nan"), float("nan"))
+    lo, hi = np.percentile(values, [2.5, 97.5])
+    return float(lo), float(hi)
+
+
+def verdict(interval: tuple[float, float], limit: float, upper: bool) -> str:
+    """'met' when the whole interval is on the right side of the limit, 'missed' when it is all on the wrong one."""
+    lo, hi = interval
+    if upper:
+        return "met" if hi <= limit else "missed" if lo > limit else "not settled (interval spans the limit)"
+    return "met" if lo >= limit else "missed" if hi < limit else "not settled (interval spans the limit)"
+
+
 def summarise(figures: dict, cpu: dict, vmas_totals: dict, modes: list[str]) -> dict:
     """Medians per mode and VMA count; ratios to untraced; per-VMA cost vs the empty floor.
 
@@ -172,8 +213,61 @@ def summarise(figures: dict, cpu: dict, vmas_totals: dict, modes: list[str]) -> 
             "ablation_ns_per_vma": (
                 {m: MEANING[m][1] * (added["phase"] - added[m]) for m in modes if m in MEANING and "phase" in added}
             ),
+            "vs_untraced_ci": {
+                m: bootstrap_interval(by_mode, lambda med, m=m: med[m] / med["untraced"]) for m in modes if m != "untraced"
+            },
+            "cpu_ratio": {m: cpu_med["untraced"] / cpu_med[m] for m in modes},
+            "cpu_ratio_ci": {
+                m: bootstrap_interval(cpu[vmas], lambda med, m=m: med["untraced"] / med[m]) for m in modes if m != "untraced"
+            },
+            "x_empty_ci": (
+                {
+                    m: bootstrap_interval(cpu[vmas], lambda med, m=m: _x_empty(med, m))
+                    for m in modes
+                    if m not in ("untraced", "empty")
+                }
+                if "empty" in modes
+                else {}
+            ),
         }
     return summary
+
+
+def _x_empty(med: dict[str, float], mode: str) -> float | None:
+    floor = med["empty"] - med["untraced"]
+    return (med[mode] - med["untraced"]) / floor if floor > 0 else None
+
+
+def targets(summary: dict) -> list[dict]:
+    """The issue's two targets, each with its estimate, 95% interval and verdict.
+
+    phase: at the counts the issue names (1600 and 6400 extra VMAs). fork: at
+    6400, from forks/s and from CPU time per fork; and at the smallest count
+    run, where its cost weighs most (fork attaches no per-VMA program, so what
+    it adds is per fork: the fewer VMAs, the larger its share).
+    """
+    out = []
+    smallest = min(summary, key=int) if summary else None
+
+    def add(target: str, vmas, estimate, ci, limit: float, upper: bool) -> None:
+        out.append({"target": target, "vmas": vmas, "estimate": estimate, "ci": ci,
+                    "verdict": verdict(ci, limit, upper)})
+
+    for vmas, s in summary.items():
+        if "phase" in s["x_empty_ci"] and int(vmas) in (1600, 6400):
+            add(f"phase adds <= {PHASE_X_EMPTY_MAX:g}x the empty programs' ns/VMA", vmas, s["x_empty"].get("phase"),
+                s["x_empty_ci"]["phase"], PHASE_X_EMPTY_MAX, upper=True)
+        if "fork" not in s["vs_untraced_ci"]:
+            continue
+        if int(vmas) == 6400 or vmas == smallest:
+            worst = " (worst case: its cost is per fork)" if vmas == smallest and int(vmas) < 6400 else ""
+            add(f"--level fork keeps >= {FORK_RATE_MIN:g} of untraced forks/s{worst}", vmas, s["vs_untraced"]["fork"],
+                s["vs_untraced_ci"]["fork"], FORK_RATE_MIN, upper=False)
+            # From the forking thread's CPU time per fork (untraced's / fork's): the
+            # forks/s that CPU time allows, without the wall clock's share of other work.
+            add(f"--level fork keeps >= {FORK_RATE_MIN:g} of untraced forks/s by CPU time per fork{worst}", vmas,
+                s["cpu_ratio"]["fork"], s["cpu_ratio_ci"]["fork"], FORK_RATE_MIN, upper=False)
+    return out
 
 
 def render(summary: dict, modes: list[str]) -> str:
@@ -191,6 +285,14 @@ def render(summary: dict, modes: list[str]) -> str:
             row += f"{add:>9.1f}" if add is not None else f"{'':>9}"
             row += f"{xe:>9.2f}" if xe is not None else f"{'':>9}"
         lines.append(row)
+    goals = targets(summary)
+    if goals:
+        lines += ["", "targets (estimate, 95% bootstrap interval over rounds):"]
+        for g in goals:
+            lo, hi = g["ci"]
+            est = g["estimate"]
+            lines.append(f"  {g['target']} at {g['vmas']} VMAs: {est:.3f} [{lo:.3f}, {hi:.3f}]  {g['verdict']}"
+                         if est is not None else f"  {g['target']} at {g['vmas']} VMAs: no estimate")
     ablated = [m for m in modes if m in MEANING]
     if ablated and "phase" in traced:
         lines += ["", "ablation: ns per VMA that each piece of the per-VMA program costs (no_X: phase - no_X;"
@@ -228,6 +330,10 @@ def main() -> int:
         for m in modes[1:]:
             probes[m] = BracketProbe(BracketConfig(backend=backend, **offsets, **MODES[m])).load()
             probes[m].detach()
+        programs = {m: p.per_vma_program for m, p in probes.items()}
+        refused = {m: p.typed_refused for m, p in probes.items() if p.typed_refused}
+        print("per-VMA program: " + ", ".join(f"{m} {prog or '-'}" for m, prog in programs.items())
+              + "".join(f"; {m}: {why}" for m, why in refused.items()), flush=True)
         print(f"{args.rounds} interleaved rounds of {args.seconds:g} s per mode, CPU {args.cpu}", flush=True)
         figures = {v: {m: [] for m in modes} for v in args.vmas}
         cpu_per_fork = {v: {m: [] for m in modes} for v in args.vmas}
@@ -266,8 +372,9 @@ def main() -> int:
     if args.json:
         args.json.write_text(json.dumps({"backend": backend, "rounds": args.rounds, "seconds": args.seconds,
                                          "cpu": args.cpu, "modes": {m: MODES[m] for m in modes},
+                                         "per_vma_program": programs,
                                          "raw": {"forks_per_s": figures, "cpu_ns_per_fork": cpu_per_fork},
-                                         "summary": summary, "switches": switches,
+                                         "summary": summary, "targets": targets(summary), "switches": switches,
                                          "raw_switch_ns": switch_ns}, indent=2))
     return 0
 

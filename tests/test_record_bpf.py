@@ -320,6 +320,34 @@ def test_task_storage_fallback_records_what_the_cpu_slot_does():
             assert 0 < r.min_step <= r.ts_last_store - r.ts_first_store, fields
 
 
+def test_typed_and_raw_per_vma_programs_record_the_same():
+    """The tp_btf ma_write (a plain load of ma_state->node) and the raw tracepoint one (a probe read) agree."""
+    typed, vmas_total = _probe_records({}, vmas=300, forks=6)
+    raw, _ = _probe_records({"typed_ma_write": False}, vmas=300, forks=6)
+    assert len(typed) == len(raw) == 6
+    for field in ("stores", "null_stores", "zero_stores", "other_writes", "leaves"):
+        assert {getattr(r, field) for r in typed} == {getattr(r, field) for r in raw}, field
+    assert all(r.stores == vmas_total and r.leaves > 1 for r in typed)
+
+
+def test_per_vma_program_is_tp_btf_where_the_kernel_attaches_one():
+    """Which program runs per VMA is the kernel's answer, and what is loaded is that program."""
+    from tracer.host import headers
+    from tracer.probes.bracket import BracketConfig, BracketProbe, offsets_from_btf
+
+    headers.apply(headers.resolve_headers())
+    with BracketProbe(BracketConfig(**offsets_from_btf())) as probe:
+        if probe.per_vma_program == "tp_btf":
+            fdinfo = Path(f"/proc/self/fdinfo/{probe._typed.prog_fd}").read_text()
+            assert "prog_type:\t26" in fdinfo  # BPF_PROG_TYPE_TRACING
+            assert probe._typed.link_fd >= 0 and probe.typed_refused is None
+        else:
+            assert probe.per_vma_program == "raw_tracepoint"
+            assert probe.typed_refused  # says why, in the recording too
+    with BracketProbe(BracketConfig(level="fork", **offsets_from_btf())) as probe:
+        assert probe.per_vma_program is None and probe._typed is None
+
+
 @pytest.mark.parametrize(
     "ablate", [("vma_body",), ("fn_check", "ma_state", "timestamp", "leaves", "lookup_task_storage", "time_every_store")]
 )

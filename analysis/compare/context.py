@@ -17,7 +17,7 @@ __all__ = ["ContextItem", "recording_context", "benchmark_context", "LOUD_KEYS"]
 # workload and layout are not here: forks are compared group by group (same
 # workload, layout and VMAs), and a pairing of unlike groups is warned about
 # where it is made.
-LOUD_KEYS = ("host", "cpu model", "methods", "timed", "backend", "cpu pinning", "governor")
+LOUD_KEYS = ("host", "cpu model", "methods", "timed", "per-VMA", "backend", "cpu pinning", "governor")
 
 
 @dataclass
@@ -106,6 +106,7 @@ def recording_context(base: Iterable[Mapping[str, Any]], new: Iterable[Mapping[s
         ("backend", lambda m: m.get("backend")),
         ("methods", _methods),
         ("timed", lambda m: f"{m.get('stores_timed') or 'sparse'} stores"),
+        ("per-VMA", lambda m: _dict(m, "per_vma_program").get("type")),
         ("algorithm", lambda m: _dict(m, "algorithm").get("name")),
         ("workload", _workload),
         ("layout", _layout),

@@ -124,6 +124,7 @@ METADATA_FIELDS = {
     "backend_reason": "str: why that backend (doctor's reason, or 'forced by --backend')",
     "level": "str: 'fork' (lock bracket only), 'phase' (plus the per-VMA program) or 'full' (plus sampling); absent: phase",
     "stores_timed": "str: 'sparse' (the first 17 stores and the last) or 'every' (no __mt_dup: the last store is not known in advance, so every store is timed, at more cost per VMA); absent: sparse",
+    "per_vma_program": "{type: 'tp_btf' (BTF-typed: plain reads), 'raw_tracepoint' (probe reads) or 'tracepoint', or null at level fork; refused: why not tp_btf, or null}; absent: not recorded",
     "methods": "{phase: method}: how each phase was obtained (exact, bracket, bracket-corrected, sampled, unavailable)",
     "exact": "{attach: {function: {via, symbol}}, counters, missed, unmatched, unmatched_calls: first 20 [{tid, seq, ts_entry, dup_mmap_ns}]} or null: the exact probes beside the bracket",
     "algorithm": "{name: 'mt_dup', 'bulk_append' or 'unknown'; evidence: [str]}: how this kernel builds the child's tree",

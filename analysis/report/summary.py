@@ -77,6 +77,7 @@ def summarize(rec: Recording) -> dict[str, Any]:
         "machine": _field(meta, "kernel", "machine"),
         "host": meta.get("host") if isinstance(meta.get("host"), dict) else None,
         "backend": meta.get("backend"),
+        "per_vma_program": _field(meta, "per_vma_program", "type"),
         "algorithm": meta.get("algorithm") if isinstance(meta.get("algorithm"), dict) else None,
         # Recordings made before levels existed are what `phase` records now.
         "level": meta.get("level") or "phase (not recorded)",
@@ -212,7 +213,8 @@ def _header(s: Mapping[str, Any]) -> list[str]:
     lines = [
         f"forktrace report: {s['recording']}",
         f"  kernel    {kernel}",
-        f"  backend   {_or_unknown(s['backend'])}",
+        f"  backend   {_or_unknown(s['backend'])}"
+        + (f" (per-VMA program: {s['per_vma_program']})" if s.get("per_vma_program") else ""),
         f"  algorithm {_algorithm_line(s.get('algorithm'))}",
         f"  level     {s['level']}",
         f"  host      {host_line or 'unknown'}",

@@ -1,4 +1,4 @@
-"""Can an fentry or kprobe program attach to a function? Ask the kernel, without a compiler.
+"""Can an fentry, kprobe or tp_btf program attach? Ask the kernel, without a compiler.
 
 doctor and record decide per symbol from a real load and attach, not from
 config guesses. Compiling even an empty program with bcc costs about a second
@@ -14,27 +14,23 @@ closed again before returning, so nothing stays attached.
 from __future__ import annotations
 
 import ctypes
-import errno as errno_mod
 import os
 import struct
 from dataclasses import dataclass
 
-__all__ = ["Attempt", "errno_name", "try_fentry", "try_kprobe"]
+from tracer.host.bpfsys import PROG_TYPE_KPROBE, PROG_TYPE_TRACING, TRACE_FENTRY, TRACE_RAW_TP, errno_name
+from tracer.host.bpfsys import prog_load, raw_tracepoint_open
 
-_SYS_BPF = 321  # x86_64
+__all__ = ["Attempt", "errno_name", "try_fentry", "try_kprobe", "try_tp_btf"]
+
 _SYS_PERF_EVENT_OPEN = 298
-_BPF_PROG_LOAD = 5
-_BPF_RAW_TRACEPOINT_OPEN = 17
-_PROG_TYPE_KPROBE = 2
-_PROG_TYPE_TRACING = 26
-_TRACE_FENTRY = 24
 _PERF_EVENT_IOC_SET_BPF = 0x40042408
 _PERF_FLAG_FD_CLOEXEC = 8
 _KPROBE_PMU = "/sys/bus/event_source/devices/kprobe"
+_ATTR_SIZE = 128
 
 # r0 = 0; exit
 _RETURN_ZERO = bytes.fromhex("b700000000000000" "9500000000000000")
-_ATTR_SIZE = 128  # covers BPF_PROG_LOAD's fields up to attach_btf_id; the kernel wants the rest zero
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.syscall.restype = ctypes.c_long
@@ -50,39 +46,29 @@ class Attempt:
     log: str | None = None
 
 
-def errno_name(number: int) -> str:
-    """EPERM for 1: the name a kernel developer reads in an error line."""
-    return errno_mod.errorcode.get(number, f"errno {number}")
-
-
-def _load(prog_type: int, attach_type: int = 0, attach_btf_id: int = 0) -> tuple[int, int]:
-    """BPF_PROG_LOAD of the two-instruction program: (fd, 0) or (-1, errno)."""
-    insns = ctypes.create_string_buffer(_RETURN_ZERO, len(_RETURN_ZERO))
-    license = ctypes.create_string_buffer(b"GPL")
-    attr = ctypes.create_string_buffer(_ATTR_SIZE)
-    struct.pack_into("<IIQQ", attr, 0, prog_type, len(_RETURN_ZERO) // 8, ctypes.addressof(insns), ctypes.addressof(license))
-    struct.pack_into("<16s", attr, 48, b"forktrace_check")
-    struct.pack_into("<I", attr, 68, attach_type)
-    struct.pack_into("<I", attr, 108, attach_btf_id)
-    fd = _libc.syscall(_SYS_BPF, _BPF_PROG_LOAD, attr, _ATTR_SIZE)
-    return (fd, 0) if fd >= 0 else (-1, ctypes.get_errno())
+def _try_tracing(attach_type: int, btf_id: int) -> Attempt:
+    """Load a tracing program for this vmlinux BTF id, attach it to its target, detach it."""
+    try:
+        prog = prog_load(PROG_TYPE_TRACING, _RETURN_ZERO, "forktrace_check", attach_type, btf_id)
+    except OSError as err:
+        return Attempt(False, "load", errno_name(err.errno))
+    try:
+        os.close(raw_tracepoint_open(prog))
+        return Attempt(True)
+    except OSError as err:
+        return Attempt(False, "attach", errno_name(err.errno))
+    finally:
+        os.close(prog)
 
 
 def try_fentry(btf_func_id: int) -> Attempt:
     """Load an fentry program for the function with this vmlinux BTF id, attach it, detach it."""
-    prog, err = _load(_PROG_TYPE_TRACING, _TRACE_FENTRY, btf_func_id)
-    if prog < 0:
-        return Attempt(False, "load", errno_name(err))
-    try:
-        attr = ctypes.create_string_buffer(16)
-        struct.pack_into("<QI", attr, 0, 0, prog)  # name NULL: a tracing program's own target
-        link = _libc.syscall(_SYS_BPF, _BPF_RAW_TRACEPOINT_OPEN, attr, 16)
-        if link < 0:
-            return Attempt(False, "attach", errno_name(ctypes.get_errno()))
-        os.close(link)
-        return Attempt(True)
-    finally:
-        os.close(prog)
+    return _try_tracing(TRACE_FENTRY, btf_func_id)
+
+
+def try_tp_btf(btf_typedef_id: int) -> Attempt:
+    """The same for a BTF-typed tracepoint (tp_btf), by the id of its `btf_trace_<event>` typedef."""
+    return _try_tracing(TRACE_RAW_TP, btf_typedef_id)
 
 
 def _kprobe_pmu_type() -> int | None:
@@ -98,9 +84,10 @@ def try_kprobe(function: str) -> Attempt:
     pmu = _kprobe_pmu_type()
     if pmu is None:
         return Attempt(False, "attach", "ENOENT", f"no kprobe PMU ({_KPROBE_PMU})")
-    prog, err = _load(_PROG_TYPE_KPROBE)
-    if prog < 0:
-        return Attempt(False, "load", errno_name(err))
+    try:
+        prog = prog_load(PROG_TYPE_KPROBE, _RETURN_ZERO, "forktrace_check")
+    except OSError as err:
+        return Attempt(False, "load", errno_name(err.errno))
     name = ctypes.create_string_buffer(function.encode())
     attr = ctypes.create_string_buffer(_ATTR_SIZE)
     # perf_event_attr: type, size, config (0: kprobe, not kretprobe), sample_period 1,

@@ -18,7 +18,9 @@
  *
  * Two entry-point sets share the logic: raw tracepoints (RAW_TP defined; the
  * cheaper ones, which read ma_state and task_struct through offsets the
- * loader takes from the running kernel's BTF) and classic tracepoints.
+ * loader takes from the running kernel's BTF) and classic tracepoints. With
+ * raw tracepoints, the per-VMA program is BTF-typed (tp_btf) where the
+ * kernel allows it (TYPED_MA_WRITE): its ma_state read is a plain load.
  *
  * The per-VMA program runs once per copied VMA and is most of the tracer's
  * cost, so its state is found without a task storage lookup: the thread
@@ -54,6 +56,7 @@
  *   RAW_TP                   use raw tracepoints
  *   MAX_CPUS                 number of possible CPUs (size of cpu_slots)
  *   NO_PER_VMA               --level fork: no ma_write program at all
+ *   TYPED_MA_WRITE           the ma_write program is tp_btf, loaded by bracket.py (RAW_TP)
  *   MA_STATE_NODE_OFF        offsetof(struct ma_state, node)       (RAW_TP)
  *   TASK_PID_OFF             offsetof(struct task_struct, pid)     (RAW_TP)
  *   *_ARG                    ctx->args index of each argument read (RAW_TP;
@@ -611,7 +614,7 @@ RAW_TRACEPOINT_PROBE(mmap_lock_released)
 	return 0;
 }
 
-#ifndef NO_PER_VMA
+#if !defined(NO_PER_VMA) && !defined(TYPED_MA_WRITE)
 RAW_TRACEPOINT_PROBE(ma_write)
 {
 	/* (const char *fn, struct ma_state *mas, unsigned long piv, void *val) */
@@ -625,6 +628,32 @@ RAW_TRACEPOINT_PROBE(ma_write)
 	bpf_probe_read_kernel(&leaf, sizeof(leaf), (void *)(ctx->args[MA_WRITE_MAS_ARG] + MA_STATE_NODE_OFF));
 #endif
 	on_ma_write(a, ctx->args[MA_WRITE_FN_ARG], leaf, ctx->args[MA_WRITE_VAL_ARG]);
+#endif
+	return 0;
+}
+#endif
+
+#if !defined(NO_PER_VMA) && defined(TYPED_MA_WRITE)
+/*
+ * The same program as a BTF-typed tracepoint (tp_btf), built instead of the
+ * one above where the kernel allows it. The verifier knows args[1] is a
+ * struct ma_state *, so mas->node is one load, not a bpf_probe_read_kernel()
+ * call: that call was the largest piece of the per-VMA cost (ablation in
+ * scripts/bench_overhead.py). bcc cannot load this program type; bracket.py
+ * loads its bytecode through bpf(2) and attaches it by the event's BTF id.
+ */
+int ma_write_typed(u64 *ctx)
+{
+	struct vma_agg *a = current_agg();
+	u64 leaf = 0;
+
+	if (!a)
+		return 0;
+#ifndef ABLATE_VMA_BODY
+#ifndef ABLATE_MA_STATE
+	leaf = *(u64 *)(ctx[MA_WRITE_MAS_ARG] + MA_STATE_NODE_OFF);
+#endif
+	on_ma_write(a, ctx[MA_WRITE_FN_ARG], leaf, ctx[MA_WRITE_VAL_ARG]);
 #endif
 	return 0;
 }

@@ -20,6 +20,7 @@ from tracer.probes.cheader import read_header
 from tracer.probes.program import BCC_MISSING, add_targets, common_cflags, one_line, program_text, read_counters
 from tracer.probes.rawtp import argument_macros, as_cflags
 from tracer.probes.rawtp import macros_for as rawtp_macros
+from tracer.probes.typed import TypedTracepoint, typed_target
 
 __all__ = [
     "BACKENDS",
@@ -115,10 +116,16 @@ class BracketConfig:
     arg_macros: dict[str, int] = field(default_factory=dict)  # raw tracepoint argument positions (rawtp.py)
     # Before v6.8 (no __mt_dup) the last store is not known in advance: time them all (bracket.c).
     time_every_store: bool = False
+    # Raw tracepoints: the per-VMA program as tp_btf (a plain load of ma_state->node, no
+    # bpf_probe_read_kernel) where the kernel allows it; False keeps the raw tracepoint one.
+    typed_ma_write: bool = True
 
 
-def cflags_for(config: BracketConfig) -> list[str]:
-    """The -D flags that select bracket.c's variant; pure, so it is testable."""
+def cflags_for(config: BracketConfig, typed: bool = False) -> list[str]:
+    """The -D flags that select bracket.c's variant; pure, so it is testable.
+
+    typed: build the per-VMA program for tp_btf (BracketProbe decides, from the kernel's answer).
+    """
     if config.backend not in BACKENDS:
         raise TracerError(f"unknown backend {config.backend!r} (known: {', '.join(BACKENDS)})")
     flags = common_cflags(SOURCE, config.ringbuf_pages, COUNTER_NAMES)
@@ -153,6 +160,10 @@ def cflags_for(config: BracketConfig) -> list[str]:
         flags.append("-DSAMPLE")
     if config.level == "fork":
         flags.append("-DNO_PER_VMA")
+    elif typed:
+        if config.backend != "raw_tracepoint":
+            raise TracerError("a BTF-typed ma_write program goes with the raw_tracepoint backend")
+        flags.append("-DTYPED_MA_WRITE")
     switches = set(config.ablate) | ({"time_every_store"} if config.time_every_store else set())
     flags += [f"-DABLATE_{name.upper()}" if name not in _PLAIN_SWITCHES else f"-D{name.upper()}"
               for name in sorted(switches)]
@@ -192,20 +203,31 @@ class BracketProbe:
     on_dup: Callable[[DupEvent, bytes], None] | None = None
     on_child: Callable[[int, int, int], None] | None = None
     _bpf: object = field(default=None, init=False, repr=False)
+    _typed: TypedTracepoint | None = field(default=None, init=False, repr=False)
+    # What runs per VMA: "tp_btf", "raw_tracepoint" or "tracepoint" (None: no per-VMA program),
+    # and why not tp_btf when it was wanted and the kernel refused.
+    per_vma_program: str | None = field(default=None, init=False)
+    typed_refused: str | None = field(default=None, init=False)
 
     def load(self) -> "BracketProbe":
         try:
             from bcc import BPF, PerfSWConfig, PerfType
         except ImportError:
             raise TracerError(BCC_MISSING) from None
-        if self.config.empty:
-            text = _empty_source(self.config.backend).encode()
-        else:
-            text = program_text(SOURCE)
-        try:
-            self._bpf = BPF(text=text, cflags=cflags_for(self.config))
-        except Exception as err:  # bcc raises plain Exception for compile/load failures
-            raise TracerError(f"BPF programs failed to load ({self.config.backend}): {one_line(err)}") from None
+        per_vma = not self.config.empty and self.config.level != "fork"
+        typed = per_vma and self._typed_allowed()
+        self._compile(BPF, typed)
+        if typed:
+            try:
+                self._typed = TypedTracepoint(self._bpf, "ma_write_typed", "ma_write").load()
+                self._typed.attach()
+            except OSError as err:  # the verifier or the attach refused this build: the raw tracepoint one
+                self.typed_refused = f"tp_btf: {err}"
+                self._typed = None
+                self.close()
+                typed = False
+                self._compile(BPF, typed)
+        self.per_vma_program = ("tp_btf" if typed else self.config.backend) if per_vma else None
         if self.config.empty:
             return self
         if self.config.sample_hz:
@@ -223,10 +245,34 @@ class BracketProbe:
         self._bpf[b"armed_at"][ctypes.c_int(0)] = ctypes.c_uint64(time.monotonic_ns())
         return self
 
+    def _typed_allowed(self) -> bool:
+        """Whether to build the tp_btf ma_write: wanted, and a test program attaches (no compiler needed)."""
+        if not self.config.typed_ma_write or self.config.backend != "raw_tracepoint":
+            return False
+        from tracer.host.attach import try_tp_btf
+
+        try:
+            attempt = try_tp_btf(typed_target("ma_write"))
+        except TracerError as err:
+            self.typed_refused = str(err)
+            return False
+        if not attempt.ok:
+            self.typed_refused = f"tp_btf {attempt.stage}: {attempt.errno}"
+        return attempt.ok
+
+    def _compile(self, BPF, typed: bool) -> None:
+        text = _empty_source(self.config.backend).encode() if self.config.empty else program_text(SOURCE)
+        try:
+            self._bpf = BPF(text=text, cflags=cflags_for(self.config, typed))
+        except Exception as err:  # bcc raises plain Exception for compile/load failures
+            raise TracerError(f"BPF programs failed to load ({self.config.backend}): {one_line(err)}") from None
+
     def detach(self) -> None:
         """Take the programs off their tracepoints, keeping them loaded (the bench interleaves)."""
         for cat, event in self._attached():
-            if self.config.backend == "raw_tracepoint":
+            if event == "ma_write" and self._typed is not None:
+                self._typed.detach()
+            elif self.config.backend == "raw_tracepoint":
                 self._bpf.detach_raw_tracepoint(tp=event.encode())
             else:
                 self._bpf.detach_tracepoint(tp=f"{cat}:{event}".encode())
@@ -234,7 +280,9 @@ class BracketProbe:
     def attach(self) -> None:
         """Put detached programs back on their tracepoints."""
         for cat, event in self._attached():
-            if self.config.backend == "raw_tracepoint":
+            if event == "ma_write" and self._typed is not None:
+                self._typed.attach()
+            elif self.config.backend == "raw_tracepoint":
                 self._bpf.attach_raw_tracepoint(tp=event.encode(), fn_name=f"raw_tracepoint__{event}".encode())
             else:
                 self._bpf.attach_tracepoint(tp=f"{cat}:{event}".encode(), fn_name=f"tracepoint__{cat}__{event}".encode())
@@ -286,6 +334,9 @@ class BracketProbe:
         return out
 
     def close(self) -> None:
+        if self._typed is not None:
+            self._typed.close()
+            self._typed = None
         if self._bpf is not None:
             self._bpf.cleanup()
             self._bpf = None

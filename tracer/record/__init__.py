@@ -107,7 +107,8 @@ def _record(opts: RecordOptions, log: Callable[[str], None], stop: StopRequests)
 
     stop.writing = True
     forks = session.fork_table()
-    meta = run_metadata(opts, session, facts, plan, hdrs.description, kernel.lockdown_mode())
+    per_vma = {"type": probes.bracket.per_vma_program, "refused": probes.bracket.typed_refused}
+    meta = run_metadata(opts, session, facts, plan, hdrs.description, kernel.lockdown_mode(), per_vma)
     meta["cycle"] = None
     if probes.cycle is not None:
         forks, joined = join_cycle(forks, probes.cycle.records())

@@ -70,7 +70,13 @@ def level_methods(phases: dict[str, str], level: str | None) -> dict[str, str]:
 
 
 def run_metadata(
-    opts: RecordOptions, session: Collected, facts: HostFacts, plan: MethodPlan, headers: str, lockdown: str
+    opts: RecordOptions,
+    session: Collected,
+    facts: HostFacts,
+    plan: MethodPlan,
+    headers: str,
+    lockdown: str,
+    per_vma: dict | None = None,
 ) -> dict:
     """The recording's self-description: enough to trust, or distrust, every number in it."""
     return {
@@ -80,6 +86,7 @@ def run_metadata(
         "backend": plan.backend,
         "level": opts.level,
         "stores_timed": "sparse" if runs_mt_dup(facts) else "every",
+        "per_vma_program": per_vma,
         "methods": level_methods(plan.phase_texts(), opts.level),
         "backend_reason": plan.reason,
         "probes": facts.to_dict(),
