@@ -21,7 +21,7 @@
 #      and runs scripts/vm/guest.sh inside (all steps in one Python process:
 #      scripts/vm/guest_steps.py): `tracer doctor --json`, `tracer record --spawn 200
 #      --forks 50`, `tracer report`, then the host-fact test files (test_host,
-#      test_doctor, test_btf, test_headers, test_rawtp; their BPF tests included) and,
+#      test_doctor, test_btf, test_headers, test_rawtp, test_typed; their BPF tests included) and,
 #      if asked (FORKTRACE_VM_STEPS), a small sweep for a kernel A/B (`sweep`) and
 #      every other BPF test (`tests-bpf`). The guest's /boot is the kernel's own (its
 #      config), /lib/modules has its modules and headers.

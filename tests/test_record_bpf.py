@@ -18,6 +18,7 @@ import pytest
 
 from analysis.recording import load_recording
 from analysis.recording.layout import parse_maps
+from probe_runs import probe_records
 from conftest import ROOT, TRACER
 
 pytestmark = [pytest.mark.bpf, pytest.mark.usefixtures("bpf_host")]
@@ -285,67 +286,15 @@ def test_full_level_samples_at_a_default_rate(tmp_path):
     assert (forks.stores >= 1600).all() and (forks.vma_loop_ns > 0).all()
 
 
-def _probe_records(config_fields: dict, vmas: int, forks: int) -> tuple[list, int]:
-    """Records of a BracketProbe built with `config_fields`, over one spawn run."""
-    from tracer.host import headers
-    from tracer.probes.bracket import BracketConfig, BracketProbe, offsets_from_btf
-    from tracer.workload.spawn import SpawnWorkload
-
-    headers.apply(headers.resolve_headers())
-    records = []
-    config = BracketConfig(filter_tgids=True, **offsets_from_btf(), **config_fields)
-    with BracketProbe(config, on_dup=lambda ev, raw: records.append(type(ev).from_buffer_copy(raw))) as probe:
-        with SpawnWorkload(vmas, forks=forks, cpu=0) as work:
-            pid, vmas_total = work.start()
-            probe.add_targets([pid])
-            work.go()
-            while not work.finished():
-                probe.poll(50)
-            work.wait(timeout=60)
-        for _ in range(3):
-            probe.poll(20)
-        counters = probe.counters()
-    assert counters["lost_ringbuf"] == 0
-    return [r for r in records if r.pid == pid], vmas_total
-
-
 def test_task_storage_fallback_records_what_the_cpu_slot_does():
     """A thread without a CPU slot (migrated, or every slot busy) keeps its aggregates in task storage."""
     for fields in ({}, {"ablate": ("lookup_task_storage",)}):
-        records, vmas_total = _probe_records(fields, vmas=300, forks=8)
+        records, vmas_total = probe_records(fields, vmas=300, forks=8)
         assert len(records) == 8, fields
         for r in records:
             assert r.stores == vmas_total and r.leaves >= vmas_total // 16, fields
             assert r.ts_child_lock < r.ts_first_store < r.ts_last_store <= r.ts_child_unlock, fields
             assert 0 < r.min_step <= r.ts_last_store - r.ts_first_store, fields
-
-
-def test_typed_and_raw_per_vma_programs_record_the_same():
-    """The tp_btf ma_write (a plain load of ma_state->node) and the raw tracepoint one (a probe read) agree."""
-    typed, vmas_total = _probe_records({}, vmas=300, forks=6)
-    raw, _ = _probe_records({"typed_ma_write": False}, vmas=300, forks=6)
-    assert len(typed) == len(raw) == 6
-    for field in ("stores", "null_stores", "zero_stores", "other_writes", "leaves"):
-        assert {getattr(r, field) for r in typed} == {getattr(r, field) for r in raw}, field
-    assert all(r.stores == vmas_total and r.leaves > 1 for r in typed)
-
-
-def test_per_vma_program_is_tp_btf_where_the_kernel_attaches_one():
-    """Which program runs per VMA is the kernel's answer, and what is loaded is that program."""
-    from tracer.host import headers
-    from tracer.probes.bracket import BracketConfig, BracketProbe, offsets_from_btf
-
-    headers.apply(headers.resolve_headers())
-    with BracketProbe(BracketConfig(**offsets_from_btf())) as probe:
-        if probe.per_vma_program == "tp_btf":
-            fdinfo = Path(f"/proc/self/fdinfo/{probe._typed.prog_fd}").read_text()
-            assert "prog_type:\t26" in fdinfo  # BPF_PROG_TYPE_TRACING
-            assert probe._typed.link_fd >= 0 and probe.typed_refused is None
-        else:
-            assert probe.per_vma_program == "raw_tracepoint"
-            assert probe.typed_refused  # says why, in the recording too
-    with BracketProbe(BracketConfig(level="fork", **offsets_from_btf())) as probe:
-        assert probe.per_vma_program is None and probe._typed is None
 
 
 @pytest.mark.parametrize(

@@ -25,7 +25,8 @@ RECORD_FORK = ["record", "--spawn", "1600", "--forks", "40", "--level", "fork", 
 SWEEP = ["sweep", "--vmas", "100,400,1600", "--layout", "gapped", "--forks", "40", "--sample", "0", "--quiet"]
 # The files about host facts (kallsyms, tracefs, lockdown, BTF, headers, doctor, raw
 # tracepoint prototypes), BPF tests included: they fit the CI's time under emulation.
-FACT_FILES = ["tests/test_host.py", "tests/test_doctor.py", "tests/test_btf.py", "tests/test_headers.py", "tests/test_rawtp.py"]
+FACT_FILES = ["tests/test_host.py", "tests/test_doctor.py", "tests/test_btf.py", "tests/test_headers.py", "tests/test_rawtp.py",
+              "tests/test_typed.py"]
 PYTEST = ["-p", "no:cacheprovider", "-p", "pytest_stream", "-v", "-ra", "--tb=short", "--durations=20"]
 
 

@@ -1,0 +1,29 @@
+"""One spawn run under a BracketProbe built in-process, for the tests that compare program variants."""
+
+from __future__ import annotations
+
+__all__ = ["probe_records"]
+
+
+def probe_records(config_fields: dict, vmas: int, forks: int) -> tuple[list, int]:
+    """Records of a BracketProbe built with `config_fields`, over one spawn run."""
+    from tracer.host import headers
+    from tracer.probes.bracket import BracketConfig, BracketProbe, offsets_from_btf
+    from tracer.workload.spawn import SpawnWorkload
+
+    headers.apply(headers.resolve_headers())
+    records = []
+    config = BracketConfig(filter_tgids=True, **offsets_from_btf(), **config_fields)
+    with BracketProbe(config, on_dup=lambda ev, raw: records.append(type(ev).from_buffer_copy(raw))) as probe:
+        with SpawnWorkload(vmas, forks=forks, cpu=0) as work:
+            pid, vmas_total = work.start()
+            probe.add_targets([pid])
+            work.go()
+            while not work.finished():
+                probe.poll(50)
+            work.wait(timeout=60)
+        for _ in range(3):
+            probe.poll(20)
+        counters = probe.counters()
+    assert counters["lost_ringbuf"] == 0
+    return [r for r in records if r.pid == pid], vmas_total
