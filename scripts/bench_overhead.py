@@ -16,10 +16,14 @@ each mode, side by side in one run:
                   what the mode saves against `phase`
 Every variant is compiled and loaded once, then attached only for its own
 runs. Rounds interleave the modes (A B C ... A B C ...) because this shared
-machine drifts by several percent between minutes; medians over rounds are
-compared. Prints forks/s and its ratio to untraced, and the ns per VMA a mode
-adds to the forking thread's CPU time (relative to untraced, and as a
-multiple of what the empty programs add); asserts nothing. Needs root.
+machine drifts by several percent between minutes; each mode is set against
+untraced's run of the same round (paired: the drift they share cancels) and
+the median over rounds is taken. Prints forks/s and its ratio to untraced,
+and the ns per VMA a mode adds to the forking thread's CPU time (relative to
+untraced, and as a multiple of what the empty programs add); then the
+issue's targets, each with a 95% bootstrap interval over rounds and a
+verdict: met or missed only when the whole interval says so, otherwise "not
+settled". Asserts nothing. Needs root.
 
 With --switches, each mode also runs a pipe ping-pong between two processes
 pinned to one CPU (every message is a context switch, as in `perf bench sched

@@ -244,6 +244,17 @@ def test_render_marks_reasons_and_aligns_phases():
     assert "? sched:sched_process_fork" in render(caps)
 
 
+def test_render_says_which_per_vma_program_record_builds():
+    caps = synthetic_host()
+    assert "as tp_btf" not in render(caps)  # not tried: nothing claimed
+    caps["typed_tracepoint_load"] = {"ok": True, "errno": None, "log": None}
+    assert "✓ maple_tree:ma_write as tp_btf          attaches: record's per-VMA program reads ma_state" in render(caps)
+    caps["typed_tracepoint_load"] = {"ok": False, "errno": "EPERM", "log": "attach"}
+    text = render(caps)
+    assert "✗ maple_tree:ma_write as tp_btf          refused (attach EPERM): record's per-VMA program is a raw" in text
+    assert plan(caps)["backend"] == "raw_tracepoint"  # a refused tp_btf costs speed, not the backend
+
+
 def test_render_survives_an_empty_dict():
     text = render({})
     assert "? lockdown         unknown" in text
@@ -524,7 +535,7 @@ def test_without_loading_nothing_is_claimed_about_fentry():
     if dup.kallsyms and facts.btf.present and not dup.ftrace.startswith("notrace"):
         assert dup.fentry.available is None
         assert dup.fentry.reason.startswith("not tried (try_load=False")
-    assert facts.raw_tracepoint_load is None
+    assert facts.raw_tracepoint_load is None and facts.typed_tracepoint_load is None
     assert "? fentry" in render_doctor(facts, choose_methods(facts)) or not dup.kallsyms
 
 

@@ -119,6 +119,9 @@ def test_recording_is_self_describing(spawn_recordings):
     assert meta["start"]["mono_ns"] < meta["end"]["mono_ns"]
     assert meta["level"] == "phase"
     assert meta["events"]["last_store_missed"] == 0
+    program = meta["per_vma_program"]
+    assert program["type"] in ("tp_btf", meta["backend"])
+    assert (program["type"] == "tp_btf") == (program["refused"] is None)  # not tp_btf: the reason is kept
 
 
 def test_classic_tracepoint_backend_agrees(tmp_path):
@@ -268,6 +271,7 @@ def test_fork_level_times_dup_mmap_without_per_vma_data(tmp_path):
     assert (forks[["stores", "leaves", "other_writes", "ts_first_store", "ts_last_store", "min_step_ns"]] == 0).all().all()
     assert forks[["mt_dup_ns", "vma_loop_ns", "tail_ns"]].isna().all().all()
     assert rec.meta["events"]["ma_write"] == 0
+    assert rec.meta["per_vma_program"]["type"] is None
     for phase in ("mt_dup", "vma_loop", "tail"):
         assert "--level fork" in rec.meta["methods"][phase]
     report = run_tracer("report", str(path))
@@ -295,6 +299,31 @@ def test_task_storage_fallback_records_what_the_cpu_slot_does():
             assert r.stores == vmas_total and r.leaves >= vmas_total // 16, fields
             assert r.ts_child_lock < r.ts_first_store < r.ts_last_store <= r.ts_child_unlock, fields
             assert 0 < r.min_step <= r.ts_last_store - r.ts_first_store, fields
+
+
+def test_a_refused_typed_program_falls_back_to_the_raw_tracepoint(monkeypatch):
+    """A verifier that rejects the tp_btf build: the raw tracepoint program records, and the reason is kept."""
+    import errno
+
+    from tracer.host.bpfsys import LoadError
+    from tracer.probes.bracket import BracketProbe
+    from tracer.probes.typed import TypedTracepoint
+
+    def refuse(self):
+        raise LoadError(errno.EACCES, "0: (bf) r6 = r1\nR1 invalid mem access 'scalar'\n")
+
+    loaded = []
+    load = BracketProbe.load
+    monkeypatch.setattr(TypedTracepoint, "load", refuse)
+    monkeypatch.setattr(BracketProbe, "load", lambda self: (loaded.append(self), load(self))[1])
+    records, _ = probe_records({}, vmas=100, forks=3)
+    (probe,) = loaded
+    assert len(records) == 3 and all(r.stores > 0 for r in records)
+    assert probe.per_vma_program == "raw_tracepoint"
+    if probe.typed_refused.startswith("tp_btf: "):  # this kernel allows tp_btf: the refusal is the one faked here
+        assert probe.typed_refused == "tp_btf: EACCES: R1 invalid mem access 'scalar'"
+    else:  # refused before the build: the test program already failed, as the probe says
+        assert probe.typed_refused.startswith("tp_btf ") or "BTF" in probe.typed_refused
 
 
 @pytest.mark.parametrize(

@@ -1,12 +1,12 @@
 """The per-VMA program as a BTF-typed tracepoint (tp_btf), and its raw tracepoint fallback.
 
-In the guests' fact files too: whether a kernel's verifier takes the typed
-program is exactly what differs between kernels.
+In the guests' fact files: whether a kernel's verifier takes the typed
+program is exactly what differs between kernels. (The fallback, which is
+the same everywhere, is tested in test_record_bpf.py.)
 """
 
 from __future__ import annotations
 
-import errno
 from pathlib import Path
 
 import pytest
@@ -37,9 +37,14 @@ def test_typed_and_raw_per_vma_programs_record_the_same():
     assert all(0 < r.stores <= vmas_total and r.leaves > 1 for r in typed)
 
 
-def test_per_vma_program_is_tp_btf_where_the_kernel_attaches_one():
-    """Which program runs per VMA is the kernel's answer, and what is loaded is that program."""
+def test_per_vma_program_is_what_doctor_says_and_what_is_loaded():
+    """Which program runs per VMA is the kernel's answer; doctor's test program predicts it; fdinfo shows it."""
+    from tracer.host.probe import probe_host
+
+    facts = probe_host(try_load=True, kinds=())
+    assert facts.typed_tracepoint_load is not None
     with _bracket() as probe:
+        assert facts.typed_tracepoint_load.ok == (probe.per_vma_program == "tp_btf"), probe.typed_refused
         if probe.per_vma_program == "tp_btf":
             fdinfo = Path(f"/proc/self/fdinfo/{probe._typed.prog_fd}").read_text()
             assert "prog_type:\t26" in fdinfo  # BPF_PROG_TYPE_TRACING
@@ -51,28 +56,3 @@ def test_per_vma_program_is_tp_btf_where_the_kernel_attaches_one():
         else:
             assert probe.per_vma_program == "raw_tracepoint"
             assert probe.typed_refused  # says why; the recording keeps it
-    with _bracket(level="fork") as probe:
-        assert probe.per_vma_program is None and probe._typed is None
-
-
-def test_a_refused_typed_program_falls_back_to_the_raw_tracepoint(monkeypatch):
-    """A verifier that rejects the tp_btf build: the raw tracepoint program records, and the reason is kept."""
-    from tracer.host.bpfsys import LoadError
-    from tracer.probes.bracket import BracketProbe
-    from tracer.probes.typed import TypedTracepoint
-
-    def refuse(self):
-        raise LoadError(errno.EACCES, "0: (bf) r6 = r1\nR1 invalid mem access 'scalar'\n")
-
-    loaded = []
-    load = BracketProbe.load
-    monkeypatch.setattr(TypedTracepoint, "load", refuse)
-    monkeypatch.setattr(BracketProbe, "load", lambda self: (loaded.append(self), load(self))[1])
-    records, _ = probe_records({}, vmas=100, forks=3)
-    (probe,) = loaded
-    assert len(records) == 3 and all(r.stores > 0 for r in records)
-    assert probe.per_vma_program == "raw_tracepoint"
-    if probe.typed_refused.startswith("tp_btf: "):  # this kernel allows tp_btf: the refusal is the one faked here
-        assert probe.typed_refused == "tp_btf: EACCES: R1 invalid mem access 'scalar'"
-    else:  # refused before the build: the test program already failed, as the probe says
-        assert probe.typed_refused.startswith("tp_btf ") or "BTF" in probe.typed_refused

@@ -65,6 +65,15 @@ def render_doctor(facts: HostFacts, plan: MethodPlan) -> str:
         text = f"({' and '.join(seen)})" if seen else "not found"
         lines.append(f"  {_mark(entry.exists)} {tp:<38} {text}")
 
+    typed = facts.typed_tracepoint_load
+    if typed is not None:
+        if typed.ok:
+            text = "attaches: record's per-VMA program reads ma_state with plain loads"
+        else:
+            refusal = " ".join(part for part in (typed.log, typed.errno) if part)
+            text = f"refused ({refusal}): record's per-VMA program is a raw tracepoint (probe reads)"
+        lines.append(f"  {_mark(typed.ok)} {'maple_tree:ma_write as tp_btf':<38} {text}")
+
     lines += ["", f"record will use: {plan.backend or 'nothing'} ({plan.reason})"]
     for phase, method in plan.phases.items():
         lines.append(f"  {phase:<16} {method}")

@@ -246,6 +246,9 @@ class HostFacts:
     perf_event: PerfFacts = field(default_factory=PerfFacts)
     tracepoints: dict[str, TracepointFacts] = field(default_factory=dict)
     raw_tracepoint_load: LoadCheck | None = None
+    # A test tp_btf program on maple_tree:ma_write (compiler-free): whether record's
+    # per-VMA program can be BTF-typed (plain reads) rather than a raw tracepoint.
+    typed_tracepoint_load: LoadCheck | None = None
     load_skipped: str | None = None
     symbols: dict[str, SymbolFacts] = field(default_factory=dict)
 
@@ -271,6 +274,7 @@ class HostFacts:
             "perf_event": asdict(self.perf_event),
             "tracepoints": {name: asdict(tp) for name, tp in self.tracepoints.items()},
             "raw_tracepoint_load": asdict(self.raw_tracepoint_load) if self.raw_tracepoint_load else None,
+            "typed_tracepoint_load": asdict(self.typed_tracepoint_load) if self.typed_tracepoint_load else None,
             "load_skipped": self.load_skipped,
             "symbols": {name: symbol.to_dict() for name, symbol in self.symbols.items()},
         }
@@ -291,6 +295,7 @@ class HostFacts:
             perf_event=PerfFacts.from_dict(d.get("perf_event")),
             tracepoints={name: TracepointFacts.from_dict(tp) for name, tp in _dict(d.get("tracepoints")).items()},
             raw_tracepoint_load=LoadCheck.from_dict(d.get("raw_tracepoint_load")),
+            typed_tracepoint_load=LoadCheck.from_dict(d.get("typed_tracepoint_load")),
             load_skipped=d.get("load_skipped"),
             symbols={name: SymbolFacts.from_dict(s) for name, s in _dict(d.get("symbols")).items()},
         )

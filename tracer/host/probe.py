@@ -21,7 +21,7 @@ from dataclasses import replace
 from analysis.errors import TracerError
 from tracer.host import btf as btf_mod
 from tracer.host import kernel
-from tracer.host.attach import Attempt, try_fentry, try_kprobe
+from tracer.host.attach import Attempt, try_fentry, try_kprobe, try_tp_btf
 from tracer.host.attach import errno_name as _errno_name
 from tracer.host.facts import (
     CONFIG_OPTIONS,
@@ -42,6 +42,7 @@ from tracer.host.headers import Headers, resolve_headers
 from tracer.host.headers import apply as apply_headers
 from tracer.host.kallsyms import symbol_names
 from tracer.probes.bracket import BTF_OFFSETS, TRACEPOINTS
+from tracer.probes.typed import typed_target
 
 __all__ = ["TARGET_SYMBOLS", "TRACEPOINT_NAMES", "probe_host"]
 
@@ -58,6 +59,8 @@ TARGET_SYMBOLS: dict[str, dict[str, str | None]] = {
 
 # The tracepoints the bracket attaches to, as "system:event".
 TRACEPOINT_NAMES = tuple(f"{system}:{event}" for system, event in TRACEPOINTS)
+# The tracepoint whose program runs per VMA: BTF-typed (tp_btf) where the kernel allows.
+TYPED_TRACEPOINT = "maple_tree:ma_write"
 
 # Helpers whose symbol proves a facility is built: kprobes, BPF trampolines (fentry).
 _HELPERS = ("register_kprobe", "bpf_trampoline_link_prog")
@@ -173,6 +176,15 @@ def _btf_has(name: str, kind: str) -> bool | None:
         return btf_mod.has_func(name) if kind == "func" else btf_mod.has_type(name, kind)
     except TracerError:
         return None
+
+
+def _typed_tracepoint_check() -> LoadCheck:
+    """Load and attach a two-instruction tp_btf program on ma_write, then detach it."""
+    try:
+        attempt = try_tp_btf(typed_target(TYPED_TRACEPOINT.split(":")[1]))
+    except TracerError as err:
+        return LoadCheck(ok=False, log=str(err))
+    return LoadCheck(ok=attempt.ok, errno=attempt.errno, log=attempt.stage if not attempt.ok else None)
 
 
 def _probe_tracepoints(tracefs: str | None, btf_present: bool) -> dict[str, TracepointFacts]:
@@ -326,8 +338,10 @@ def probe_host(try_load: bool = True, kinds: tuple[str, ...] | None = None) -> H
             facts = replace(facts, headers=replace(facts.headers, compiles=True))
             raw_load = LoadCheck(ok=check.ok, errno=check.errno, log=check.log)
     facts = replace(facts, raw_tracepoint_load=raw_load, load_skipped=", ".join(skipped) or None)
-    # fentry and kprobe checks load a program through bpf(2) directly: root is all they need.
+    # fentry, kprobe and tp_btf checks load a program through bpf(2) directly: root is all they need.
     symbol_skipped = ", ".join(why for why, blocked in (("try_load=False", not try_load), ("not root", not root)) if blocked)
+    if not symbol_skipped and facts.tracepoint(TYPED_TRACEPOINT).btf:
+        facts = replace(facts, typed_tracepoint_load=_typed_tracepoint_check())
     return replace(facts, symbols=_probe_symbols(facts, config, skipped=symbol_skipped or None, kinds=kinds))
 
 

@@ -218,12 +218,14 @@ class BracketProbe:
         typed = per_vma and self._typed_allowed()
         self._compile(BPF, typed)
         if typed:
+            program = TypedTracepoint(self._bpf, "ma_write_typed", "ma_write")
             try:
-                self._typed = TypedTracepoint(self._bpf, "ma_write_typed", "ma_write").load()
-                self._typed.attach()
+                program.load()
+                program.attach()
+                self._typed = program
             except OSError as err:  # the verifier or the attach refused this build: the raw tracepoint one
+                program.close()
                 self.typed_refused = f"tp_btf: {err}"
-                self._typed = None
                 self.close()
                 typed = False
                 self._compile(BPF, typed)
