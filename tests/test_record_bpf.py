@@ -301,6 +301,31 @@ def test_task_storage_fallback_records_what_the_cpu_slot_does():
             assert 0 < r.min_step <= r.ts_last_store - r.ts_first_store, fields
 
 
+def test_typed_program_reads_ma_state_with_a_load_not_a_helper():
+    """The point of tp_btf: bcc's rewriter must not turn mas->node back into bpf_probe_read_kernel()."""
+    from bcc import BPF
+
+    from tracer.host import headers
+    from tracer.probes.bracket import SOURCE, BracketConfig, cflags_for, offsets_from_btf
+    from tracer.probes.program import program_text
+
+    headers.apply(headers.resolve_headers())
+    offsets = offsets_from_btf()
+    texts = {}
+    for typed in (True, False):
+        bpf = BPF(text=program_text(SOURCE), cflags=cflags_for(BracketConfig(**offsets), typed=typed))
+        texts[typed] = bpf.disassemble_func(b"ma_write_typed" if typed else b"raw_tracepoint__ma_write")
+        bpf.cleanup()
+    # helper 113; older disassemblers print it unnamed ("<unknown helper #113>")
+    probe_reads = {
+        typed: sum("bpf_probe_read_kernel" in line or "#113" in line for line in text.splitlines())
+        for typed, text in texts.items()
+    }
+    # Both read the function name once (the first ma_write); only the raw one reads ma_state through the helper.
+    assert probe_reads == {True: 1, False: 2}, probe_reads
+    assert f"+{offsets['ma_state_node_off']})" in texts[True]
+
+
 def test_a_refused_typed_program_falls_back_to_the_raw_tracepoint(monkeypatch):
     """A verifier that rejects the tp_btf build: the raw tracepoint program records, and the reason is kept."""
     import errno

@@ -614,35 +614,40 @@ RAW_TRACEPOINT_PROBE(mmap_lock_released)
 	return 0;
 }
 
-#if !defined(NO_PER_VMA) && !defined(TYPED_MA_WRITE)
-RAW_TRACEPOINT_PROBE(ma_write)
-{
-	/* (const char *fn, struct ma_state *mas, unsigned long piv, void *val) */
-	struct vma_agg *a = current_agg();
-	u64 leaf = 0;
-
-	if (!a)
-		return 0;
-#ifndef ABLATE_VMA_BODY
-#ifndef ABLATE_MA_STATE
-	bpf_probe_read_kernel(&leaf, sizeof(leaf), (void *)(ctx->args[MA_WRITE_MAS_ARG] + MA_STATE_NODE_OFF));
-#endif
-	on_ma_write(a, ctx->args[MA_WRITE_FN_ARG], leaf, ctx->args[MA_WRITE_VAL_ARG]);
-#endif
-	return 0;
-}
-#endif
-
-#if !defined(NO_PER_VMA) && defined(TYPED_MA_WRITE)
+#ifndef NO_PER_VMA
 /*
- * The same program as a BTF-typed tracepoint (tp_btf), built instead of the
- * one above where the kernel allows it. The verifier knows args[1] is a
- * struct ma_state *, so mas->node is one load, not a bpf_probe_read_kernel()
- * call: that call was the largest piece of the per-VMA cost (ablation in
- * scripts/bench_overhead.py). bcc cannot load this program type; bracket.py
- * loads its bytecode through bpf(2) and attaches it by the event's BTF id.
+ * (const char *fn, struct ma_state *mas, unsigned long piv, void *val)
+ *
+ * Built as a BTF-typed tracepoint (tp_btf, TYPED_MA_WRITE) where the kernel
+ * allows one, else as a raw tracepoint. In the typed program the verifier
+ * knows args[1] is a struct ma_state *, so mas->node is one load, not a
+ * bpf_probe_read_kernel() call: that call was the largest piece of the
+ * per-VMA cost (ablation in scripts/bench_overhead.py). bcc cannot load a
+ * tp_btf program; bracket.py loads its bytecode through bpf(2) and attaches
+ * it by the event's BTF id.
  */
+#ifdef TYPED_MA_WRITE
+#define MA_WRITE_ARG(n)	(ctx[n])
+
+static __always_inline u64 ma_state_node(u64 mas)
+{
+	return *(u64 *)(mas + MA_STATE_NODE_OFF);
+}
+
 int ma_write_typed(u64 *ctx)
+#else
+#define MA_WRITE_ARG(n)	(ctx->args[n])
+
+static __always_inline u64 ma_state_node(u64 mas)
+{
+	u64 node = 0;
+
+	bpf_probe_read_kernel(&node, sizeof(node), (void *)(mas + MA_STATE_NODE_OFF));
+	return node;
+}
+
+RAW_TRACEPOINT_PROBE(ma_write)
+#endif
 {
 	struct vma_agg *a = current_agg();
 	u64 leaf = 0;
@@ -651,13 +656,13 @@ int ma_write_typed(u64 *ctx)
 		return 0;
 #ifndef ABLATE_VMA_BODY
 #ifndef ABLATE_MA_STATE
-	leaf = *(u64 *)(ctx[MA_WRITE_MAS_ARG] + MA_STATE_NODE_OFF);
+	leaf = ma_state_node(MA_WRITE_ARG(MA_WRITE_MAS_ARG));
 #endif
-	on_ma_write(a, ctx[MA_WRITE_FN_ARG], leaf, ctx[MA_WRITE_VAL_ARG]);
+	on_ma_write(a, MA_WRITE_ARG(MA_WRITE_FN_ARG), leaf, MA_WRITE_ARG(MA_WRITE_VAL_ARG));
 #endif
 	return 0;
 }
-#endif
+#endif /* NO_PER_VMA */
 
 RAW_TRACEPOINT_PROBE(sched_process_fork)
 {
