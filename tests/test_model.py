@@ -133,6 +133,50 @@ def test_push_left_before_splitting():
     assert leaf_fills(build.tree) == [15, 13]
 
 
+# Debian's 6.1.176 lib/maple_tree.c, run in the kernel's userspace harness (tools/testing/radix-tree)
+# as dup_mmap() drives it (mas_expected_entries, RCU off, one mas_store per range, mas_destroy), on 40
+# ranges each after a gap: the function besides mas_store() that traced ma_write at each store, and the
+# rightmost leaf's entries after it (N: mas_wr_node_store, B: mas_wr_bnode, -: none); and the runs of
+# equal ma_state->node at the mas_store() events (MAS_START first), which a per-VMA probe counts as leaves.
+KERNEL_6_1_NODE_RUNS = [1, 7, 5, 3, 5, 3, 5, 3, 5, 3]
+KERNEL_6_1_GAPPED_40 = (
+    "-NNNNNNBNNNNBNNBNNNNBNNBNNNNBNNBNNNNBNNB",
+    [3, 5, 7, 9, 11, 13, 15, 7, 9, 11, 13, 15, 11, 13, 15, 7, 9, 11, 13, 15, 11, 13, 15, 7, 9, 11, 13, 15, 11,
+     13, 15, 7, 9, 11, 13, 15, 11, 13, 15, 7],
+)
+
+
+def test_bulk_store_events_follow_v6_1_write_paths():
+    """Per store: which v6.1 function traces ma_write besides mas_store(), and the leaf it leaves."""
+    from analysis.model.build import mas_expected_entries
+    from analysis.model.write import BulkState, WriteCounters, bulk_store_event, mas_store
+
+    layout = synthetic_layout(40, gaps=True)
+    tree, counters = MapleTree(), WriteCounters()
+    bulk = BulkState(expected=40, prealloc_nodes=mas_expected_entries(40))
+    events, fills = "", []
+    for i, vma in enumerate(layout):
+        event = bulk_store_event(tree, vma.start, vma.end - 1)
+        events += {None: "-", "mas_wr_node_store": "N", "mas_wr_bnode": "B"}[event]
+        mas_store(tree, vma.start, vma.end - 1, i, counters, bulk)
+        fills.append(len(tree.walk(vma.start)[-1][0].slots))
+    assert (events, fills) == KERNEL_6_1_GAPPED_40
+    assert counters.stores_split == 9  # the harness's nine ma_op "mas_split", pushes into the left sibling included
+
+
+def test_bulk_build_counts_what_a_per_vma_probe_sees_on_v6_1():
+    """The same 40 stores through build_bulk(): 39 extra ma_write events, and the node changes a probe sees
+    (a split at the last store is seen by no later event)."""
+    build = build_bulk(synthetic_layout(40, gaps=True))
+    assert build.counters.node_store_events == KERNEL_6_1_GAPPED_40[0].count("N")
+    assert build.counters.bnode_events == KERNEL_6_1_GAPPED_40[0].count("B")
+    assert sum(KERNEL_6_1_NODE_RUNS) == 40
+    assert build.leaves_seen == len(KERNEL_6_1_NODE_RUNS)
+    # Adjacent ranges append in place until the leaf is nearly full: no extra event before that.
+    adjacent = build_bulk(synthetic_layout(12, gaps=False))
+    assert adjacent.counters.node_store_events == adjacent.counters.bnode_events == 0
+
+
 # -- known figures --------------------------------------------------------------------------
 
 

@@ -1,11 +1,15 @@
 """A kernel A/B across v6.8: the two sides build the child's tree by different algorithms.
 
 Before v6.8 dup_mmap() appends each VMA to the child's empty tree in bulk
-mode, and a node rebuilt on the way (mas_wr_bnode(): a split, a rebalance)
-emits an ma_write event of its own besides mas_store()'s; from v6.8
-__mt_dup() copies the parent's tree whole and the VMA loop only replaces
-entries, one mas_store() each. The model's column for that row counts the
-node rebuilds its bulk build makes. A timing difference between
+mode, and most appends emit an ma_write event of their own besides
+mas_store()'s (v6.1: mas_wr_node_store() for an append after a gap,
+mas_wr_bnode() once the leaf is nearly full; analysis.model.write.
+bulk_store_event()); from v6.8 __mt_dup() copies the parent's tree whole
+and the VMA loop only replaces entries, one mas_store() each. A per-VMA
+probe counts leaves as changes of ma_state->node between mas_store()
+events: on the old path a node split is a new node, so the model's
+"leaves written" there is what its bulk build would show that probe
+(BulkBuild.leaves_seen), not the finished tree's leaf count. A timing difference between
 such kernels is an algorithm change, not a regression of one path, so the
 comparison shows per group what each side's forks were seen writing beside
 the replay model's counts for both paths on that side's layout: a reader
@@ -101,8 +105,8 @@ def model_counts(report: Any) -> tuple[dict[str, int | None], dict[str, int | No
     old, new = report.old, report.new
     old_counts = {
         QUANTITIES[0]: old["stores"],
-        QUANTITIES[1]: old["stores_split"] + old["stores_rebalance"],
-        QUANTITIES[2]: report.old_child_shape.leaves,
+        QUANTITIES[1]: old["node_store_events"] + old["bnode_events"],
+        QUANTITIES[2]: old["leaves_seen"],
         QUANTITIES[3]: report.old_child_shape.nodes,
     }
     new_counts = {

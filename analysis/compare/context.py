@@ -94,6 +94,14 @@ def _layout(meta: Mapping[str, Any]) -> str | None:
     return None
 
 
+def _per_vma_program(meta: Mapping[str, Any]) -> str | None:
+    """tp_btf, raw_tracepoint or tracepoint; "none" at level fork; None when the recording predates the key."""
+    kind = _dict(meta, "per_vma_program").get("type")
+    if kind is None and "per_vma_program" in meta:
+        return "none"
+    return kind
+
+
 def recording_context(base: Iterable[Mapping[str, Any]], new: Iterable[Mapping[str, Any]]) -> list[ContextItem]:
     """The context of two sets of recordings, from their metadata."""
     base, new = list(base), list(new)
@@ -106,7 +114,7 @@ def recording_context(base: Iterable[Mapping[str, Any]], new: Iterable[Mapping[s
         ("backend", lambda m: m.get("backend")),
         ("methods", _methods),
         ("timed", lambda m: f"{m.get('stores_timed') or 'sparse'} stores"),
-        ("per-VMA", lambda m: _dict(m, "per_vma_program").get("type")),
+        ("per-VMA", _per_vma_program),
         ("algorithm", lambda m: _dict(m, "algorithm").get("name")),
         ("workload", _workload),
         ("layout", _layout),

@@ -174,7 +174,7 @@ def _tree_work_text(c: Comparison, group: str) -> list[str]:
         out.append(_clip(f"  {quantity:<26.26} " + " ".join(f"{cell:>{w}}" for cell, w in zip(cells, (7, 8, 7, 7, 8, 7)))))
     out += _wrap(
         "  seen: the bracket's counts; bulk, mt_dup: the replay model's for each path on that side's layout "
-        "(other ma_write: node rebuilds, splits and rebalances)",
+        "(other ma_write: v6.1's mas_wr_node_store and mas_wr_bnode events)",
         "    ",
     )
     return out

@@ -25,7 +25,7 @@ from analysis.model.constants import (
     ULONG_MAX,
 )
 from analysis.model.tree import MapleTree, Node
-from analysis.model.write import BulkState, WriteCounters, mas_destroy, mas_store
+from analysis.model.write import BulkState, WriteCounters, bulk_store_event, mas_destroy, mas_store
 
 __all__ = [
     "Store",
@@ -105,6 +105,9 @@ class BulkBuild:
     counters: WriteCounters
     prealloc_nodes: int
     stored: int
+    # What a per-VMA program counts as leaves: changes of mas->node from one mas_store()
+    # event to the next (the node the previous store left it on; the first counts once).
+    leaves_seen: int = 0
 
 
 def build_bulk(layout: Sequence[Vma], dontcopy: frozenset[int] = frozenset()) -> BulkBuild:
@@ -116,15 +119,26 @@ def build_bulk(layout: Sequence[Vma], dontcopy: frozenset[int] = frozenset()) ->
     tree = MapleTree()
     counters = WriteCounters()
     bulk = BulkState(expected=len(layout), prealloc_nodes=mas_expected_entries(len(layout)))
-    stored = 0
+    stored = leaves_seen = 0
+    node: Node | None = None  # mas->node at the next mas_store() event; None: MAS_START
+    seen: object = ()  # what the previous event saw; () matches nothing
     for i, vma in enumerate(layout):
         if i in dontcopy:
             continue
+        if node is not seen:
+            leaves_seen += 1
+        seen = node
+        event = bulk_store_event(tree, vma.start, vma.end - 1)
+        if event == "mas_wr_node_store":
+            counters.node_store_events += 1
+        elif event == "mas_wr_bnode":
+            counters.bnode_events += 1
         mas_store(tree, vma.start, vma.end - 1, i, counters, bulk)
+        node = tree.walk(vma.start)[-1][0]  # where the store left the ma_state
         stored += 1
     mas_destroy(tree, bulk, counters)
     tree.update_gaps()
-    return BulkBuild(tree, counters, bulk.prealloc_nodes, stored)
+    return BulkBuild(tree, counters, bulk.prealloc_nodes, stored, leaves_seen)
 
 
 def build_from_history(history: Sequence[Store], counters: WriteCounters | None = None) -> MapleTree:

@@ -111,6 +111,7 @@ def compare_paths(
         **{f"parent_{k}": v for k, v in walk.as_dict().items()},
         **old_build.counters.as_dict(),
         "prealloc_nodes": old_build.prealloc_nodes,
+        "leaves_seen": old_build.leaves_seen,
     }
     old_shape = old_build.tree.shape()
     parent_shape = parent.shape()
@@ -140,7 +141,9 @@ def compare_paths(
         ("push right", replace.null_store.push_right, old_build.counters.push_right),
         ("rebalances (NULL stores | mas_destroy)", replace.null_store.rebalances, old_build.counters.destroy_rebalances),
         ("mas_store calls (one ma_write each)", replace.ma_write_events, old_build.counters.stores),
-        ("distinct leaves written", replace.leaves_written, old_shape.leaves),
+        ("  ma_write from mas_wr_node_store (v6.1)", None, old_build.counters.node_store_events),
+        ("  ma_write from mas_wr_bnode (v6.1)", None, old_build.counters.bnode_events),
+        ("leaves written (as a per-VMA probe counts them)", replace.leaves_written, old_build.leaves_seen),
     ]
     return ModelReport(
         source=source,
