@@ -260,3 +260,27 @@ def test_several_recordings_markdown_predict_and_plots(tmp_path):
 
     files = write_plots(build_report([src]).attribution, tmp_path / "plots")
     assert {f.suffix for f in files} == {".png", ".svg"} and all(f.stat().st_size > 0 for f in files)
+
+
+def test_a_bulk_append_kernel_gets_its_own_model_check_and_no_mt_dup_units(tmp_path):
+    """Before v6.8 (no __mt_dup) the component units do not exist; the leaves a probe saw are the bulk build's."""
+    from analysis.model import build_bulk
+    from analysis.recording.layout import parse_maps
+    from analysis.recording.writer import write_recording
+    from recordings import MONO_BASE_NS, costed_rows, default_metadata, spawn_maps
+
+    maps = spawn_maps(400)
+    layout = parse_maps(maps)
+    seen = build_bulk(layout).leaves_seen
+    rows = costed_rows(50, stores=len(layout), total_ns=5e6, leaves=seen)
+    workload = {"kind": "spawn", "pid": 4242, "extra_vmas": 400, "forks": 50, "forks_per_sec": 100.0}
+    meta = default_metadata(rows, workload=workload, algorithm={"name": "bulk_append", "evidence": ["test"]},
+                            maps=[{"pid": 4242, "comm": "spawn", "ts_mono_ns": MONO_BASE_NS, "maps": maps}])
+    write_recording(tmp_path / "v61.parquet", rows, meta)
+    (g,) = attribute_groups(group_recordings(load_recordings([tmp_path])), boot=100).groups
+    assert g.model_check["source"] == "bulk_append"
+    assert g.model_check["observed_leaves"] == g.model_check["predicted_leaves"] == seen
+    assert seen > build_bulk(layout).tree.shape().leaves  # splits make new nodes: more than the final leaves
+    assert g.counts is None and "bulk appends" in g.counts_missing
+    text = render_report([tmp_path], "text")
+    assert "child tree from bulk appends" in text and "no component counts" in text

@@ -82,7 +82,7 @@ def _group_forks(group: Group) -> tuple[pd.DataFrame, list[CountSource], str | N
         sources += counts.sources
         missing = missing or counts.missing
     forks = pd.concat(frames, ignore_index=True)
-    if sources:
+    if sources and forks[f"model_{COUNT_COLUMNS[0]}"].notna().any():
         missing = None
     return forks, sources, missing
 

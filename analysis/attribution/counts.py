@@ -24,6 +24,7 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
+from analysis.model.build import build_bulk
 from analysis.model.parent import GATE_AREAS, RecordedTarget, parent_tree
 from analysis.model.dup import dup_mmap_replace, mt_dup
 from analysis.model.tree import MapleTree
@@ -69,7 +70,7 @@ COUNT_COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(ModelCounts)) + ("
 class CountSource:
     """Where a layout's counts came from, and how the model's leaves compare with the kernel's."""
 
-    source: str  # 'spawn_history' or 'observed_partition'
+    source: str  # 'spawn_history', 'observed_partition', or 'bulk_append' (no counts: BULK_NOT_COUNTED)
     reason: str
     observed_leaves: float | None  # median `leaves` of the forks of this layout
     predicted_leaves: int
@@ -116,8 +117,22 @@ def _count(tree: MapleTree, layout: Sequence[Vma]) -> ModelCounts:
     )
 
 
+# Before v6.8 the child's tree is built by bulk appends, not copied by __mt_dup:
+# the component model's units (nodes copied, edges, exact-fit stores) do not exist there.
+BULK_NOT_COUNTED = (
+    "this kernel builds the child's tree by bulk appends (before v6.8), and the component model "
+    "(copy, traversal, replace) is __mt_dup's: no units are counted; the bulk build's own work is in "
+    "`tracer compare`'s tree work and `tracer model`"
+)
+
+
 def recording_counts(rec: Recording) -> RecordingCounts:
-    """Counts per fork: each usable fork with stores gets its pid's saved layout's counts."""
+    """Counts per fork: each usable fork with stores gets its pid's saved layout's counts.
+
+    On a bulk-append kernel the forks get no counts (BULK_NOT_COUNTED), but each
+    layout still gets its model check: the leaves a per-VMA probe sees there
+    (the bulk build's node changes), against the forks' `leaves`.
+    """
     per_fork = pd.DataFrame(np.nan, index=rec.forks.index, columns=list(COUNT_COLUMNS))
     layouts: dict[int, list[list[Vma]]] = {}
     for pid, _comm, vmas in rec.maps():
@@ -125,6 +140,8 @@ def recording_counts(rec: Recording) -> RecordingCounts:
     if not layouts:
         return RecordingCounts(per_fork, [], "no parent layout saved (/proc/PID/maps): the model cannot count the tree's work")
     workload = rec.meta.get("workload") if isinstance(rec.meta.get("workload"), dict) else None
+    algorithm = rec.meta.get("algorithm") if isinstance(rec.meta.get("algorithm"), dict) else {}
+    bulk = algorithm.get("name") == "bulk_append"
     forks = rec.forks[rec.forks["usable"] & (rec.forks["stores"] > 0)]
     sources: list[CountSource] = []
     for pid, rows in forks.groupby("pid"):
@@ -136,9 +153,13 @@ def recording_counts(rec: Recording) -> RecordingCounts:
         layout = next((c for c in candidates if len(c) == stores + int(np.median(rows["null_stores"]))), candidates[-1])
         own = workload if workload and workload.get("pid") in (None, int(pid)) else None
         observed = float(statistics.median(rows["leaves"].tolist()))
+        if bulk:
+            seen = build_bulk(layout).leaves_seen
+            sources.append(CountSource("bulk_append", BULK_NOT_COUNTED, observed, seen))
+            continue
         counts, source = counts_for_layout(layout, own, observed)
         per_fork.loc[rows.index, list(COUNT_COLUMNS)] = [counts.as_dict()[c] for c in COUNT_COLUMNS]
         sources.append(source)
     if not sources:
         return RecordingCounts(per_fork, [], "no saved layout belongs to a process whose forks copied VMAs")
-    return RecordingCounts(per_fork, sources, None)
+    return RecordingCounts(per_fork, sources, BULK_NOT_COUNTED if bulk else None)

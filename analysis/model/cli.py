@@ -77,7 +77,7 @@ def run_model(vmas: int | None, gaps: bool, maps: Path | None, recording: Path |
         report.leaf_counts = {"observed_median": observed, "model_parent": report.parent_shape.leaves}
         if build == "observed_leaves":
             report.leaf_counts["observed_leaves"] = report.parent_shape.leaves
-        for key in ("spawn_history", "mmap_descending", "bulk_append"):
+        for key in ("spawn_history", "mmap_descending", "bulk_append", "bulk_append_probe_sees"):
             if key in others:
                 report.leaf_counts[key] = others[key]
     return _render_json(report) if as_json else _render_text(report)

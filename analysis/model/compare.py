@@ -170,7 +170,8 @@ def model_leaf_counts(
 ) -> dict[str, int | float | None]:
     """The model's leaf count per build path, beside what a recording observed.
 
-    Keys: observed (as given), bulk_append (the v6.1 child), mmap_descending
+    Keys: observed (as given), bulk_append (the v6.1 child), bulk_append_probe_sees
+    (the node changes a per-VMA probe counts as leaves there), mmap_descending
     (a parent filled by top-down mmap), history (if a history is given),
     partition (if the observed leaf of each VMA is given; it reproduces the
     observation by construction, so it checks the input, not the model),
@@ -178,7 +179,10 @@ def model_leaf_counts(
     """
     check_layout(layout)
     out: dict[str, int | float | None] = {"observed": observed_leaves}
-    out["bulk_append"] = build_bulk(layout).tree.shape().leaves
+    bulk = build_bulk(layout)
+    out["bulk_append"] = bulk.tree.shape().leaves
+    # What a per-VMA probe counts as leaves on a kernel that builds the child by bulk appends.
+    out["bulk_append_probe_sees"] = bulk.leaves_seen
     out["mmap_descending"] = build_from_history(history_mmap_order(layout, "descending")).shape().leaves
     out["history"] = build_from_history(history).shape().leaves if history is not None else None
     out["partition"] = build_from_partition(layout, partition).shape().leaves if partition is not None else None

@@ -166,7 +166,12 @@ def render_group(g: Mapping[str, Any], fmt: str = "text") -> list[str]:
     mc = g["model_check"]
     title = f"attribution: {g['group']}" if fmt == "text" else f"### Attribution: {g['group']}"
     out.append(title)
-    if mc.get("source"):
+    if mc.get("source") == "bulk_append":
+        out += _wrap(f"model     child tree from bulk appends (before v6.8); leaves observed "
+                     f"{_num(mc['observed_leaves'])}, model {_num(mc['predicted_leaves'])} (the node changes a "
+                     "per-VMA probe sees)")
+        out += _wrap(f"no component counts: {mc.get('reason')}") if mc.get("reason") else []
+    elif mc.get("source"):
         line = (f"  model     parent tree from {mc['source'].replace('_', ' ')}; leaves observed "
                 f"{_num(mc['observed_leaves'])}, model {_num(mc['predicted_leaves'])}")
         if mc.get("assumed_history_leaves") is not None:
