@@ -35,7 +35,7 @@ FORK_COLUMNS: list[tuple[str, pa.DataType, str]] = [
     ("null_stores", pa.uint32(), "'mas_store' of NULL: VM_DONTCOPY VMAs dropped"),
     ("zero_stores", pa.uint32(), "'mas_store' of XA_ZERO_ENTRY: dup_mmap failed at that VMA"),
     ("other_writes", pa.uint32(), "ma_write events from other functions inside the bracket"),
-    ("leaves", pa.uint32(), "distinct child leaf nodes written by the replace loop"),
+    ("leaves", pa.uint32(), "child leaf nodes the replace loop writes (changes of ma_state->node between stores); before v6.8, the nodes the bulk appends pass through (a split makes new ones)"),
     ("parent_map_count", pa.int64(), "parent mm->map_count at the child lock (-1: not readable)"),
     ("failed", pa.bool_(), "dup_mmap failed (XA_ZERO_ENTRY stored) or fork did not complete"),
 ]
