@@ -5,8 +5,12 @@ from __future__ import annotations
 __all__ = ["probe_records"]
 
 
-def probe_records(config_fields: dict, vmas: int, forks: int) -> tuple[list, int]:
-    """Records of a BracketProbe built with `config_fields`, over one spawn run."""
+def probe_records(config_fields: dict, vmas: int, forks: int, inspect=None) -> tuple[list, int]:
+    """Records of a BracketProbe built with `config_fields`, over one spawn run.
+
+    inspect(probe), if given, runs once the probe is loaded (a test's look at what was loaded:
+    each load is a compile, which costs a minute under emulation).
+    """
     from tracer.host import headers
     from tracer.probes.bracket import BracketConfig, BracketProbe, offsets_from_btf
     from tracer.workload.spawn import SpawnWorkload
@@ -15,6 +19,8 @@ def probe_records(config_fields: dict, vmas: int, forks: int) -> tuple[list, int
     records = []
     config = BracketConfig(filter_tgids=True, **offsets_from_btf(), **config_fields)
     with BracketProbe(config, on_dup=lambda ev, raw: records.append(type(ev).from_buffer_copy(raw))) as probe:
+        if inspect is not None:
+            inspect(probe)
         with SpawnWorkload(vmas, forks=forks, cpu=0) as work:
             pid, vmas_total = work.start()
             probe.add_targets([pid])
