@@ -5,11 +5,12 @@ from __future__ import annotations
 __all__ = ["probe_records"]
 
 
-def probe_records(config_fields: dict, vmas: int, forks: int, inspect=None) -> tuple[list, int]:
+def probe_records(config_fields: dict, vmas: int, forks: int, inspect=None, maps: list | None = None) -> tuple[list, int]:
     """Records of a BracketProbe built with `config_fields`, over one spawn run.
 
     inspect(probe), if given, runs once the probe is loaded (a test's look at what was loaded:
-    each load is a compile, which costs a minute under emulation).
+    each load is a compile, which costs a minute under emulation). maps, if given, gets the
+    workload's /proc/PID/maps as it forks.
     """
     from tracer.host import headers
     from tracer.probes.bracket import BracketConfig, BracketProbe, offsets_from_btf
@@ -23,6 +24,9 @@ def probe_records(config_fields: dict, vmas: int, forks: int, inspect=None) -> t
             inspect(probe)
         with SpawnWorkload(vmas, forks=forks, cpu=0) as work:
             pid, vmas_total = work.start()
+            if maps is not None:
+                with open(f"/proc/{pid}/maps") as f:
+                    maps.append(f.read())
             probe.add_targets([pid])
             work.go()
             while not work.finished():

@@ -301,6 +301,16 @@ def test_task_storage_fallback_records_what_the_cpu_slot_does():
             assert 0 < r.min_step <= r.ts_last_store - r.ts_first_store, fields
 
 
+def test_typed_and_raw_per_vma_programs_record_the_same():
+    """The tp_btf ma_write (a plain load of ma_state->node) and the raw tracepoint one (a probe read) agree."""
+    typed, vmas_total = probe_records({}, vmas=300, forks=6)
+    raw, _ = probe_records({"typed_ma_write": False}, vmas=300, forks=6)
+    assert len(typed) == len(raw) == 6
+    for field in ("stores", "null_stores", "zero_stores", "other_writes", "leaves"):
+        assert {getattr(r, field) for r in typed} == {getattr(r, field) for r in raw}, field
+    assert all(0 < r.stores <= vmas_total and r.leaves > 1 for r in typed)
+
+
 def test_typed_program_reads_ma_state_with_a_load_not_a_helper():
     """The point of tp_btf: bcc's rewriter must not turn mas->node back into bpf_probe_read_kernel()."""
     from bcc import BPF
