@@ -56,3 +56,17 @@ def test_typed_program_is_what_doctor_says_and_counts_the_models_leaves():
         expected = build_bulk(layout).leaves_seen
     assert [r.leaves for r in records] == [expected] * 4
     assert all(0 < r.stores <= vmas_total for r in records)
+
+
+def test_a_refused_load_says_why():
+    """bpfsys.prog_load asks for the verifier's log on the retry, and the error carries its last line."""
+    from tracer.host.bpfsys import PROG_TYPE_KPROBE, LoadError, prog_load
+
+    no_exit = bytes.fromhex("b700000000000000")  # r0 = 0, and nothing after it
+    with pytest.raises(LoadError) as refused:
+        prog_load(PROG_TYPE_KPROBE, no_exit, "forktrace_test", log_size=1 << 16)
+    assert refused.value.errno and refused.value.log.strip()
+    assert str(refused.value).startswith(("EINVAL: ", "EACCES: ")) and "exit" in str(refused.value)
+    with pytest.raises(LoadError) as quiet:
+        prog_load(PROG_TYPE_KPROBE, no_exit, "forktrace_test")
+    assert quiet.value.log == "" and str(quiet.value) in ("EINVAL", "EACCES")

@@ -41,7 +41,11 @@ class LoadError(OSError):
         self.log = log
 
     def __str__(self) -> str:
-        last = self.log.strip().splitlines()[-1] if self.log.strip() else ""
+        # The verifier ends with its statistics ("processed N insns ...", "verification time ..."):
+        # the reason is the last line before them.
+        lines = [line for line in self.log.strip().splitlines() if line.strip()]
+        reasons = [line for line in lines if not line.startswith(("processed ", "verification time"))]
+        last = reasons[-1] if reasons else ""
         return errno_name(self.errno) + (f": {last}" if last else "")
 
 

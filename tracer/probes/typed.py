@@ -40,10 +40,19 @@ class TypedTracepoint:
     link_fd: int = -1
 
     def load(self) -> "TypedTracepoint":
-        """Load (bpfsys.LoadError with the verifier's last line if the kernel refuses)."""
+        """Load (bpfsys.LoadError with the verifier's last line if the kernel refuses).
+
+        As libbpf does, the verifier's log is asked for only on a second try
+        after a refusal: logging slows verification, which under emulation
+        is already slow.
+        """
         code = self.bpf.dump_func(self.function.encode())
-        self.prog_fd = bpfsys.prog_load(bpfsys.PROG_TYPE_TRACING, code, self.event, bpfsys.TRACE_RAW_TP,
-                                        typed_target(self.event), log_size=1 << 20)
+        target = typed_target(self.event)
+        args = (bpfsys.PROG_TYPE_TRACING, code, self.event, bpfsys.TRACE_RAW_TP, target)
+        try:
+            self.prog_fd = bpfsys.prog_load(*args)
+        except bpfsys.LoadError:
+            self.prog_fd = bpfsys.prog_load(*args, log_size=1 << 20)  # refused again, now with the reason
         return self
 
     def attach(self) -> None:
