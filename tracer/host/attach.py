@@ -18,8 +18,10 @@ import os
 import struct
 from dataclasses import dataclass
 
+from analysis.errors import TracerError
 from tracer.host.bpfsys import PROG_TYPE_KPROBE, PROG_TYPE_TRACING, TRACE_FENTRY, TRACE_RAW_TP, errno_name
 from tracer.host.bpfsys import prog_load, raw_tracepoint_open
+from tracer.host.btf import tracepoint_type_id
 
 __all__ = ["Attempt", "errno_name", "try_fentry", "try_kprobe", "try_tp_btf"]
 
@@ -27,7 +29,7 @@ _SYS_PERF_EVENT_OPEN = 298
 _PERF_EVENT_IOC_SET_BPF = 0x40042408
 _PERF_FLAG_FD_CLOEXEC = 8
 _KPROBE_PMU = "/sys/bus/event_source/devices/kprobe"
-_ATTR_SIZE = 128
+_ATTR_SIZE = 128  # perf_event_attr as passed: its fields up to config2 set, the rest zero
 
 # r0 = 0; exit
 _RETURN_ZERO = bytes.fromhex("b700000000000000" "9500000000000000")
@@ -66,9 +68,16 @@ def try_fentry(btf_func_id: int) -> Attempt:
     return _try_tracing(TRACE_FENTRY, btf_func_id)
 
 
-def try_tp_btf(btf_typedef_id: int) -> Attempt:
-    """The same for a BTF-typed tracepoint (tp_btf), by the id of its `btf_trace_<event>` typedef."""
-    return _try_tracing(TRACE_RAW_TP, btf_typedef_id)
+def try_tp_btf(event: str) -> Attempt:
+    """The same for a BTF-typed tracepoint (tp_btf) on `event`, by its `btf_trace_<event>` typedef.
+
+    No such typedef (or no BTF) is a refusal at stage "btf", its log saying why.
+    """
+    try:
+        btf_id = tracepoint_type_id(event)
+    except TracerError as err:
+        return Attempt(False, "btf", None, str(err))
+    return _try_tracing(TRACE_RAW_TP, btf_id)
 
 
 def _kprobe_pmu_type() -> int | None:

@@ -406,6 +406,14 @@ def has_type(name: str, kind: str | None = None, path: str = VMLINUX_BTF) -> boo
     return load_btf(path).has_type(name, kind)
 
 
+def tracepoint_type_id(event: str, path: str = VMLINUX_BTF) -> int:
+    """The BTF id of `btf_trace_<event>`: what a tp_btf program attaches to (TracerError if absent)."""
+    ids = load_btf(path).find(f"btf_trace_{event}", "typedef")
+    if not ids:
+        raise TracerError(f"no BTF for tracepoint {event} (btf_trace_{event}): BTF-typed tracepoints need it")
+    return ids[0]
+
+
 def has_func(name: str, path: str = VMLINUX_BTF) -> bool:
     """The running kernel's BTF describes function `name` (fentry can name it)."""
     return load_btf(path).has_func(name)

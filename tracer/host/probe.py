@@ -42,7 +42,6 @@ from tracer.host.headers import Headers, resolve_headers
 from tracer.host.headers import apply as apply_headers
 from tracer.host.kallsyms import symbol_names
 from tracer.probes.bracket import BTF_OFFSETS, TRACEPOINTS
-from tracer.probes.typed import typed_target
 
 __all__ = ["TARGET_SYMBOLS", "TRACEPOINT_NAMES", "probe_host"]
 
@@ -180,11 +179,8 @@ def _btf_has(name: str, kind: str) -> bool | None:
 
 def _typed_tracepoint_check() -> LoadCheck:
     """Load and attach a two-instruction tp_btf program on ma_write, then detach it."""
-    try:
-        attempt = try_tp_btf(typed_target(TYPED_TRACEPOINT.split(":")[1]))
-    except TracerError as err:
-        return LoadCheck(ok=False, log=str(err))
-    return LoadCheck(ok=attempt.ok, errno=attempt.errno, log=attempt.stage if not attempt.ok else None)
+    attempt = try_tp_btf(TYPED_TRACEPOINT.split(":")[1])
+    return LoadCheck(ok=attempt.ok, errno=attempt.errno, log=None if attempt.ok else attempt.log or attempt.stage)
 
 
 def _probe_tracepoints(tracefs: str | None, btf_present: bool) -> dict[str, TracepointFacts]:

@@ -20,7 +20,7 @@ from tracer.probes.cheader import read_header
 from tracer.probes.program import BCC_MISSING, add_targets, common_cflags, one_line, program_text, read_counters
 from tracer.probes.rawtp import argument_macros, as_cflags
 from tracer.probes.rawtp import macros_for as rawtp_macros
-from tracer.probes.typed import TypedTracepoint, typed_target
+from tracer.probes.typed import TypedTracepoint
 
 __all__ = [
     "BACKENDS",
@@ -253,13 +253,9 @@ class BracketProbe:
             return False
         from tracer.host.attach import try_tp_btf
 
-        try:
-            attempt = try_tp_btf(typed_target("ma_write"))
-        except TracerError as err:
-            self.typed_refused = str(err)
-            return False
+        attempt = try_tp_btf("ma_write")
         if not attempt.ok:
-            self.typed_refused = f"tp_btf {attempt.stage}: {attempt.errno}"
+            self.typed_refused = attempt.log or f"tp_btf {attempt.stage}: {attempt.errno}"
         return attempt.ok
 
     def _compile(self, BPF, typed: bool) -> None:

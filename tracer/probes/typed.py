@@ -13,20 +13,10 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from analysis.errors import TracerError
 from tracer.host import bpfsys
+from tracer.host.btf import tracepoint_type_id
 
-__all__ = ["TypedTracepoint", "typed_target"]
-
-
-def typed_target(event: str) -> int:
-    """The BTF id of `btf_trace_<event>`: what a tp_btf program attaches to."""
-    from tracer.host.btf import load_btf
-
-    ids = load_btf().find(f"btf_trace_{event}", "typedef")
-    if not ids:
-        raise TracerError(f"no BTF for tracepoint {event} (btf_trace_{event}): BTF-typed tracepoints need it")
-    return ids[0]
+__all__ = ["TypedTracepoint"]
 
 
 @dataclass
@@ -47,7 +37,7 @@ class TypedTracepoint:
         is already slow.
         """
         code = self.bpf.dump_func(self.function.encode())
-        target = typed_target(self.event)
+        target = tracepoint_type_id(self.event)
         args = (bpfsys.PROG_TYPE_TRACING, code, self.event, bpfsys.TRACE_RAW_TP, target)
         try:
             self.prog_fd = bpfsys.prog_load(*args)
