@@ -25,7 +25,7 @@ from analysis.model.constants import (
     ULONG_MAX,
 )
 from analysis.model.tree import MapleTree, Node
-from analysis.model.write import BulkState, WriteCounters, bulk_store_event, mas_destroy, mas_store
+from analysis.model.write import BulkState, WriteCounters, mas_destroy, mas_store
 
 __all__ = [
     "Store",
@@ -128,11 +128,6 @@ def build_bulk(layout: Sequence[Vma], dontcopy: frozenset[int] = frozenset()) ->
         if node is not seen:
             leaves_seen += 1
         seen = node
-        event = bulk_store_event(tree, vma.start, vma.end - 1)
-        if event == "mas_wr_node_store":
-            counters.node_store_events += 1
-        elif event == "mas_wr_bnode":
-            counters.bnode_events += 1
         mas_store(tree, vma.start, vma.end - 1, i, counters, bulk)
         node = tree.walk(vma.start)[-1][0]  # where the store left the ma_state
         stored += 1

@@ -114,6 +114,12 @@ def mas_store(
 
     lpath = tree.walk(index)
     leaf, loff, lmin, lmax = lpath[-1]
+    if bulk is not None:  # (a new root, or mas_root_expand() above, traces no write path)
+        event = bulk_store_event(leaf, loff, lmin, lmax, index, last)
+        if event == "mas_wr_node_store":
+            c.node_store_events += 1
+        elif event == "mas_wr_bnode":
+            c.bnode_events += 1
     spanning = last > lmax or (entry is None and last == lmax and lmax != ULONG_MAX)
     rleaf = tree.walk(last + 1 if last < ULONG_MAX else last)[-1][0] if spanning else leaf
 
@@ -164,8 +170,10 @@ def mas_store(
         leaf.pivots, leaf.slots = new_p, new_s
 
 
-def bulk_store_event(tree: MapleTree, index: int, last: int) -> str | None:
+def bulk_store_event(leaf: Node, loff: int, lmin: int, lmax: int, index: int, last: int) -> str | None:
     """The function besides mas_store() that emits ma_write for this bulk append on v6.1, or None.
+
+    leaf, loff, lmin, lmax: where the store's walk landed (mas_store() counts it from its own walk).
 
     For ascending appends, as dup_mmap()'s loop makes before v6.8 (other
     stores may take mas_wr_slot_store(), which this does not tell apart).
@@ -179,9 +187,6 @@ def bulk_store_event(tree: MapleTree, index: int, last: int) -> str | None:
     lib/maple_tree.c run in the kernel's userspace harness: every store of 300
     random gapped/adjacent append sequences took the path this names.
     """
-    if tree.root is None:
-        return None  # mas_root_expand(): no write path traced
-    leaf, loff, lmin, lmax = tree.walk(index)[-1]
     pivots = leaf.pivots
     r_min = pivots[loff - 1] + 1 if loff else lmin
     r_max = pivots[loff] if loff < len(pivots) else lmax
