@@ -303,7 +303,7 @@ def targets(summary: dict, cpu: dict) -> list[dict]:
     return out
 
 
-def render(summary: dict, modes: list[str], cpu: dict) -> str:
+def render(summary: dict, modes: list[str], goals: list[dict]) -> str:
     lines = []
     traced = [m for m in modes if m != "untraced"]
     head = f"{'mode':<13}" + "".join(f"{f'{v} VMAs':>34}" for v in summary)
@@ -318,7 +318,6 @@ def render(summary: dict, modes: list[str], cpu: dict) -> str:
             row += f"{add:>9.1f}" if add is not None else f"{'':>9}"
             row += f"{xe:>9.2f}" if xe is not None else f"{'':>9}"
         lines.append(row)
-    goals = targets(summary, cpu)
     if goals:
         lines += ["", "targets (estimate, 95% bootstrap interval over rounds):"]
         for g in goals:
@@ -390,7 +389,8 @@ def main() -> int:
 
     summary = summarise(figures, cpu_per_fork, vmas_totals, modes)
     print()
-    print(render(summary, modes, cpu_per_fork))
+    goals = targets(summary, cpu_per_fork)  # bootstrap intervals: computed once, printed and saved
+    print(render(summary, modes, goals))
     switches = {}
     if args.switches:
         med = {m: statistics.median(v) for m, v in switch_ns.items()}
@@ -407,7 +407,7 @@ def main() -> int:
                                          "cpu": args.cpu, "modes": {m: MODES[m] for m in modes},
                                          "per_vma_program": programs,
                                          "raw": {"forks_per_s": figures, "cpu_ns_per_fork": cpu_per_fork},
-                                         "summary": summary, "targets": targets(summary, cpu_per_fork), "switches": switches,
+                                         "summary": summary, "targets": goals, "switches": switches,
                                          "raw_switch_ns": switch_ns}, indent=2))
     return 0
 
