@@ -48,7 +48,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tracer.host import headers  # noqa: E402
 from tracer.host.methods import choose_methods  # noqa: E402
-from tracer.host.probe import probe_host  # noqa: E402
+from tracer.host.survey import survey_host  # noqa: E402
 from tracer.probes.bracket import BracketConfig, BracketProbe, offsets_from_btf  # noqa: E402
 from tracer.record.context import keep_off_cpu  # noqa: E402
 from tracer.workload.spawn import SpawnWorkload  # noqa: E402
@@ -350,7 +350,7 @@ def main() -> int:
 
     modes = ["untraced"] + [m for m in args.modes if m != "untraced"]
     keep_off_cpu(args.cpu)  # as `tracer record --cpu` does
-    plan = choose_methods(probe_host(try_load=False), forced=args.backend)
+    plan = choose_methods(survey_host(try_load=False), forced=args.backend)
     if plan.backend is None:
         raise SystemExit(f"bench_overhead: {plan.reason}")
     backend = plan.backend

@@ -20,7 +20,7 @@ from tracer.host.doctor import doctor_json, render_doctor
 from tracer.host.facts import HostFacts
 from tracer.host.kernel import is_root
 from tracer.host.methods import BACKENDS, DOCTOR_PHASES, choose_methods
-from tracer.host.probe import TARGET_SYMBOLS, TRACEPOINT_NAMES, probe_host
+from tracer.host.survey import TARGET_SYMBOLS, TRACEPOINT_NAMES, survey_host
 from tracer.probes import bracket
 
 PHASES = list(DOCTOR_PHASES)
@@ -426,7 +426,7 @@ def test_doctor_checks_what_the_bracket_attaches_to_and_reads():
 
 
 def test_probe_without_loading_reports_every_offset_record_reads():
-    facts = probe_host(try_load=False)
+    facts = survey_host(try_load=False)
     if facts.btf.present and not facts.btf.error:
         expected = {f"{struct}.{member}" for struct, member in bracket.BTF_OFFSETS}
         assert set(facts.btf.offsets) == expected and "task_struct.pid" in expected
@@ -439,7 +439,7 @@ def test_probe_without_loading_reports_every_offset_record_reads():
 
 @pytest.fixture(scope="module")
 def host_facts(bpf_host) -> HostFacts:
-    return probe_host(try_load=True)
+    return survey_host(try_load=True)
 
 
 @pytest.mark.bpf
@@ -530,7 +530,7 @@ def test_cli_doctor_json_is_one_document(bpf_host, capfd, monkeypatch):
 
 
 def test_without_loading_nothing_is_claimed_about_fentry():
-    facts = probe_host(try_load=False)
+    facts = survey_host(try_load=False)
     dup = facts.symbols["dup_mmap"]
     if dup.kallsyms and facts.btf.present and not dup.ftrace.startswith("notrace"):
         assert dup.fentry.available is None
@@ -545,8 +545,8 @@ def test_fresh_machine_lockdown_and_backend(tmp_path):
         pytest.skip("mounting securityfs needs root")
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     code = (
-        "import json; from tracer.host.probe import probe_host; from tracer.host.methods import choose_methods;"
-        " f = probe_host(try_load=False);"
+        "import json; from tracer.host.survey import survey_host; from tracer.host.methods import choose_methods;"
+        " f = survey_host(try_load=False);"
         " print(json.dumps({'lockdown': f.lockdown, 'tracefs': f.tracefs, 'backend': choose_methods(f).backend}))"
     )
     script = (
@@ -562,3 +562,18 @@ def test_fresh_machine_lockdown_and_backend(tmp_path):
     assert found["lockdown"] == kernel_truth.lockdown() != "unknown"
     assert found["tracefs"] is None
     assert found["backend"] in ("raw_tracepoint", "tracepoint")  # root: record mounts tracefs if needed
+
+
+def test_doctor_imports_neither_numpy_nor_the_probe_loaders():
+    """doctor asks the kernel through the host layer alone: its import chain stays small."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    code = (
+        "import sys; from tracer.host.survey import survey_host; from tracer.host.methods import choose_methods;"
+        " from tracer.host.doctor import render_doctor, doctor_json;"
+        " f = survey_host(try_load=False); p = choose_methods(f); render_doctor(f, p); doctor_json(f, p);"
+        " print(' '.join(m for m in ('numpy', 'pandas', 'pyarrow', 'tracer.probes.bracket') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root, timeout=120,
+                         env={**os.environ, "PYTHONPATH": root})
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == ""

@@ -181,9 +181,9 @@ def test_algorithm_from_kallsyms_with_the_events_as_evidence():
 @lru_cache(maxsize=None)
 def _record_facts(kinds: tuple[str, ...] = ("fentry", "kprobe")):
     """What record sees: real load attempts of the kinds it may use, nothing past dup_mmap where it cannot be probed."""
-    from tracer.host.probe import probe_host
+    from tracer.host.survey import survey_host
 
-    return probe_host(try_load=True, kinds=kinds)
+    return survey_host(try_load=True, kinds=kinds)
 
 
 @pytest.mark.bpf
@@ -350,9 +350,9 @@ def test_bracket_vs_exact_compares_per_fork():
 @pytest.mark.bpf
 def test_record_tries_only_the_kinds_it_may_use(bpf_host):
     """Under --backend tracepoint nothing is loaded on the functions; by default fentry first."""
-    from tracer.host.probe import probe_host
+    from tracer.host.survey import survey_host
 
-    alone = probe_host(try_load=True, kinds=()).symbol("dup_mmap")
+    alone = survey_host(try_load=True, kinds=()).symbol("dup_mmap")
     for check in (alone.fentry, alone.kprobe):  # nothing loaded: never a yes, and a no only for a static reason
         assert check.available is not True and check.errno is None
         assert check.available is False or check.reason == "not tried (not a kind record may use here)"

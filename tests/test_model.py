@@ -26,7 +26,7 @@ from analysis.model import (
     seed_node_estimate,
     synthetic_layout,
 )
-from analysis.model.cli import run_model
+from analysis.model.render import run_model
 from analysis.model.constants import MAPLE_NODE_SIZE, ULONG_MAX
 from analysis.errors import TracerError, UsageError
 from analysis.recording import write_recording

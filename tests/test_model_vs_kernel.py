@@ -27,7 +27,7 @@ import pytest
 from analysis.recording import load_recording, write_recording
 from analysis.recording.layout import Vma, format_maps, parse_maps
 from analysis.model.build import build_bulk, build_from_history, layout_slots
-from analysis.model.cli import run_model
+from analysis.model.render import run_model
 from analysis.model.parent import RecordedTarget, choose_parent_build, parent_tree
 from analysis.model.history import (
     PAGE_SIZE,

@@ -41,9 +41,9 @@ def test_typed_program_is_what_doctor_says_and_counts_the_models_leaves():
     from analysis.model.parent import GATE_AREAS
     from analysis.recording.layout import parse_maps
     from kernel_truth import in_kallsyms
-    from tracer.host.probe import probe_host
+    from tracer.host.survey import survey_host
 
-    facts = probe_host(try_load=True, kinds=())
+    facts = survey_host(try_load=True, kinds=())
     assert facts.typed_tracepoint_load is not None
     maps: list[str] = []
     records, vmas_total = probe_records({}, vmas=300, forks=4, inspect=lambda probe: _inspect(probe, facts), maps=maps)

@@ -27,9 +27,9 @@ def doctor(json_out: bool = typer.Option(False, "--json", help="Machine-readable
     """What this kernel lets us probe, and which method `record` will use per phase."""
     from tracer.host.doctor import doctor_json, render_doctor
     from tracer.host.methods import choose_methods
-    from tracer.host.probe import probe_host
+    from tracer.host.survey import survey_host
 
-    facts = probe_host(try_load=True)
+    facts = survey_host(try_load=True)
     plan = choose_methods(facts)
     if json_out:
         import json
@@ -132,7 +132,7 @@ def model(
     json_out: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
     """Replay model: tree shape, and dup+replace (v6.8+) vs bulk insert (before) operation counts."""
-    from analysis.model.cli import run_model
+    from analysis.model.render import run_model
 
     typer.echo(run_model(vmas=vmas, gaps=gaps, maps=maps, recording=recording, as_json=json_out))
 

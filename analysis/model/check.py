@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from analysis.model.cli import load_recording_target
+from analysis.model.render import load_recording_target
 from analysis.model.parent import parent_tree
 
 __all__ = ["model_check"]

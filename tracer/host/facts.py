@@ -1,6 +1,6 @@
 """What the running kernel allows, as typed facts: what `tracer doctor` reports.
 
-The types only hold facts; tracer/host/probe.py gathers them (side effects),
+The types only hold facts; tracer/host/survey.py gathers them (side effects),
 tracer/host/methods.py decides from them, tracer/host/doctor.py renders them.
 A recording saves `HostFacts.to_dict()` as its `probes` metadata, and
 `HostFacts.from_dict()` reads it back, also from recordings of older versions:

@@ -165,7 +165,7 @@ class ExactBackend:
     """exact.c on one probe kind: each function timed from its own entry and exit.
 
     Usable where the kernel let a test program of that kind attach to dup_mmap
-    (probe.py's real load attempt); the functions dup_mmap calls are added
+    (survey.py's real load attempt); the functions dup_mmap calls are added
     where their own attempt succeeded.
     """
 

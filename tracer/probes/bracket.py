@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from analysis.errors import TracerError
+from tracer.host.attach_points import BTF_OFFSETS, TRACEPOINTS
 from tracer.probes.cheader import read_header
 from tracer.probes.program import BCC_MISSING, add_targets, common_cflags, one_line, program_text, read_counters
 from tracer.probes.rawtp import argument_macros, as_cflags
@@ -52,15 +53,6 @@ COUNTER_NAMES = tuple(name[2:].lower() for name in HEADER.names_in_order("counte
 # enum sample_phase in bracket.h -> the phase names of analysis.recording.phases.
 SAMPLE_PHASES = {value: name[len("SAMPLE_"):].lower() for name, value in HEADER.enums["sample_phase"].items()}
 
-# Tracepoints the bracket attaches to (category, event): one list, which doctor checks too.
-TRACEPOINTS = (
-    ("mmap_lock", "mmap_lock_acquire_returned"),
-    ("mmap_lock", "mmap_lock_released"),
-    ("maple_tree", "ma_write"),
-    ("sched", "sched_process_fork"),
-    ("sched", "sched_switch"),  # off-CPU time inside the bracket, at every level
-)
-
 RAW_EVENTS = tuple(event for _, event in TRACEPOINTS)
 
 # Recording levels (`record --level`), cheapest first: what each attaches.
@@ -80,13 +72,6 @@ ABLATIONS = {
     "leaves": "no leaf tracking",
     "lookup_task_storage": "per-VMA state from task storage instead of the CPU slot",
     "time_every_store": "every store timed (the pre-slot program did this)",
-}
-
-# struct members the raw tracepoint programs read, with the -D macro that carries each offset.
-BTF_OFFSETS = {
-    ("ma_state", "node"): "ma_state_node_off",
-    ("task_struct", "pid"): "task_pid_off",
-    ("mm_struct", "map_count"): "mm_map_count_off",
 }
 
 # struct dup_event of bracket.h (160 bytes; a test checks the layout against the compiled BPF).

@@ -27,7 +27,7 @@ from tracer.record.context import run_metadata, runs_mt_dup
 from tracer.record.cycle import join_cycle
 from tracer.record.options import RecordOptions, validate
 from tracer.record.output import save_recording
-from tracer.record.probes import ProbeSet
+from tracer.record.attached import ProbeSet
 from tracer.record.session import Session
 from tracer.record.stopping import StopRequests
 
@@ -53,11 +53,11 @@ def record(opts: RecordOptions, log: Callable[[str], None] | None = None) -> Rec
 def _record(opts: RecordOptions, log: Callable[[str], None], stop: StopRequests) -> Recorded:
     from tracer.host import headers, kernel
     from tracer.host.methods import choose_methods, exact_kinds
-    from tracer.host.probe import probe_host
+    from tracer.host.survey import survey_host
 
     # Real load attempts decide the exact probes, as doctor's do; only the
     # kinds this run could use are tried (each load takes seconds under emulation).
-    facts = probe_host(try_load=True, kinds=exact_kinds(opts.backend))
+    facts = survey_host(try_load=True, kinds=exact_kinds(opts.backend))
     if facts.bcc.importable is False:
         raise TracerError(BCC_MISSING)
     plan = choose_methods(facts, forced=opts.backend)

@@ -22,7 +22,7 @@ from analysis.errors import TracerError
 from tracer.probes.bracket import DupEvent
 from tracer.record.context import keep_off_cpu, wall_mono
 from tracer.record.options import RecordOptions
-from tracer.record.probes import ProbeSet
+from tracer.record.attached import ProbeSet
 from tracer.record.stopping import STOP_SIGNALS, StopRequests
 from tracer.record.table import exact_frame, fork_table, unmatched_exact
 

@@ -1,6 +1,6 @@
 """Gather HostFacts: the one place that asks the running kernel what it allows.
 
-probe_host() reads /proc and /sys, may build the header view, mounts
+survey_host() reads /proc and /sys, may build the header view, mounts
 securityfs as root when it is not mounted (so lockdown is known, as record
 mounts tracefs), and with try_load=True loads tiny BPF programs to hear the
 kernel's own answer. Every "no" carries its reason; a fact that could not be
@@ -21,6 +21,7 @@ from dataclasses import replace
 from analysis.errors import TracerError
 from tracer.host import btf as btf_mod
 from tracer.host import kernel
+from tracer.host.attach_points import BTF_OFFSETS, TRACEPOINTS
 from tracer.host.attach import Attempt, try_fentry, try_kprobe, try_tp_btf
 from tracer.host.attach import errno_name as _errno_name
 from tracer.host.facts import (
@@ -41,9 +42,8 @@ from tracer.host.facts import (
 from tracer.host.headers import Headers, resolve_headers
 from tracer.host.headers import apply as apply_headers
 from tracer.host.kallsyms import symbol_names
-from tracer.probes.bracket import BTF_OFFSETS, TRACEPOINTS
 
-__all__ = ["TARGET_SYMBOLS", "TRACEPOINT_NAMES", "probe_host"]
+__all__ = ["TARGET_SYMBOLS", "TRACEPOINT_NAMES", "survey_host"]
 
 # The functions fork() goes through that we would like to probe directly.
 # source: where the kernel defines it; absent: why it can be missing (None: decided by version).
@@ -156,7 +156,7 @@ def _probe_headers() -> tuple[HeadersFacts, Headers | None]:
 
 
 def _probe_btf() -> BtfFacts:
-    """BTF presence and every offset the bracket reads (tracer.probes.bracket.BTF_OFFSETS)."""
+    """BTF presence and every offset the bracket reads (tracer.host.attach_points.BTF_OFFSETS)."""
     if not kernel.btf_present():
         return BtfFacts(False, kernel.VMLINUX_BTF, {}, "no /sys/kernel/btf/vmlinux (CONFIG_DEBUG_INFO_BTF unset)")
     offsets: dict[str, int] = {}
@@ -270,7 +270,7 @@ class _SymbolProber:
         return _load_check("kprobe", try_kprobe(symbol), self.facts.lockdown)
 
 
-def probe_host(try_load: bool = True, kinds: tuple[str, ...] | None = None) -> HostFacts:
+def survey_host(try_load: bool = True, kinds: tuple[str, ...] | None = None) -> HostFacts:
     """Everything doctor reports and record's method choice depends on.
 
     With try_load (and root, bcc and headers), fentry and kprobe are checked by
