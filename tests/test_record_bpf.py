@@ -92,11 +92,15 @@ def test_phases_are_positive_and_nest(spawn_recordings, vmas):
 
 
 def test_mt_dup_grows_with_vmas(spawn_recordings):
-    raw = [spawn_recordings[v].forks.mt_dup_raw_ns.median() for v in (0, 200, 1000)]
+    # Each recording's least disturbed fork: preemption, interrupts and cache
+    # pollution from whatever else runs only ever add time, so the minimum
+    # over 40 forks is the undisturbed cost, which more VMAs must raise; the
+    # median of recordings made one after another moves with the machine's load.
+    raw = [spawn_recordings[v].forks.mt_dup_raw_ns.min() for v in (0, 200, 1000)]
     assert raw[0] < raw[2] and raw[1] < raw[2], raw
-    corrected = [spawn_recordings[v].forks.mt_dup_ns.median() for v in (0, 200, 1000)]
+    corrected = [spawn_recordings[v].forks.mt_dup_ns.min() for v in (0, 200, 1000)]
     assert corrected[0] < corrected[2] and corrected[1] < corrected[2], corrected
-    loops = [spawn_recordings[v].forks.vma_loop_ns.median() for v in (0, 200, 1000)]
+    loops = [spawn_recordings[v].forks.vma_loop_ns.min() for v in (0, 200, 1000)]
     assert loops[0] < loops[1] < loops[2], loops
 
 
@@ -378,19 +382,47 @@ def test_ablation_variants_load(ablate, backend):
         probe.attach()
 
 
-def test_offcpu_time_is_seen_when_a_hog_shares_the_cpu(tmp_path):
-    """A busy loop pinned to the workload's CPU preempts the forking thread inside dup_mmap."""
-    path = tmp_path / "hog.parquet"
-    hog = subprocess.Popen([sys.executable, "-c", "import os; os.sched_setaffinity(0, {0})\nwhile True: pass"])
+# A SCHED_FIFO thread on the workload's CPU that wakes every 100 us. Each
+# wakeup of a realtime task sets need_resched on the CFS task running there
+# (an RT wakeup always preempts a fair task), so the switch does not depend
+# on slices, ticks or what else the machine runs. Under any preemption model
+# the switch then happens at the forker's next scheduling point: with --touch
+# every extra VMA has a resident page, and copy_page_range() ends each page
+# table it copies with cond_resched(), so there is one per copied VMA inside
+# the loop (PREEMPT_NONE, as on distribution kernels booted with
+# preempt=none, switches only there). 1600 such VMAs keep dup_mmap busy for
+# far longer than the waker's period, so the timer fires inside the loop.
+REALTIME_WAKER = """
+import os, sys, time
+os.sched_setaffinity(0, {0})
+try:
+    os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(1))
+except OSError as e:
+    print(f"refused: {e}", flush=True)
+    sys.exit(1)
+print("ready", flush=True)
+while True:
+    time.sleep(0.0001)
+"""
+
+
+def test_offcpu_time_is_seen_when_a_realtime_waker_shares_the_cpu(tmp_path):
+    """A SCHED_FIFO waker on the workload's CPU switches the forking thread out inside dup_mmap."""
+    path = tmp_path / "waker.parquet"
+    waker = subprocess.Popen([sys.executable, "-c", REALTIME_WAKER], stdout=subprocess.PIPE, text=True)
     try:
-        proc = run_tracer("record", "--spawn", "1600", "--forks", "100", "--cpu", "0", "-q", "-o", str(path))
+        state = waker.stdout.readline().strip()
+        if state != "ready":
+            pytest.skip(f"SCHED_FIFO not allowed here ({state or 'waker died'}): no certain preemption")
+        proc = run_tracer("record", "--spawn", "1600", "--touch", "--forks", "40", "--cpu", "0", "-q", "-o", str(path))
     finally:
-        hog.kill()
-        hog.wait()
+        waker.kill()
+        waker.wait()
     assert proc.returncode == 0, proc.stderr
     f = load_recording(path).forks
     f = f[f.usable]
-    assert (f.offcpu_ns > 0).any() and (f.switches > 0).any()
+    assert len(f) > 0
+    assert (f.switches > 0).all() and (f.offcpu_ns > 0).all()  # every fork: the waker fires many times a loop
     assert (f.offcpu_ns <= f.dup_mmap_ns).all()
     placed = f.offcpu_mt_dup_ns + f.offcpu_vma_loop_ns + f.offcpu_tail_ns
     assert (placed == f.offcpu_ns).all()  # level phase: every interval has its window
