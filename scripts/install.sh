@@ -4,12 +4,27 @@
 # bcc (made from /usr/bin/python3 with --system-site-packages).
 # Idempotent: a second run only checks.
 set -euo pipefail
+# As root (apt-get and BPF need it): re-run through sudo only when not root,
+# so a root shell without sudo (minimal Debian images) works as it is.
+if [ "$(id -u)" -ne 0 ]; then
+    command -v sudo >/dev/null || { echo "install.sh: run as root (apt-get and BPF need it)" >&2; exit 1; }
+    exec sudo -- bash "$0" "$@"
+fi
 cd "$(dirname "$0")/.."
 
-if [ "$(id -u)" -ne 0 ]; then
-    echo "install.sh: run as root (apt-get and BPF need it)" >&2
-    exit 1
-fi
+
+# pip, with its "Location '...' is ignored" warnings left out: one per package
+# and configured index that lacks it (a machine's pip.conf with several local
+# indexes prints dozens), about the machine's configuration, not this install.
+# Everything else pip writes, errors included, is shown, and its status kept.
+quiet_pip() {
+    local log rc=0
+    log=$(mktemp)
+    "$@" 2>"$log" || rc=$?
+    grep -v "^WARNING: Location '.*' is ignored: " "$log" >&2 || true
+    rm -f "$log"
+    return "$rc"
+}
 
 need=()
 # redis-server: the real application tests/test_real_app.py traces (BGSAVE forks).
@@ -44,6 +59,6 @@ fi
 if [ ! -x .venv/bin/python ]; then
     /usr/bin/python3 -m venv --system-site-packages .venv
 fi
-.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]'
+quiet_pip .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]'
 .venv/bin/python -c 'import bcc' 2>/dev/null || { echo "install.sh: .venv cannot import bcc" >&2; exit 1; }
 echo "install.sh: ready: $(pwd)/.venv/bin/tracer"

@@ -13,6 +13,12 @@
 # while the host suite runs, so the suite's timings are not theirs to share;
 # they finish after it. Their results are in vm-results/ (see vm-test.sh).
 set -euo pipefail
+# Root is needed (apt-get, BPF): through sudo only when not root already, so a
+# root shell without sudo (minimal Debian images) runs this as it is.
+if [ "$(id -u)" -ne 0 ]; then
+    command -v sudo >/dev/null || { echo "test.sh: run as root" >&2; exit 1; }
+    exec sudo -- bash "$0" "$@"
+fi
 cd "$(dirname "$0")/.."
 guests=1
 if [ "${1:-}" = "--host-only" ]; then

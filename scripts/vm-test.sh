@@ -53,6 +53,12 @@
 #   FORKTRACE_DEBIAN_MIRROR  Debian archive URL (default: the host's apt sources)
 #   FORKTRACE_VM_REFRESH=1   fetch the suites' newest kernels again
 set -euo pipefail
+# Root is needed (apt-get, BPF): through sudo only when not root already, so a
+# root shell without sudo (minimal Debian images) runs this as it is.
+if [ "$(id -u)" -ne 0 ]; then
+    command -v sudo >/dev/null || { echo "vm-test.sh: run as root" >&2; exit 1; }
+    exec sudo -- bash "$0" "$@"
+fi
 
 checkout=$(cd "$(dirname "$0")/.." && pwd)
 cd "$checkout"
