@@ -32,7 +32,7 @@ for pkg in python3-bpfcc python3-venv gcc libc6-dev redis-server; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || need+=("$pkg")
 done
 # Headers for bcc: the running kernel's if the distribution has them, else the
-# distribution's default flavour (tracer falls back to those; see README).
+# distribution's default flavour (tracer falls back to those; see docs/measuring.md).
 release=$(uname -r)
 if [ ! -e "/lib/modules/$release/build" ] && ! ls -d /usr/src/linux-headers-*-common >/dev/null 2>&1; then
     need+=("HEADERS")

@@ -1,4 +1,4 @@
-"""The writer: atomic, self-describing, and documented in README."""
+"""The writer: atomic, self-describing, and documented in docs/format.md."""
 
 from __future__ import annotations
 
@@ -64,8 +64,8 @@ def test_unwritable_destinations_are_one_line_errors(tmp_path):
             check_writable(ro / "r.parquet")
 
 
-def test_readme_documents_every_column_and_metadata_key():
-    readme = (ROOT / "README.md").read_text()
+def test_format_doc_documents_every_column_and_metadata_key():
+    readme = (ROOT / "docs" / "format.md").read_text()
     added = [(name, dtype, doc) for name, dtype, doc, _ in ADDED_COLUMNS]
     for name, dtype, doc in FORK_COLUMNS + added + PHASE_COLUMNS:
         assert f"| `{name}` | {dtype} | {doc} |" in readme, name
