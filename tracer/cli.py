@@ -13,6 +13,10 @@ from typing import List, Optional
 import typer
 
 from analysis.errors import TracerError, UsageError
+from tracer.workload.spawn import SEED_VMAS
+
+# --vmas of sweep and bench, unless told otherwise.
+SEED_VMAS_TEXT = ",".join(map(str, SEED_VMAS))
 
 app = typer.Typer(
     add_completion=False,
@@ -103,7 +107,7 @@ def report(
 @app.command()
 def sweep(
     output: Path = typer.Option(..., "-o", "--output", help="Directory for the recordings, index.json and the report."),
-    vmas: str = typer.Option(",".join(map(str, (0, 100, 200, 400, 800, 1600, 3200, 6400))), "--vmas", metavar="LIST", help="Extra VMA counts, comma-separated."),
+    vmas: str = typer.Option(SEED_VMAS_TEXT, "--vmas", metavar="LIST", help="Extra VMA counts, comma-separated."),
     layout: str = typer.Option("adjacent,gapped", "--layout", metavar="LIST", help="Layouts: adjacent, gapped, or both."),
     forks: int = typer.Option(1000, "--forks", "-n", help="Forks per recording."),
     sample: int = typer.Option(999, "--sample", metavar="HZ", help="Sample kernel stacks at HZ inside dup_mmap (0: off)."),
@@ -165,7 +169,7 @@ def compare(
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": False})
 def bench(
-    vmas: str = typer.Option("0,100,200,400,800,1600,3200,6400", "--vmas", help="Extra VMA counts, comma-separated."),
+    vmas: str = typer.Option(SEED_VMAS_TEXT, "--vmas", help="Extra VMA counts, comma-separated."),
     layout: str = typer.Option("gapped", "--layout", help="Extra VMAs gapped (a hole between each) or adjacent."),
     cpu: Optional[int] = typer.Option(None, "--cpu", help="Pin the forking process to this CPU."),
     output: Path = typer.Option(Path("."), "-o", "--output", metavar="DIR", help="Directory for spawn-LAYOUT-N.json (and .parquet)."),

@@ -16,11 +16,11 @@ from pathlib import Path
 from typing import Callable
 
 from analysis.errors import TracerError, UsageError
+from tracer.workload.spawn import SEED_VMAS
 
 __all__ = ["DEFAULT_VMAS", "SweepOptions", "recording_name", "parse_list", "sweep"]
 
-# The seed's increments of extra VMAs.
-DEFAULT_VMAS = (0, 100, 200, 400, 800, 1600, 3200, 6400)
+DEFAULT_VMAS = SEED_VMAS
 LAYOUTS = ("gapped", "adjacent")
 INDEX = "index.json"
 

@@ -40,6 +40,7 @@ import pandas as pd
 
 from analysis.attribution.components import COMPONENTS
 from analysis.errors import TracerError
+from analysis.recording.phases import WINDOWS
 
 __all__ = [
     "WINDOWS",
@@ -50,8 +51,6 @@ __all__ = [
     "SampleEstimate",
     "sample_estimate",
 ]
-
-WINDOWS: tuple[str, ...] = ("mt_dup", "vma_loop", "tail")
 
 _SUFFIX = re.compile(r"(\+0x[0-9a-f]+(/0x[0-9a-f]+)?|\.(isra|constprop|part|cold|llvm)\.[0-9]+)+$")
 _TRACER = re.compile(

@@ -10,12 +10,13 @@ from analysis.compare.components import SHAPE_NAMES, ComponentRow, ShapeChange
 from analysis.compare.context import ContextItem
 from analysis.compare.samples import REGRESSION, UNDECIDED, SampleRow
 from analysis.compare.stats import ALPHA, MIN_SAMPLES
+from analysis.recording.phases import WINDOWS
 
 __all__ = ["Comparison", "Verdict", "verdict", "regressions_beyond"]
 
 # The phases a verdict names first: those that add up to dup_mmap. dup_mmap is
 # their sum and vma_step a ratio, so they are named only when no part moved.
-PARTS = ("mt_dup", "vma_loop", "tail")
+PARTS = WINDOWS
 
 
 @dataclass

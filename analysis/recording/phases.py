@@ -64,7 +64,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:  # imported where used: the phase list is needed without pandas
     import pandas as pd
 
-__all__ = ["Phase", "PHASES", "PHASE_NAMES", "TIMESTAMPS", "derive_phases"]
+__all__ = ["Phase", "PHASES", "PHASE_NAMES", "TIMESTAMPS", "WINDOWS", "derive_phases"]
 
 
 @dataclass(frozen=True)
@@ -90,6 +90,12 @@ PHASES: tuple[Phase, ...] = (
     Phase("tail", "last mas_store -> parent unlock"),
 )
 PHASE_NAMES: tuple[str, ...] = tuple(p.name for p in PHASES)
+
+# The windows after the child's lock, in bracket order: the parts of dup_mmap
+# timed from ma_write stores. The sampler tags stacks with them (bracket.h's
+# enum sample_phase), off-CPU time is split by them (offcpu_<window>_ns), the
+# attribution splits samples by them and compare's verdict names them.
+WINDOWS: tuple[str, ...] = ("mt_dup", "vma_loop", "tail")
 
 # The six bracket timestamps, in the order they must occur.
 TIMESTAMPS = (

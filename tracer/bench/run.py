@@ -17,11 +17,11 @@ from typing import Callable
 
 from analysis.errors import TracerError, UsageError
 from tracer.bench.worker import benchmark_name
-from tracer.workload.spawn import LAYOUTS, build_spawn
+from tracer.workload.spawn import LAYOUTS, SEED_VMAS, build_spawn
 
 __all__ = ["BenchOptions", "parse_vmas", "run_bench", "DEFAULT_VMAS"]
 
-DEFAULT_VMAS = "0,100,200,400,800,1600,3200,6400"
+DEFAULT_VMAS = ",".join(map(str, SEED_VMAS))
 MAX_VMAS = 1 << 20
 
 

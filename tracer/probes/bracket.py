@@ -35,6 +35,7 @@ __all__ = [
     "COUNTER_NAMES",
     "ABLATIONS",
     "LEVELS",
+    "samples_stacks",
     "cflags_for",
     "possible_cpus",
 ]
@@ -61,6 +62,11 @@ LEVELS = {
     "phase": "plus the per-VMA program: store-based phases, stores, leaves, off-CPU time per window",
     "full": "plus perf sampling of kernel stacks inside dup_mmap",
 }
+
+
+def samples_stacks(level: str | None) -> bool:
+    """Whether a level samples kernel stacks: full alone does; a sampling rate is only its rate."""
+    return level == "full"
 
 # bracket.c's ablation switches (-D flags), each removing or replacing one piece
 # of the per-VMA program; scripts/bench_overhead.py measures each.
@@ -95,7 +101,7 @@ class BracketConfig:
     sample_hz: int = 0
     ringbuf_pages: int = 256
     empty: bool = False  # programs attached but doing nothing: the overhead floor
-    level: str = "phase"  # LEVELS; "full" needs sample_hz
+    level: str = "phase"  # LEVELS; "full" samples stacks, at sample_hz
     ablate: tuple[str, ...] = ()  # ABLATIONS, for the overhead bench only
     max_cpus: int = field(default_factory=lambda: possible_cpus())
     arg_macros: dict[str, int] = field(default_factory=dict)  # raw tracepoint argument positions (rawtp.py)
@@ -104,6 +110,10 @@ class BracketConfig:
     # Raw tracepoints: the per-VMA program as tp_btf (a plain load of ma_state->node, no
     # bpf_probe_read_kernel) where the kernel allows it; False keeps the raw tracepoint one.
     typed_ma_write: bool = True
+
+    @property
+    def samples(self) -> bool:
+        return samples_stacks(self.level)
 
 
 def cflags_for(config: BracketConfig, typed: bool = False) -> list[str]:
@@ -119,8 +129,10 @@ def cflags_for(config: BracketConfig, typed: bool = False) -> list[str]:
     unknown = sorted(set(config.ablate) - set(ABLATIONS))
     if unknown:
         raise TracerError(f"unknown ablation {', '.join(unknown)} (known: {', '.join(ABLATIONS)})")
-    if config.level == "full" and not config.sample_hz:
+    if config.samples and not config.sample_hz:
         raise TracerError("level full samples stacks: it needs a sampling rate")
+    if config.sample_hz and not config.samples:
+        raise TracerError(f"a sampling rate without stack sampling: level {config.level} does not sample (full does)")
     if config.max_cpus <= 0:
         raise TracerError(f"max_cpus must be positive, not {config.max_cpus}")
     flags.append(f"-DMAX_CPUS={config.max_cpus}")
@@ -141,7 +153,7 @@ def cflags_for(config: BracketConfig, typed: bool = False) -> list[str]:
         flags.append("-DFILTER_TGIDS")
     if config.follow_children:
         flags.append("-DFOLLOW_CHILDREN")
-    if config.sample_hz:
+    if config.samples:
         flags.append("-DSAMPLE")
     if config.level == "fork":
         flags.append("-DNO_PER_VMA")
@@ -217,7 +229,7 @@ class BracketProbe:
         self.per_vma_program = ("tp_btf" if typed else self.config.backend) if per_vma else None
         if self.config.empty:
             return self
-        if self.config.sample_hz:
+        if self.config.samples:
             try:
                 self._bpf.attach_perf_event(
                     ev_type=PerfType.SOFTWARE,
@@ -300,7 +312,7 @@ class BracketProbe:
         Stack ids differ by return address; two ids that symbolise to the same
         functions are one folded stack.
         """
-        if not self.config.sample_hz:
+        if not self.config.samples:
             return []
         stacks = self._bpf[b"stacks"]
         folded: dict[tuple[str, str], int] = {}

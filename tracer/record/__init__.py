@@ -25,7 +25,7 @@ from tracer.probes.exact import ExactConfig, ExactProbe
 from tracer.probes.program import BCC_MISSING
 from tracer.record.context import run_metadata, runs_mt_dup
 from tracer.record.cycle import join_cycle
-from tracer.record.options import RecordOptions, validate
+from tracer.record.options import RecordOptions, resolve_options
 from tracer.record.output import save_recording
 from tracer.record.attached import ProbeSet
 from tracer.record.session import Session
@@ -45,7 +45,7 @@ class Recorded:
 def record(opts: RecordOptions, log: Callable[[str], None] | None = None) -> Recorded:
     """Run one recording to completion and return what was written."""
     log = log or (lambda msg: print(msg, file=sys.stderr))
-    validate(opts)
+    opts = resolve_options(opts)
     with StopRequests() as stop:
         return _record(opts, log, stop)
 
@@ -89,7 +89,7 @@ def _record(opts: RecordOptions, log: Callable[[str], None], stop: StopRequests)
         cycle=CycleProbe(cycle_config) if cycle_config is not None else None,
         exact=exact,
     )
-    extras = [f"level {opts.level}"] + ([f"sampling {opts.sample_hz} Hz"] if opts.sample_hz else [])
+    extras = [f"level {opts.level}"] + ([f"sampling {opts.sample_hz} Hz"] if opts.samples else [])
     extras += ["clone/exit_mmap/wait"] if cycle_config else []
     extras += [f"exact: {', '.join(f'{fn} ({a.via})' for fn, a in plan.exact.items())}"] if plan.exact else []
     log(f"loading BPF ({', '.join([backend, *extras])}) ...")

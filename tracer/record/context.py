@@ -15,6 +15,7 @@ from pathlib import Path
 
 from typing import TYPE_CHECKING, Any, Protocol
 
+from analysis.recording.phases import WINDOWS
 from tracer import __version__
 
 if TYPE_CHECKING:
@@ -45,7 +46,7 @@ class Collected(Protocol):
 
 
 # Phases timed from ma_write stores: --level fork attaches no per-VMA program.
-STORE_PHASES = ("mt_dup", "vma_loop", "tail")
+STORE_PHASES = WINDOWS
 
 
 def runs_mt_dup(facts: HostFacts) -> bool:
@@ -103,7 +104,7 @@ def run_metadata(
         "events": {**session.counters, "ma_write": session.ma_writes},
         "sample": (
             {"hz": opts.sample_hz, "stacks": session.stacks, "lost": session.counters.get("sample_lost", 0)}
-            if opts.sample_hz
+            if opts.samples
             else None
         ),
         "maps": session.maps,

@@ -1,7 +1,8 @@
 """What `tracer record` was asked to do, and every check of it that needs no BPF.
 
-validate() runs before anything is loaded, so bad input fails in well under a
-second with one line.
+resolve_options() runs before anything is loaded, so bad input fails in well
+under a second with one line; it returns the options with the defaults they
+imply filled in and leaves the caller's as they were.
 """
 
 from __future__ import annotations
@@ -10,20 +11,20 @@ import math
 import os
 import platform
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 
 from analysis.errors import TracerError, UsageError
 from tracer.probes.bracket import BACKENDS as BRACKET_BACKENDS
-from tracer.probes.bracket import LEVELS
+from tracer.probes.bracket import LEVELS, samples_stacks
 from tracer.probes.exact import EXACT_BACKENDS
 from tracer.record.output import prepare_output
 
 # --backend: how the bracket attaches, or which exact probes to add beside it.
 BACKENDS = (*BRACKET_BACKENDS, *EXACT_BACKENDS)
 
-__all__ = ["DEFAULT_SAMPLE_HZ", "RecordOptions", "default_output", "validate"]
+__all__ = ["DEFAULT_SAMPLE_HZ", "RecordOptions", "default_output", "level_and_rate", "resolve_options"]
 
 # --level full without --sample: an odd rate, so samples do not beat with timer ticks.
 DEFAULT_SAMPLE_HZ = 4999
@@ -47,6 +48,11 @@ class RecordOptions:
     cycle: bool | None = None  # clone/exit_mmap/wait per fork; None: on for --spawn, off otherwise
 
     @property
+    def samples(self) -> bool:
+        """Whether this run samples kernel stacks: its level says (sample_hz is the rate)."""
+        return samples_stacks(self.level)
+
+    @property
     def trace_cycle(self) -> bool:
         return self.cycle if self.cycle is not None else self.spawn_vmas is not None
 
@@ -68,8 +74,12 @@ def default_output(opts: RecordOptions, now: datetime | None = None) -> Path:
     return Path(f"forktrace-{tag}-{platform.release()}-{now:%Y%m%d-%H%M%S}.parquet")
 
 
-def validate(opts: RecordOptions) -> None:
-    """Every check that needs no BPF, so bad input fails in well under a second."""
+def resolve_options(asked: RecordOptions) -> RecordOptions:
+    """Every check that needs no BPF, then the options completed: --forks, level, sample rate, output.
+
+    A copy: what the caller asked for is not changed.
+    """
+    opts = replace(asked, pids=list(asked.pids), command=list(asked.command))
     modes = [bool(opts.pids), bool(opts.command), opts.spawn_vmas is not None]
     if sum(modes) > 1:
         raise UsageError("choose one target: -p PID, --spawn VMAS, or -- CMD")
@@ -97,7 +107,7 @@ def validate(opts: RecordOptions) -> None:
         raise UsageError(f"unknown backend {opts.backend!r} (known: {', '.join(BACKENDS)})")
     if opts.sample_hz < 0 or opts.sample_hz > 100_000:
         raise UsageError("--sample HZ must be between 0 (off) and 100000")
-    resolve_level(opts)
+    opts.level, opts.sample_hz = level_and_rate(opts.level, opts.sample_hz)
     for pid in opts.pids:
         if pid <= 0 or not Path(f"/proc/{pid}").is_dir():
             raise TracerError(f"no such process: {pid}")
@@ -106,6 +116,7 @@ def validate(opts: RecordOptions) -> None:
     if os.geteuid() != 0:
         raise TracerError("tracer record loads BPF programs and needs root: run it with sudo")
     opts.output = prepare_output(opts.output or default_output(opts))
+    return opts
 
 
 def _check_command(name: str) -> None:
@@ -123,13 +134,14 @@ def _check_command(name: str) -> None:
 
 
 
-def resolve_level(opts: RecordOptions) -> None:
+def level_and_rate(level: str | None, sample_hz: int) -> tuple[str, int]:
     """--level and --sample together: full samples (at DEFAULT_SAMPLE_HZ unless told), the others do not."""
-    if opts.level is None:
-        opts.level = "full" if opts.sample_hz else "phase"
-    if opts.level not in LEVELS:
-        raise UsageError(f"unknown level {opts.level!r} (known: {', '.join(LEVELS)})")
-    if opts.level == "full" and not opts.sample_hz:
-        opts.sample_hz = DEFAULT_SAMPLE_HZ
-    elif opts.level != "full" and opts.sample_hz:
-        raise UsageError(f"--sample takes stack samples, which is --level full, not {opts.level}")
+    if level is None:
+        level = "full" if sample_hz else "phase"
+    if level not in LEVELS:
+        raise UsageError(f"unknown level {level!r} (known: {', '.join(LEVELS)})")
+    if samples_stacks(level) and not sample_hz:
+        return level, DEFAULT_SAMPLE_HZ
+    if not samples_stacks(level) and sample_hz:
+        raise UsageError(f"--sample takes stack samples, which is --level full, not {level}")
+    return level, sample_hz

@@ -11,6 +11,7 @@ import pandas as pd
 import pyarrow as pa
 
 from analysis.recording.exact import join_exact
+from analysis.recording.phases import WINDOWS
 from analysis.recording.schema import COLUMN_DEFAULTS, EXACT_CHILDREN, FORK_SCHEMA, with_defaults
 from tracer.probes.bracket import DUP_EVENT_DTYPE
 from tracer.probes.exact import CHILD_FUNCTIONS, EXACT_EVENT_DTYPE
@@ -88,7 +89,7 @@ def fork_table(
     columns["failed"] = failed | (~completed & ~partial)
     columns["partial"] = partial & ~failed
     columns["min_step_ns"] = ev["min_step"]
-    for window in ("mt_dup", "vma_loop", "tail"):
+    for window in WINDOWS:
         columns[f"offcpu_{window}_ns"] = ev[f"offcpu_{window}"]
     if exact is not None:
         columns = _with_exact(columns, exact)

@@ -34,6 +34,7 @@ from typing import Any, NamedTuple
 from analysis.errors import TracerError, UsageError
 
 __all__ = [
+    "SEED_VMAS",
     "LAYOUTS",
     "SOURCE",
     "SpawnReady",
@@ -50,6 +51,10 @@ SOURCE = Path(__file__).with_name("spawn.c")
 # How spawn.c lays out its extra VMAs: one-page VMAs separated by one-page
 # holes, or side by side with alternating protections (see spawn.c).
 LAYOUTS = ("gapped", "adjacent")
+
+# The extra VMA counts of the review thread's spawn benchmark: what sweep and
+# bench run unless told otherwise.
+SEED_VMAS = (0, 100, 200, 400, 800, 1600, 3200, 6400)
 CFLAGS = ("-O2", "-Wall")
 
 # Seconds allowed between launch and the "ready" line. Making 65,000 VMAs
