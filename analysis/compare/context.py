@@ -1,7 +1,9 @@
 """What differs between the two sides besides the change under test.
 
 A reviewer must see at once when a "regression" is really a different host,
-CPU, pinning, governor or measuring method. Each item is shown side by side;
+CPU, pinning, governor, measuring method or recording level, or a machine set
+up differently (preemption model, THP, SMT, mitigations, isolated CPUs,
+frequency range, CPU quota). Each item is shown side by side;
 items whose difference invalidates a timing comparison are `loud` and are
 printed first, in capitals.
 """
@@ -17,7 +19,12 @@ __all__ = ["ContextItem", "recording_context", "benchmark_context", "LOUD_KEYS"]
 # workload and layout are not here: forks are compared group by group (same
 # workload, layout and VMAs), and a pairing of unlike groups is warned about
 # where it is made.
-LOUD_KEYS = ("host", "cpu model", "methods", "timed", "per-VMA", "backend", "cpu pinning", "governor")
+LOUD_KEYS = (
+    "host", "cpu model", "methods", "timed", "per-VMA", "backend", "cpu pinning", "governor", "level", "sampling",
+)
+# The machine's set-up (tracer.host.machine): as loud, where both sides recorded
+# it; recordings made before these were kept say nothing, which is not a difference.
+LOUD_WHEN_KNOWN = ("preempt", "thp", "smt", "mitigations", "isolated", "frequency", "cpu quota")
 
 
 @dataclass
@@ -37,7 +44,8 @@ class ContextItem:
 
     @property
     def loud(self) -> bool:
-        return (self.differs and self.key in LOUD_KEYS) or self.mixed
+        known = "?" not in (self.base, self.new)
+        return (self.differs and (self.key in LOUD_KEYS or (self.key in LOUD_WHEN_KNOWN and known))) or self.mixed
 
 
 def _side_value(metas: Sequence[Mapping[str, Any]], get: Callable[[Mapping[str, Any]], Any]) -> str:
@@ -102,6 +110,42 @@ def _per_vma_program(meta: Mapping[str, Any]) -> str | None:
     return kind
 
 
+def _sampling(meta: Mapping[str, Any]) -> str:
+    """'4999 Hz', or 'off': a sampled run carries the sampler's cost in its timings."""
+    hz = _dict(meta, "sample").get("hz")
+    return f"{hz} Hz" if hz else "off"
+
+
+def _isolated(meta: Mapping[str, Any]) -> str | None:
+    """Isolated and tickless CPUs (sysfs), with the boot parameters that asked for them."""
+    host = _dict(meta, "host")
+    if "preempt" not in host:  # recorded before the machine's facts were kept
+        return None
+    boot = _dict(host, "boot_params")
+    parts = [f"isolated {host.get('isolated_cpus') or boot.get('isolcpus') or 'none'}",
+             f"nohz_full {host.get('nohz_full') or boot.get('nohz_full') or 'none'}"]
+    return ", ".join(parts)
+
+
+def _frequency(meta: Mapping[str, Any]) -> str | None:
+    """'1500-3500 MHz (acpi-cpufreq), boost on'; 'no cpufreq' where the host has none."""
+    host = _dict(meta, "host")
+    if "frequency" not in host:
+        return None
+    f = host.get("frequency")
+    if not isinstance(f, Mapping):
+        return "no cpufreq"
+    mhz = lambda khz: "?" if khz is None else f"{khz // 1000}"  # noqa: E731
+    boost = "" if f.get("boost") is None else f", boost {'on' if f['boost'] else 'off'}"
+    return f"{mhz(f.get('min_khz'))}-{mhz(f.get('max_khz'))} MHz ({f.get('driver') or '?'}){boost}"
+
+
+def _load(meta: Mapping[str, Any]) -> str | None:
+    """The 1-minute load average when the run began: shown, never a reason to distrust."""
+    load = _dict(meta, "host").get("loadavg")
+    return f"{load[0]:.1f}" if isinstance(load, list) and load else None
+
+
 def recording_context(base: Iterable[Mapping[str, Any]], new: Iterable[Mapping[str, Any]]) -> list[ContextItem]:
     """The context of two sets of recordings, from their metadata."""
     base, new = list(base), list(new)
@@ -111,6 +155,16 @@ def recording_context(base: Iterable[Mapping[str, Any]], new: Iterable[Mapping[s
         ("cpu model", lambda m: _dict(m, "host").get("cpu_model")),
         ("cpu pinning", _pinning),
         ("governor", lambda m: _dict(m, "host").get("governor")),
+        ("frequency", _frequency),
+        ("preempt", lambda m: _dict(m, "host").get("preempt")),
+        ("thp", lambda m: _dict(m, "host").get("thp")),
+        ("smt", lambda m: _dict(m, "host").get("smt")),
+        ("mitigations", lambda m: _dict(m, "host").get("mitigations")),
+        ("isolated", _isolated),
+        ("cpu quota", lambda m: _dict(m, "host").get("cpu_quota")),
+        ("load", _load),
+        ("level", lambda m: m.get("level") or "phase"),
+        ("sampling", _sampling),
         ("backend", lambda m: m.get("backend")),
         ("methods", _methods),
         ("timed", lambda m: f"{m.get('stores_timed') or 'sparse'} stores"),

@@ -119,7 +119,7 @@ METADATA_FIELDS = {
     "format_version": "int: FORMAT_VERSION of the writer",
     "tool_version": "str: forktrace version",
     "kernel": "{release, version, machine}: uname of the traced host",
-    "host": "{hostname, cpus, cpu_model, lockdown, governor, isolated_cpus}",
+    "host": "{hostname, cpus, cpu_model, lockdown, governor, isolated_cpus; preempt, thp, thp_defrag, smt, nohz_full, boot_params, mitigations, vulnerabilities, frequency, loadavg, cpu_quota (tracer.host.machine; absent in older recordings)}",
     "backend": "str: 'raw_tracepoint' or 'tracepoint' (how the bracket was attached)",
     "backend_reason": "str: why that backend (doctor's reason, or 'forced by --backend')",
     "level": "str: 'fork' (lock bracket only), 'phase' (plus the per-VMA program) or 'full' (plus sampling); absent: phase",

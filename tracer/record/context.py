@@ -83,7 +83,7 @@ def run_metadata(
     return {
         "tool_version": __version__,
         "kernel": {"release": platform.release(), "version": platform.version(), "machine": platform.machine()},
-        "host": host_context(lockdown),
+        "host": host_context(lockdown, opts.cpu),
         "backend": plan.backend,
         "level": opts.level,
         "stores_timed": "sparse" if runs_mt_dup(facts) else "every",
@@ -132,8 +132,13 @@ def _algorithm(facts: HostFacts, session: Collected) -> dict:
 
 
 
-def host_context(lockdown: str) -> dict[str, Any]:
-    """The host facts a comparison of two runs needs: CPU model, frequency governor, isolated CPUs."""
+def host_context(lockdown: str, cpu: int | None = None) -> dict[str, Any]:
+    """The host facts a comparison of two runs needs: CPU model, governor, isolated CPUs, and tracer.host.machine's."""
+    from tracer.host.kernel import kernel_config
+    from tracer.host.machine import machine_facts
+
+    config = kernel_config()
+    machine = machine_facts(cpu, config=config.options if config else None, uname_version=platform.version())
     return {
         "hostname": socket.gethostname(),
         "cpus": os.cpu_count(),
@@ -141,6 +146,7 @@ def host_context(lockdown: str) -> dict[str, Any]:
         "lockdown": lockdown,
         "governor": _read_first("/sys/devices/system/cpu/cpu0/cpufreq/scaling_governor"),
         "isolated_cpus": _read_first("/sys/devices/system/cpu/isolated"),
+        **machine,
     }
 
 
