@@ -145,8 +145,9 @@ def compare(
     fmt: str = typer.Option("text", "--format", "-f", help="text (80 columns), markdown, or json."),
     plot: Optional[Path] = typer.Option(None, "--plot", metavar="FILE", help="Also draw each phase's distributions side by side (.png, .svg, .pdf)."),
     fail_on_regression: Optional[float] = typer.Option(None, "--fail-on-regression", metavar="PCT", help="Exit 1 if a significant regression beyond PCT percent is found."),
+    calibration: Optional[Path] = typer.Option(None, "--calibration", metavar="FILE", help="The host's run-to-run spread (tracer calibrate) for single-run sides (default: calibration.json beside the inputs)."),
 ) -> None:
-    """Did it get slower? Per phase and VMA group: medians, delta with 95% CI, Mann-Whitney U, "~" if not significant.
+    """Did it get slower? Per phase and VMA group, the run as the unit: delta with 95% CI, Welch t across runs, "~" if not significant.
 
     Exit status: 0, or 1 with --fail-on-regression when a significant regression
     beyond PCT is found; 2 on bad input.
@@ -154,7 +155,7 @@ def compare(
     from tracer.compare import run_compare
 
     try:
-        text, failed = run_compare(paths or [], base, new, fmt, plot, fail_on_regression)
+        text, failed = run_compare(paths or [], base, new, fmt, plot, fail_on_regression, calibration)
     except TracerError as err:
         err.exit_code = 2  # bad input, as opposed to 1: a regression found (for CI gating)
         raise
