@@ -43,7 +43,7 @@ def doctor(json_out: bool = typer.Option(False, "--json", help="Machine-readable
 def record(
     command: Optional[List[str]] = typer.Argument(None, metavar="[-- CMD [ARGS]...]", help="Run CMD and trace it and its descendants."),
     pid: List[int] = typer.Option([], "-p", "--pid", help="Trace this process (repeatable)."),
-    spawn: Optional[int] = typer.Option(None, "--spawn", metavar="VMAS", help="Built-in workload: fork+exit+wait loop in a process with VMAS extra VMAs."),
+    spawn: Optional[str] = typer.Option(None, "--spawn", metavar="VMAS", help="Built-in workload: fork+exit+wait loop in a process with VMAS extra VMAs (A,B: two arms)."),
     forks: Optional[int] = typer.Option(None, "--forks", "-n", help="With --spawn: forks to run (default 1000)."),
     duration: Optional[float] = typer.Option(None, "-d", "--duration", metavar="SECS", help="Stop after SECS seconds."),
     cpu: Optional[int] = typer.Option(None, "--cpu", help="With --spawn: pin the workload to this CPU."),
@@ -55,19 +55,29 @@ def record(
     level: Optional[str] = typer.Option(None, "--level", help="fork (dup_mmap only, cheapest), phase (default: phases from per-VMA events) or full (phase plus --sample, default 4999 Hz)."),
     quiet: bool = typer.Option(False, "-q", "--quiet", help="No progress line."),
     cycle: Optional[bool] = typer.Option(None, "--cycle/--no-cycle", help="Also time each fork's clone syscall, the child's exit_mmap and the parent's wait (default: on for --spawn)."),
+    runs: int = typer.Option(1, "--runs", "-r", metavar="N", help="Record N runs (a fresh workload process each, BPF loaded once) into the directory -o; with A/B arms (--layout A,B, --spawn A,B, -- CMD_A ::: CMD_B) N runs per arm, interleaved."),
+    inject: Optional[str] = typer.Option(None, "--inject-store-ns", hidden=True, help="Test only: spin NS per mas_store (NS,NS: arms)."),
 ) -> None:
     """Trace dup_mmap per fork (system-wide, -p PID, --spawn VMAS, or -- CMD) into a recording."""
     from tracer.record import RecordOptions
     from tracer.record import record as run_record
 
+    spawn_list = _ints(spawn, "--spawn") if spawn is not None else None
     opts = RecordOptions(
-        pids=pid, command=command or [], spawn_vmas=spawn, forks=forks, duration=duration, cpu=cpu,
-        touch=touch, output=output, sample_hz=sample, backend=backend, level=level, quiet=quiet, cycle=cycle,
-        layout=layout,
+        pids=pid, command=command or [], spawn_vmas=spawn_list[0] if spawn_list else None, forks=forks, duration=duration,
+        cpu=cpu, touch=touch, output=output, sample_hz=sample, backend=backend, level=level, quiet=quiet, cycle=cycle,
+        layout=layout, runs=runs, spawn_list=spawn_list, inject_store_ns=tuple(_ints(inject, "--inject-store-ns")) if inject else (),
     )
     status = run_record(opts).exit_status
     if status:
         raise typer.Exit(status)
+
+
+def _ints(text: str, flag: str) -> list[int]:
+    try:
+        return [int(part) for part in text.split(",")]
+    except ValueError:
+        raise UsageError(f"{flag} takes a number or a comma-separated list of numbers, not {text!r}") from None
 
 
 @app.command()

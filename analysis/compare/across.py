@@ -23,6 +23,12 @@ Why this test (docs/runs.md has the measurements):
   resampling forks within runs again would count the within-run noise twice
   (a run's median already carries it).
 
+Arms of one interleaved series (record --runs with A/B arms) are paired
+round by round: the log ratio of each round's two runs, a paired t-test on
+those ratios. Rounds share the drift of the machine during the series, which
+the ratio removes; on a shared host that drift is most of the between-run
+spread (docs/runs.md).
+
 With one run a side there is no between-run spread in the data: the row is
 "?" unless the host has a calibration (tracer calibrate), whose A/A spread of
 the same phase is then used with its own degrees of freedom.
@@ -41,7 +47,7 @@ from analysis.compare.samples import UNDECIDED, SampleRow
 from analysis.compare.stats import ALPHA, decide
 from analysis.compare.tdist import t_quantile, t_two_sided_p
 
-__all__ = ["MIN_RUNS", "MIN_FORKS", "Spread", "RunTest", "run_test", "RunPair", "compare_runs", "aa_range_pct"]
+__all__ = ["MIN_RUNS", "MIN_FORKS", "Spread", "RunTest", "run_test", "paired_test", "RunPair", "compare_runs", "aa_range_pct"]
 
 # Runs a side for the data's own between-run spread (Welch needs a variance on each side).
 MIN_RUNS = 2
@@ -80,6 +86,31 @@ def _welch(base: np.ndarray, new: np.ndarray, confidence: float) -> tuple[float,
     se = math.sqrt(se2)
     half = t_quantile(0.5 + confidence / 2.0, df) * se
     return t_two_sided_p(d / se, df), d - half, d + half
+
+
+def _paired(diffs: np.ndarray, confidence: float) -> tuple[float, float, float]:
+    """(p, lower, upper) of the mean of per-round log differences, paired t."""
+    d = float(diffs.mean())
+    se = float(diffs.std(ddof=1)) / math.sqrt(len(diffs))
+    if se <= 0.0:
+        return (1.0 if d == 0.0 else 0.0), d, d
+    half = t_quantile(0.5 + confidence / 2.0, len(diffs) - 1) * se
+    return t_two_sided_p(d / se, len(diffs) - 1), d - half, d + half
+
+
+def paired_test(base: Sequence[float], new: Sequence[float], confidence: float = 0.95) -> RunTest:
+    """Per-round values of two interleaved arms (base[i] and new[i] from round i): paired t on the log ratios.
+
+    Rounds share the series' drift (frequency, co-tenants, memory state), so
+    the ratio within a round removes it; the test is then of the ratios alone.
+    """
+    b, n = np.asarray(base, dtype=float), np.asarray(new, dtype=float)
+    keep = np.isfinite(b) & np.isfinite(n) & (b > 0) & (n > 0)
+    b, n = np.log(b[keep]), np.log(n[keep])
+    if len(b) < MIN_RUNS:
+        return run_test(np.exp(b), np.exp(n), None, confidence)
+    p, lo, hi = _paired(n - b, confidence)
+    return RunTest(math.exp(b.mean()), math.exp(n.mean()), _pct(float((n - b).mean())), (_pct(lo), _pct(hi)), p, "paired", "")
 
 
 def _calibrated(base: np.ndarray, new: np.ndarray, spread: Spread, confidence: float) -> tuple[float, float, float]:
@@ -135,6 +166,23 @@ class RunPair:
     base: Sequence[Run]
     new: Sequence[Run]
     calibrated: Spread | None = None
+    paired: bool = False  # arms of one interleaved series: test round by round (runs.paired_rounds)
+
+
+def _rounds(pair: RunPair) -> tuple[list[float], list[float], int, int]:
+    """Per-round medians of both arms, rounds where both timed the phase in MIN_FORKS forks."""
+    def by_round(runs):
+        out = {}
+        for run in runs:
+            s = run.summary.get(pair.metric)
+            if s is not None and s.n >= MIN_FORKS and math.isfinite(s.median):
+                out[run.index] = (s.median, s.n)
+        return out
+
+    b, n = by_round(pair.base), by_round(pair.new)
+    rounds = sorted(set(b) & set(n))
+    return ([b[r][0] for r in rounds], [n[r][0] for r in rounds],
+            sum(b[r][1] for r in rounds), sum(n[r][1] for r in rounds))
 
 
 def _medians(runs: Sequence[Run], metric: str) -> tuple[list[float], int]:
@@ -152,9 +200,13 @@ def compare_runs(pairs: Sequence[RunPair], *, alpha: float = ALPHA, confidence: 
     """Test every row across runs, adjust the p-values together (Holm), decide each row."""
     rows: list[SampleRow] = []
     for pair in pairs:
-        base, base_forks = _medians(pair.base, pair.metric)
-        new, new_forks = _medians(pair.new, pair.metric)
-        t = run_test(base, new, pair.calibrated, confidence)
+        if pair.paired:
+            base, new, base_forks, new_forks = _rounds(pair)
+            t = paired_test(base, new, confidence)
+        else:
+            base, base_forks = _medians(pair.base, pair.metric)
+            new, new_forks = _medians(pair.new, pair.metric)
+            t = run_test(base, new, pair.calibrated, confidence)
         rows.append(
             SampleRow(
                 pair.group, pair.metric, base_forks, new_forks, t.base_value, t.new_value, t.delta_pct, t.ci95_pct,

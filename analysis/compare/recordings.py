@@ -20,7 +20,7 @@ from analysis.compare.calibration import Calibration
 from analysis.compare.components import compare_components, compare_shapes, shape_of
 from analysis.compare.context import recording_context
 from analysis.compare.result import Comparison
-from analysis.compare.runs import runs_of
+from analysis.compare.runs import paired_rounds, runs_of
 from analysis.compare.stats import ALPHA, MIN_SAMPLES
 from analysis.frame import Group, group_recordings
 from analysis.model.parent import saved_parent
@@ -108,9 +108,10 @@ def compare_recordings(
         if b.key != n.key:
             warnings.append(f"DIFFERENT WORKLOADS PAIRED: base {b.key.label()}, new {n.key.label()}")
         runs_b, runs_n = runs_of(b.recordings), runs_of(n.recordings)
+        paired = paired_rounds(runs_b, runs_n)
         for phase in PHASES:
             spread = calibration.spread(phase.name, b.key.vmas) if calibration is not None else None
-            run_pairs.append(RunPair(label, phase.name, runs_b, runs_n, spread))
+            run_pairs.append(RunPair(label, phase.name, runs_b, runs_n, spread, paired))
             fork_values[(label, phase.name)] = (fb[phase.column].to_numpy(float), fn[phase.column].to_numpy(float))
         if attribute is not None:
             components += compare_components(attribute(b.recordings), attribute(n.recordings), label, alpha)

@@ -152,7 +152,8 @@ def _counts(c: Comparison, rows: list[SampleRow]) -> str:
         return f"values: base {n_base}, new {n_new}"
     runs_b = max((r.base_runs for r in rows), default=0)
     runs_n = max((r.new_runs for r in rows), default=0)
-    return f"runs: base {runs_b} ({n_base} forks), new {runs_n} ({n_new} forks)"
+    paired = ", paired by round" if any(r.spread == "paired" for r in rows) else ""
+    return f"runs: base {runs_b} ({n_base} forks), new {runs_n} ({n_new} forks){paired}"
 
 
 def _footer(c: Comparison) -> str:
@@ -160,7 +161,8 @@ def _footer(c: Comparison) -> str:
         spread = "between the runs" + (f", or the host's calibration for single runs ({c.calibration})" if c.calibration else "")
         return (
             f"base/new: geometric mean of the per-run medians; delta and its 95% CI in % of base; "
-            f"p-adj: Welch t on the log per-run medians (spread {spread}), two-sided, Holm-adjusted "
+            f"p-adj: Welch t on the log per-run medians (spread {spread}; arms of one interleaved "
+            f"series: paired t on each round's log ratio), two-sided, Holm-adjusted "
             f"over {c.tests} tests; ~: not significant at alpha {c.alpha:g}; ?: undecided (see the notes)."
         )
     return (

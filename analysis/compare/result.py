@@ -99,7 +99,8 @@ def _runs(c: Comparison, group: str) -> str:
     rows = [r for r in c.rows if r.group == group]
     b = max((r.base_runs for r in rows), default=0)
     n = max((r.new_runs for r in rows), default=0)
-    return f"{b} vs {n} run{'s' if n != 1 else ''}" if c.kind == "recordings" else ""
+    paired = ", paired" if any(r.spread == "paired" for r in rows) else ""
+    return f"{b} vs {n} run{'s' if n != 1 else ''}{paired}" if c.kind == "recordings" else ""
 
 
 def verdict(c: Comparison) -> Verdict:
@@ -119,7 +120,7 @@ def _verdict(c: Comparison) -> Verdict:
             return Verdict("?", f"undecided: {reason}")
         return Verdict("?", f"undecided: too few values to decide (fewer than {c.min_samples} a side)")
     if group is None:
-        test = "Welch t across runs" if c.kind == "recordings" else "Mann-Whitney U"
+        test = "t-test across runs" if c.kind == "recordings" else "Mann-Whitney U"
         text = f"no significant change ({test}, alpha {c.alpha:g}, Holm over {c.tests} tests)"
         runs = sorted({_runs(c, g) for g in c.groups if _runs(c, g)})
         if runs:

@@ -24,7 +24,7 @@ import pandas as pd
 
 from analysis.recording import PHASES, Recording
 
-__all__ = ["PhaseSummary", "Run", "run_info", "summarize_run", "runs_of"]
+__all__ = ["PhaseSummary", "Run", "run_info", "summarize_run", "runs_of", "paired_rounds"]
 
 
 @dataclass(frozen=True)
@@ -40,6 +40,7 @@ class Run:
     id: str
     arm: str  # the A/B arm it was recorded as ('' when none)
     series: str  # the id shared by runs recorded together ('' when unknown)
+    index: int | None = None  # its round in the series (record --runs), if known
     files: list[str] = field(default_factory=list)
     summary: dict[str, PhaseSummary] = field(default_factory=dict)
 
@@ -73,10 +74,23 @@ def runs_of(recordings: Sequence[Recording]) -> list[Run]:
     runs: dict[str, Run] = {}
     for rec in recordings:
         info = run_info(rec.meta, str(rec.path))
-        run = runs.setdefault(info["id"], Run(info["id"], str(info.get("arm") or ""), str(info.get("series") or "")))
+        index = info.get("index") if isinstance(info.get("index"), int) else None
+        run = runs.setdefault(info["id"], Run(info["id"], str(info.get("arm") or ""), str(info.get("series") or ""), index))
         run.files.append(str(rec.path))
         tables.setdefault(info["id"], []).append(rec.forks)
     for rid, run in runs.items():
         frames = tables[rid]
         run.summary = summarize_run(frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True))
     return list(runs.values())
+
+
+def paired_rounds(base: Sequence[Run], new: Sequence[Run]) -> bool:
+    """Whether the two sides are arms of one interleaved series, round for round (record --runs
+    with A/B arms): the same series, each round once a side, the same rounds on both."""
+    runs = [*base, *new]
+    if not base or not new or any(not r.series or r.index is None for r in runs):
+        return False
+    if len({r.series for r in runs}) != 1:
+        return False
+    b, n = [r.index for r in base], [r.index for r in new]
+    return len(set(b)) == len(b) and len(set(n)) == len(n) and set(b) == set(n) and {r.arm for r in base}.isdisjoint({r.arm for r in new})

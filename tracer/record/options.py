@@ -45,6 +45,17 @@ class RecordOptions:
     quiet: bool = False
     layout: str = "gapped"  # --spawn: how the extra VMAs are laid out (tracer.workload.spawn.LAYOUTS)
     cycle: bool | None = None  # clone/exit_mmap/wait per fork; None: on for --spawn, off otherwise
+    runs: int = 1  # --runs: fresh workload processes, one recording each (tracer.record.runs)
+    spawn_list: list[int] | None = None  # --spawn A,B: one arm per VMA count
+    inject_store_ns: tuple[int, ...] = ()  # test only: ns spun per mas_store (bracket.c INJECT_STORE)
+
+    @property
+    def series(self) -> bool:
+        """Several runs or arms: -o is a directory of recordings (tracer.record.runs)."""
+        from tracer.record.runs import ARM_SEPARATOR
+
+        return (self.runs > 1 or ARM_SEPARATOR in self.command or "," in (self.layout or "")
+                or len(self.spawn_list or []) > 1 or len(self.inject_store_ns) > 1)
 
     @property
     def trace_cycle(self) -> bool:
@@ -69,7 +80,29 @@ def default_output(opts: RecordOptions, now: datetime | None = None) -> Path:
 
 
 def validate(opts: RecordOptions) -> None:
-    """Every check that needs no BPF, so bad input fails in well under a second."""
+    """Every check that needs no BPF, so bad input fails in well under a second.
+
+    With several runs or arms (tracer.record.runs), each arm's options are
+    checked, and -o is a new directory of recordings.
+    """
+    from tracer.record import runs as series
+
+    if opts.runs < 1:
+        raise UsageError("--runs must be at least 1")
+    if any(ns < 0 or ns > 10_000 for ns in opts.inject_store_ns):
+        raise UsageError("the injected store cost is 0 to 10000 ns")
+    if not opts.series:
+        return _validate_one(opts)
+    arms = series.arms_of(opts)
+    for arm in arms:
+        arm.opts.runs = 1
+        _validate_one(arm.opts, output=False)
+        opts.level, opts.sample_hz = arm.opts.level, arm.opts.sample_hz
+    opts.output = opts.output or series.series_dir(arms[0].opts)
+    series.check_series_dir(opts.output, arms)
+
+
+def _validate_one(opts: RecordOptions, output: bool = True) -> None:
     modes = [bool(opts.pids), bool(opts.command), opts.spawn_vmas is not None]
     if sum(modes) > 1:
         raise UsageError("choose one target: -p PID, --spawn VMAS, or -- CMD")
@@ -105,7 +138,8 @@ def validate(opts: RecordOptions) -> None:
         _check_command(opts.command[0])
     if os.geteuid() != 0:
         raise TracerError("tracer record loads BPF programs and needs root: run it with sudo")
-    opts.output = prepare_output(opts.output or default_output(opts))
+    if output:
+        opts.output = prepare_output(opts.output or default_output(opts))
 
 
 def _check_command(name: str) -> None:
