@@ -93,8 +93,12 @@ def arms_of(opts) -> list[Arm]:
         for ns in opts.inject_store_ns:
             arms.append(Arm(f"inject{ns}", _with(opts, inject_store_ns=(ns,))))
     labels = [a.label for a in arms]
-    if len(set(labels)) != len(labels):  # an A/A check (--layout gapped,gapped): arms numbered
-        arms = [Arm(f"{a.label}.{i + 1}", a.opts) for i, a in enumerate(arms)]
+    if len(set(labels)) != len(labels):  # an A/A check (--layout gapped,gapped): repeated arms numbered
+        seen: dict[str, int] = {}
+        for i, arm in enumerate(arms):
+            if labels.count(arm.label) > 1:
+                seen[arm.label] = seen.get(arm.label, 0) + 1
+                arms[i] = Arm(f"{arm.label}.{seen[arm.label]}", arm.opts)
     return arms
 
 
