@@ -1,4 +1,4 @@
-"""Command line: tracer doctor | record | report | model | compare | bench.
+"""Command line: tracer doctor | record | report | model | compare | calibrate | bench.
 
 Thin: parses flags in the style of bcc's tools, calls into tracer/ (side
 effects) and analysis/ (pure), and turns TracerError into one line on stderr.
@@ -131,6 +131,21 @@ def sweep(
     )
     run_sweep(opts, log=lambda msg: typer.echo(msg, err=True))
     typer.echo(str(output))
+
+
+@app.command()
+def calibrate(
+    output: Path = typer.Option(..., "-o", "--output", metavar="DIR", help="A new directory for the A/A runs and calibration.json."),
+    vmas: str = typer.Option("100,1000,3000", "--vmas", metavar="LIST", help="Extra VMA counts, comma-separated."),
+    runs: int = typer.Option(8, "--runs", "-r", metavar="N", help="Runs per VMA count (at least 3)."),
+    forks: int = typer.Option(100, "--forks", "-n", help="Forks per run."),
+    cpu: Optional[int] = typer.Option(None, "--cpu", help="Pin the workload to this CPU."),
+) -> None:
+    """This host's run-to-run spread per phase (A/A runs of the built-in workload), for compare's single runs."""
+    from tracer.calibrate import calibrate as run_calibrate
+
+    path = run_calibrate(output, _ints(vmas, "--vmas"), runs, forks, cpu, log=lambda msg: typer.echo(msg, err=True))
+    typer.echo(str(path))
 
 
 @app.command()
