@@ -23,6 +23,7 @@ Then the power and false-alarm rate at other numbers of runs and of forks
 per run, to say what the defaults need. Asserts nothing. Needs root.
 
     sudo .venv/bin/python scripts/bench_triage.py [--rounds 100] [--runs 5] [--forks 100] [--json FILE]
+        [--keep DIR]  then  scripts/bench_triage.py --from DIR --per-run p10  (the same runs, another statistic)
 """
 
 from __future__ import annotations
@@ -45,13 +46,15 @@ from analysis.recording import PHASES, Recording, load_recording  # noqa: E402
 from tracer.record import RecordOptions, record  # noqa: E402
 
 PARTS = ("mt_dup", "vma_loop", "tail")
+READ_ONLY = False  # --from: analyse a kept series instead of recording
 
 
 def record_series(out: Path, vmas: int, forks: int, rounds: int, inject: tuple[int, ...], cpu: int | None) -> dict[str, list[Recording]]:
-    """One tracer process, BPF loaded once: `rounds` rounds of every arm; recordings by arm."""
-    opts = RecordOptions(spawn_vmas=vmas, spawn_list=[vmas], forks=forks, runs=rounds, inject_store_ns=inject,
-                         output=out, quiet=True, cycle=False, cpu=cpu)
-    record(opts, log=lambda msg: None)
+    """One tracer process, BPF loaded once: `rounds` rounds of every arm; recordings by arm (--from: read only)."""
+    if not READ_ONLY:
+        opts = RecordOptions(spawn_vmas=vmas, spawn_list=[vmas], forks=forks, runs=rounds, inject_store_ns=inject,
+                             output=out, quiet=True, cycle=False, cpu=cpu)
+        record(opts, log=lambda msg: None)
     arms = {}
     for d in sorted(p for p in out.iterdir() if p.is_dir()):
         arms[d.name] = sorted((load_recording(p) for p in d.glob("*.parquet")), key=lambda r: r.meta["run"]["index"])
@@ -77,6 +80,9 @@ def flags(c) -> dict[str, str]:
     return {r.metric: r.change for r in c.rows}
 
 
+STATISTIC = "median"  # --per-run
+
+
 def rates(aa1, aa2, inj, k: int, forks: int | None = None) -> dict:
     """Blocks of k rounds: paired A/A false alarms, separate-series A/A false alarms, power."""
     cut = (lambda rs: [truncated(r, forks) for r in rs]) if forks else (lambda rs: rs)
@@ -86,9 +92,9 @@ def rates(aa1, aa2, inj, k: int, forks: int | None = None) -> dict:
     for j in range(blocks):
         sl = slice(j * k, (j + 1) * k)
         a, b, x = cut(aa1[sl]), cut(aa2[sl]), cut(inj[sl])
-        aa = compare_recordings(a, b, model=False, attribute=None)
+        aa = compare_recordings(a, b, model=False, attribute=None, statistic=STATISTIC)
         out["aa_paired"] += aa.verdict.change != "~"
-        pw = compare_recordings(a, x, model=False, attribute=None)
+        pw = compare_recordings(a, x, model=False, attribute=None, statistic=STATISTIC)
         f = flags(pw)
         hit = f["vma_loop"] == "regression"
         others = any(f[p] not in ("~",) for p in ("mt_dup", "tail"))
@@ -97,7 +103,7 @@ def rates(aa1, aa2, inj, k: int, forks: int | None = None) -> dict:
         out["inj_others_flagged"] += others
         if j + 1 < blocks:
             nxt = slice((j + 1) * k, (j + 2) * k)
-            sep = compare_recordings(a, cut(aa2[nxt]), model=False, attribute=None)
+            sep = compare_recordings(a, cut(aa2[nxt]), model=False, attribute=None, statistic=STATISTIC)
             out["aa_separate"] += sep.verdict.change != "~"
             out["separate_comparisons"] += 1
     return out
@@ -130,7 +136,13 @@ def main() -> None:
     ap.add_argument("--cpu", type=int, default=None, help="pin the workload to this CPU")
     ap.add_argument("--keep", type=Path, default=None, help="keep the recordings in this new directory")
     ap.add_argument("--json", type=Path, default=None, help="also write the figures as JSON")
+    ap.add_argument("--from", dest="source", type=Path, default=None, help="analyse the series kept by --keep instead of recording")
+    ap.add_argument("--per-run", default="median", help="what each run is reduced to (compare --per-run): median or p10")
     args = ap.parse_args()
+    global READ_ONLY, STATISTIC
+    STATISTIC = args.per_run
+    if args.source is not None:
+        READ_ONLY, args.keep = True, args.source
 
     t0 = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="bench-triage-") as tmp:
@@ -146,6 +158,8 @@ def main() -> None:
         want = step * args.effect / 100.0
         inject = int(round(min(2000.0, max(1.0, 1 + (want - extra[1]) / slope))))
         arms = record_series(root / "main", args.vmas, args.forks, args.rounds, (0, 0, inject), args.cpu)
+        if READ_ONLY:
+            inject = int(next(a for a in arms if "." not in a)[len("inject"):])
         aa1, aa2, inj = arms["inject0.1"], arms["inject0.2"], arms[f"inject{inject}"]
         truth = {p: realized(aa1, inj, f"{p}_ns") for p in ("dup_mmap", "mt_dup", "vma_loop", "tail")}
         truth_aa = {p: realized(aa1, aa2, f"{p}_ns") for p in ("dup_mmap", "mt_dup", "vma_loop", "tail")}
@@ -161,10 +175,10 @@ def main() -> None:
         "pilot": {"vma_step_ns": step, "extra_ns_per_store": extra, "inject_ns": inject},
         "realized_change_pct": truth, "aa_change_pct": truth_aa, "between_run_sd_pct": spread,
         "default": main_rates, "by_runs": by_runs, "by_forks": by_forks, "fork_level": old,
-        "seconds": round(time.monotonic() - t0),
+        "seconds": round(time.monotonic() - t0), "per_run": STATISTIC,
     }
     print(f"bench_triage: spawn {args.vmas} extra VMAs, {args.forks} forks a run, {args.rounds} rounds x 3 arms "
-          f"(aa1, aa2, inj), one tracer process, kernel {doc['host_kernel']}, {doc['seconds']} s")
+          f"(aa1, aa2, inj), one tracer process, kernel {doc['host_kernel']}, {doc['seconds']} s; per run: {STATISTIC}")
     print(f"injected: {inject} ns spin per mas_store (pilot: vma_step {step:.0f} ns; 1 ns -> +{extra[1]:.0f} ns, "
           f"60 ns -> +{extra[60]:.0f} ns a store)")
     print("ground truth, median over rounds of inj/aa1 (and aa2/aa1):")

@@ -330,3 +330,14 @@ def test_cli_plot_writes_a_figure_and_never_an_input(files, tmp_path):
     before = first.read_bytes()
     proc = tracer("compare", str(files["base"]), str(files["slow"]), "--plot", str(first))
     assert proc.returncode == 2 and first.read_bytes() == before
+
+
+def test_per_run_statistic_p10():
+    """--per-run p10: each run reduced to its 10th percentile; a shift is still found; a bad name is one line."""
+    from analysis.errors import TracerError
+
+    c = compare_recordings(side(5, seed=1), side(5, seed=2, vma_step_ns=600), model=False, statistic="p10")
+    assert changes(c)["vma_loop"] == REGRESSION and any("10" in n or "p10" in n for n in c.notes)
+    assert c.rows[0].base_median < compare_recordings(side(5, seed=1), side(5, seed=2), model=False).rows[0].base_median
+    with pytest.raises(TracerError, match="per-run statistic"):
+        compare_recordings(side(2, seed=1), side(2, seed=2), model=False, statistic="mean")

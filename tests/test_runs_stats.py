@@ -117,7 +117,7 @@ def frame(values, usable=None):
 
 def test_summarize_run_counts_usable_forks_only():
     s = summarize_run(frame([1.0, 2.0, 3.0, 100.0, np.nan], usable=[True, True, True, False, True]))
-    assert s["vma_loop"] == PhaseSummary(3, 2.0)
+    assert s["vma_loop"] == PhaseSummary(3, 2.0, 1.2)
     assert set(s) == {"dup_mmap", "mt_dup", "vma_loop", "vma_step", "tail"}
 
 

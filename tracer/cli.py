@@ -170,6 +170,7 @@ def compare(
     fmt: str = typer.Option("text", "--format", "-f", help="text (80 columns), markdown, or json."),
     plot: Optional[Path] = typer.Option(None, "--plot", metavar="FILE", help="Also draw each phase's distributions side by side (.png, .svg, .pdf)."),
     fail_on_regression: Optional[float] = typer.Option(None, "--fail-on-regression", metavar="PCT", help="Exit 1 if a significant regression beyond PCT percent is found."),
+    per_run: str = typer.Option("median", "--per-run", help="What each run is reduced to per phase: median, or p10 (10th percentile: steadier on a loaded host, blind to changes of slow forks only)."),
     calibration: Optional[Path] = typer.Option(None, "--calibration", metavar="FILE", help="The host's run-to-run spread (tracer calibrate) for single-run sides (default: calibration.json beside the inputs)."),
 ) -> None:
     """Did it get slower? Per phase and VMA group, the run as the unit: delta with 95% CI, Welch t across runs, "~" if not significant.
@@ -180,7 +181,7 @@ def compare(
     from tracer.compare import run_compare
 
     try:
-        text, failed = run_compare(paths or [], base, new, fmt, plot, fail_on_regression, calibration)
+        text, failed = run_compare(paths or [], base, new, fmt, plot, fail_on_regression, calibration, per_run)
     except TracerError as err:
         err.exit_code = 2  # bad input, as opposed to 1: a regression found (for CI gating)
         raise

@@ -67,6 +67,7 @@ def run_compare(
     plot: Path | None = None,
     fail_on_regression: float | None = None,
     calibration: Path | None = None,
+    statistic: str = "median",
 ) -> tuple[str, bool]:
     """(rendered comparison, whether --fail-on-regression tripped).
 
@@ -98,7 +99,8 @@ def run_compare(
         found = calibration or find_calibration([*base_paths, *new_paths])
         cal = load_calibration(found) if found is not None else None
         comparison = compare_recordings(
-            [load_recording(p) for p in base_files], [load_recording(p) for p in new_files], calibration=cal
+            [load_recording(p) for p in base_files], [load_recording(p) for p in new_files], calibration=cal,
+            statistic=statistic,
         )
     text = render(comparison, fmt)
     if plot is not None:

@@ -167,6 +167,7 @@ class RunPair:
     new: Sequence[Run]
     calibrated: Spread | None = None
     paired: bool = False  # arms of one interleaved series: test round by round (runs.paired_rounds)
+    statistic: str = "median"  # runs.STATISTICS: what each run is reduced to
 
 
 def _rounds(pair: RunPair) -> tuple[list[float], list[float], int, int]:
@@ -175,8 +176,8 @@ def _rounds(pair: RunPair) -> tuple[list[float], list[float], int, int]:
         out = {}
         for run in runs:
             s = run.summary.get(pair.metric)
-            if s is not None and s.n >= MIN_FORKS and math.isfinite(s.median):
-                out[run.index] = (s.median, s.n)
+            if s is not None and s.n >= MIN_FORKS and math.isfinite(getattr(s, pair.statistic)):
+                out[run.index] = (getattr(s, pair.statistic), s.n)
         return out
 
     b, n = by_round(pair.base), by_round(pair.new)
@@ -185,13 +186,13 @@ def _rounds(pair: RunPair) -> tuple[list[float], list[float], int, int]:
             sum(b[r][1] for r in rounds), sum(n[r][1] for r in rounds))
 
 
-def _medians(runs: Sequence[Run], metric: str) -> tuple[list[float], int]:
-    """The medians of the runs that timed this phase in at least MIN_FORKS forks, and the forks."""
+def _medians(runs: Sequence[Run], metric: str, statistic: str = "median") -> tuple[list[float], int]:
+    """The per-run values of the runs that timed this phase in at least MIN_FORKS forks, and the forks."""
     values, forks = [], 0
     for run in runs:
         s = run.summary.get(metric)
-        if s is not None and s.n >= MIN_FORKS and math.isfinite(s.median):
-            values.append(s.median)
+        if s is not None and s.n >= MIN_FORKS and math.isfinite(getattr(s, statistic)):
+            values.append(getattr(s, statistic))
             forks += s.n
     return values, forks
 
@@ -204,8 +205,8 @@ def compare_runs(pairs: Sequence[RunPair], *, alpha: float = ALPHA, confidence: 
             base, new, base_forks, new_forks = _rounds(pair)
             t = paired_test(base, new, confidence)
         else:
-            base, base_forks = _medians(pair.base, pair.metric)
-            new, new_forks = _medians(pair.new, pair.metric)
+            base, base_forks = _medians(pair.base, pair.metric, pair.statistic)
+            new, new_forks = _medians(pair.new, pair.metric, pair.statistic)
             t = run_test(base, new, pair.calibrated, confidence)
         rows.append(
             SampleRow(

@@ -20,7 +20,8 @@ from analysis.compare.calibration import Calibration
 from analysis.compare.components import compare_components, compare_shapes, shape_of
 from analysis.compare.context import recording_context
 from analysis.compare.result import Comparison
-from analysis.compare.runs import paired_rounds, runs_of
+from analysis.compare.runs import STATISTICS, paired_rounds, runs_of
+from analysis.errors import TracerError
 from analysis.compare.stats import ALPHA, MIN_SAMPLES
 from analysis.frame import Group, group_recordings
 from analysis.model.parent import saved_parent
@@ -79,6 +80,7 @@ def compare_recordings(
     min_samples: int = MIN_SAMPLES,
     resamples: int = 2000,
     calibration: Calibration | None = None,
+    statistic: str = "median",
 ) -> Comparison:
     """Every phase of every matched group, tested across runs as one family; components and shapes beside.
 
@@ -90,7 +92,14 @@ def compare_recordings(
     context = recording_context([r.meta for r in base], [r.meta for r in new])
     warnings = [f"{item.key.upper()} DIFFERS: base {item.base}, new {item.new}" for item in context if item.loud]
     notes: list[str] = []
+    if statistic not in STATISTICS:
+        raise TracerError(f"the per-run statistic is one of {', '.join(STATISTICS)}, not {statistic!r}")
+    if calibration is not None and statistic != "median":
+        notes.append(f"not used: the calibration is of per-run medians, these runs are reduced to their {statistic}")
+        calibration = None
     calibration = _applicable(calibration, [*base, *new], notes)
+    if statistic != "median":
+        notes.append(f"each run is reduced to the {statistic} of its forks, not the median")
 
     run_pairs: list[RunPair] = []
     fork_values: dict[tuple[str, str], tuple] = {}
@@ -111,7 +120,7 @@ def compare_recordings(
         paired = paired_rounds(runs_b, runs_n)
         for phase in PHASES:
             spread = calibration.spread(phase.name, b.key.vmas) if calibration is not None else None
-            run_pairs.append(RunPair(label, phase.name, runs_b, runs_n, spread, paired))
+            run_pairs.append(RunPair(label, phase.name, runs_b, runs_n, spread, paired, statistic))
             fork_values[(label, phase.name)] = (fb[phase.column].to_numpy(float), fn[phase.column].to_numpy(float))
         if attribute is not None:
             components += compare_components(attribute(b.recordings), attribute(n.recordings), label, alpha)

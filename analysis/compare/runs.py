@@ -24,7 +24,10 @@ import pandas as pd
 
 from analysis.recording import PHASES, Recording
 
-__all__ = ["PhaseSummary", "Run", "run_info", "summarize_run", "runs_of", "paired_rounds"]
+# What a run is reduced to per phase (compare --per-run): the median by default.
+STATISTICS = ("median", "p10")
+
+__all__ = ["STATISTICS", "PhaseSummary", "Run", "run_info", "summarize_run", "runs_of", "paired_rounds"]
 
 
 @dataclass(frozen=True)
@@ -33,6 +36,7 @@ class PhaseSummary:
 
     n: int
     median: float  # NaN when n == 0
+    p10: float = float("nan")  # the 10th percentile: steadier under co-tenant load (docs/runs.md)
 
 
 @dataclass
@@ -64,7 +68,11 @@ def summarize_run(forks: pd.DataFrame) -> dict[str, PhaseSummary]:
     for phase in PHASES:
         values = usable[phase.column].to_numpy(float) if phase.column in usable else np.array([])
         values = values[~np.isnan(values)]
-        out[phase.name] = PhaseSummary(len(values), float(np.median(values)) if len(values) else float("nan"))
+        out[phase.name] = PhaseSummary(
+            len(values),
+            float(np.median(values)) if len(values) else float("nan"),
+            float(np.percentile(values, 10)) if len(values) else float("nan"),
+        )
     return out
 
 
