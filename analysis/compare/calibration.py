@@ -1,8 +1,8 @@
 """A host's run-to-run spread per phase, from A/A runs (`tracer calibrate`), as a noise floor.
 
 The spread of a phase is the standard deviation of the log per-run medians of
-runs of one setup, pooled over the setups calibrated (a few VMA counts), with
-its degrees of freedom. compare uses it where a side has a single run, and says
+the runs of one setup, kept per calibrated VMA count (the nearest is used),
+with its degrees of freedom. compare uses it where a side has a single run, and says
 so. It belongs to one host and kernel: a file from elsewhere is not used.
 """
 
