@@ -77,7 +77,7 @@ def _main_group(c: Comparison) -> str | None:
 
 def _named(c: Comparison, group: str) -> list[SampleRow]:
     """A group's significant rows as a verdict names them: regressions first, then improvements,
-    the largest first; for recordings the parts of dup_mmap, then dup_mmap itself (vma_step
+    the largest first (recordings: in ns); for recordings the parts of dup_mmap, then dup_mmap itself (vma_step
     only when vma_loop did not move: it is vma_loop per store)."""
     rows = [r for r in c.rows if r.group == group and r.significant]
     if c.kind == "recordings":
@@ -87,7 +87,10 @@ def _named(c: Comparison, group: str) -> list[SampleRow]:
         total = [r for r in rows if r not in parts]
     else:
         parts, total = rows, []
-    ordered = sorted(parts, key=lambda r: (r.change != REGRESSION, -_magnitude(r)))
+    # Where the time went: within regressions (then improvements) the part that moved most in ns
+    # for recordings (the phases add up to dup_mmap), in % for benchmarks.
+    size = (lambda r: abs(r.delta) if not math.isnan(r.delta) else -1.0) if c.kind == "recordings" else _magnitude
+    ordered = sorted(parts, key=lambda r: (r.change != REGRESSION, -size(r)))
     return ordered + total if ordered else total
 
 
