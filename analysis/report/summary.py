@@ -97,6 +97,7 @@ def summarize(rec: Recording) -> dict[str, Any]:
         "leaves": _spread(copied["leaves"]),
         "no_stores": int((usable["stores"] == 0).sum()),
         "null_stores": int(usable["null_stores"].sum()),
+        "dontcopy_vmas": _spread(usable["dontcopy_vmas"].dropna()) if "dontcopy_vmas" in usable else None,
         "mt_dup_clamped": int(usable["mt_dup_clamped"].sum()),
         "phases": phases,
         "histograms": histograms,
@@ -301,6 +302,12 @@ def _phase_table(s: Mapping[str, Any]) -> list[str]:
         out.append(f"  mt_dup clamped to 0 in {s['mt_dup_clamped']} forks (first VMA cost more than the mean step)")
     if s["no_stores"]:
         out.append(f"  {s['no_stores']} forks stored no VMA: no store-based phases for them")
+    dontcopy = s.get("dontcopy_vmas") or {}
+    if dontcopy.get("max"):
+        out.append(
+            f"  VM_DONTCOPY (MADV_DONTFORK) VMAs not copied: {dontcopy['median']:g} per fork (median; max {dontcopy['max']:g});"
+            " their clearing is inside the VMA steps"
+        )
     if small:
         out.append(f"  * fewer than {SMALL_N} values: p99 is interpolated between the largest ones")
     return out
