@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +24,10 @@ from analysis.frame import group_recordings, load_recordings
 from analysis.recording import PHASES, Recording
 from analysis.recording.algorithm import PHASE_LABELS
 from analysis.recording.exact import EXACT_PHASE_COLUMNS
-from analysis.report.attribution import fit_doc, group_doc, render_fit, render_group, render_prediction, render_sweep, sweep_doc
+from analysis.recording.stacks import sampled_stacks, stack_frames
+from analysis.report.attribution import (
+    fit_doc, group_doc, render_fit, render_group, render_prediction, render_sweep, render_sweep_functions, sweep_doc,
+)
 from analysis.report.stats import Log2Histogram, choose_unit, format_log2_histogram, log2_histogram, percentiles
 from analysis.errors import TracerError
 
@@ -129,22 +131,16 @@ def _spread(column: Any) -> dict[str, float | int | None]:
     }
 
 
-_OFFSET = re.compile(r"\+0x[0-9a-f]+(/0x[0-9a-f]+)?$")
-
-
 def _top_functions(rec: Recording) -> dict[str, Any] | None:
     """Self samples per kernel function and phase, from folded stacks (root first, leaf last)."""
-    sample = rec.meta.get("sample")
-    if not isinstance(sample, dict):
+    stacks = sampled_stacks(rec.meta, str(rec.path))
+    if stacks is None:
         return None
+    sample = rec.meta["sample"]
     per_phase: dict[str, Counter[str]] = defaultdict(Counter)
-    for i, entry in enumerate(sample.get("stacks") or []):
-        try:
-            frames, phase, count = str(entry["stack"]).split(";"), str(entry["phase"]), int(entry["count"])
-        except (KeyError, TypeError, ValueError):
-            raise TracerError(f"{rec.path}: sampled stack entry {i} lacks stack, phase or count") from None
-        leaf = _OFFSET.sub("", frames[-1].strip()) or "[unknown]"
-        per_phase[phase][leaf] += count
+    for (stack, phase), count in stacks.items():
+        frames = stack_frames(stack)
+        per_phase[phase][frames[-1] if frames else "[unknown]"] += count
     names = [p.name for p in PHASES]
     order = [p for p in names if p in per_phase] + sorted(p for p in per_phase if p not in names)
     top = {}
@@ -451,6 +447,7 @@ def render_doc(inp: ReportInput, doc: Mapping[str, Any], fmt: str) -> str:
         head = f"forktrace report: {len(inp.recordings)} recordings in {len(groups)} groups (kernel {kernels})"
         lines = [("# " if fmt == "markdown" else "") + head]
         lines += render_sweep(rows, groups, fmt)
+        lines += render_sweep_functions(groups, fmt)
         lines += render_fit(doc["fit"], fmt)
         for g in groups:
             lines += render_group(g, fmt)
