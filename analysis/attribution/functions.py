@@ -275,7 +275,7 @@ def classify(stack: str, window: str) -> Cell:
     if override is not None:
         work, start = override, len(frames)
     elif at is None:
-        work, start = "unwound short", len(frames)
+        work, start = "unwound short", 0
     else:
         i = next((i for i, f in enumerate(below) if _lookup("work", f)), None)
         if i is None and below and not _lookup("how", below[0]):

@@ -272,7 +272,7 @@ def render_group(g: Mapping[str, Any], fmt: str = "text") -> list[str]:
     return out
 
 
-def _how_text(how: Mapping[str, float], limit: int = 3) -> str:
+def _how_text(how: Mapping[str, float], limit: int = 2) -> str:
     top = sorted(how.items(), key=lambda kv: -kv[1])[:limit]
     return ", ".join(f"{h} {100 * share:.0f}%" for h, share in top if share >= 0.05)
 
@@ -306,12 +306,13 @@ def render_functions(f: Mapping[str, Any] | None, fmt: str = "text") -> list[str
     return out
 
 
-SWEEP_FUNCTIONS = 8  # columns of the functions-vs-VMAs table
+SWEEP_FUNCTIONS = 10  # rows of the functions-vs-VMAs table
+SWEEP_COLUMNS = 9  # groups per table (a sweep's VMA counts, per layout)
 
 
 def render_sweep_functions(groups: Sequence[Mapping[str, Any]], fmt: str = "text") -> list[str]:
-    """ns per VMA of the largest functions, one row per group: how each one's cost moves with the VMA count."""
-    docs = [(g, g.get("functions")) for g in groups if g.get("functions")]
+    """ns per VMA of the largest functions vs the VMA count: how each one's cost moves (the curve's bend)."""
+    docs = [(g, g["functions"]) for g in groups if g.get("functions")]
     if not docs:
         return []
     weight: dict[str, float] = {}
@@ -320,15 +321,26 @@ def render_sweep_functions(groups: Sequence[Mapping[str, Any]], fmt: str = "text
             if not r["measured"]:
                 weight[r["function"]] = weight.get(r["function"], 0.0) + (r["share"] or 0.0)
     top = sorted(weight, key=lambda n: -weight[n])[:SWEEP_FUNCTIONS]
-    out = ["", "ns per VMA copied, by function (samples; 95% CI in the JSON)" if fmt == "text"
+    out = ["", "ns per VMA copied, by function, vs VMAs copied per fork (samples; 95% CI in the JSON)" if fmt == "text"
            else "### ns per VMA copied, by function (samples)"]
-    header = ["group", "VMAs", *top, "runs"]
-    body = []
+    layouts: dict[str, list] = {}
     for g, f in docs:
-        by = {r["function"]: r for r in f["functions"]}
-        body.append([_short(g["group"]), _num(f["vmas"], 6), *(_num(by[n]["ns_per_vma"]) if n in by else "-" for n in top),
-                     str(f["runs"])])
-    return out + render_table(header, body, fmt)
+        layouts.setdefault(g.get("layout") or "", []).append((g, f))
+    for layout, members in layouts.items():
+        members.sort(key=lambda gf: gf[1]["vmas"] or 0)
+        for i in range(0, len(members), SWEEP_COLUMNS):
+            chunk = members[i : i + SWEEP_COLUMNS]
+            header = ["function" + (f" ({layout})" if layout else ""), *(_num(f["vmas"], 6) for _, f in chunk)]
+            body = []
+            for name in top:
+                cells = []
+                for _, f in chunk:
+                    r = next((r for r in f["functions"] if r["function"] == name), None)
+                    cells.append(_num(r["ns_per_vma"]) if r else "-")
+                body.append([name, *cells])
+            body.append(["runs", *(str(f["runs"]) for _, f in chunk)])
+            out += render_table(header, body, fmt)
+    return out
 
 
 def render_fit(fit: Mapping[str, Any], fmt: str = "text") -> list[str]:

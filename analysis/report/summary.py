@@ -414,7 +414,7 @@ def report_doc(inp: ReportInput) -> dict[str, Any]:
         if doc["samples"] is not None and g["samples_by_component"]:
             doc["samples"]["components"] = g["samples_by_component"]["components"]
         for key in ("attribution", "attribution_estimate", "attribution_notes", "disagreements", "estimates_missing",
-                    "model_check", "cycle", "cycle_note"):
+                    "model_check", "cycle", "cycle_note", "functions"):
             doc[key] = g[key]
         doc["fit"] = fit
     else:
