@@ -25,6 +25,7 @@ from analysis.recording import PHASES, Recording
 from analysis.recording.algorithm import PHASE_LABELS
 from analysis.recording.exact import EXACT_PHASE_COLUMNS
 from analysis.recording.stacks import sampled_stacks, stack_frames
+from analysis.report.answer import answer_doc, render_answer
 from analysis.report.attribution import (
     fit_doc, group_doc, render_fit, render_group, render_prediction, render_sweep, render_sweep_functions, sweep_doc,
 )
@@ -428,14 +429,17 @@ def report_doc(inp: ReportInput) -> dict[str, Any]:
             "fit": fit,
         }
     doc["prediction"] = inp.prediction
+    doc["answer"] = answer_doc(inp.attribution, [r.meta for r in inp.recordings])
     return doc
 
 
 def render_doc(inp: ReportInput, doc: Mapping[str, Any], fmt: str) -> str:
     if fmt == "json":
         return render_json(doc)
+    answer = render_answer(doc["answer"], fmt) + [""] if doc.get("answer") else []
     if inp.single and fmt == "text":
-        lines = [render_text(doc)]
+        title, _, rest = render_text(doc).partition("\n")
+        lines = [title, "", *answer, rest] if doc["usable"] else [title, rest]
         if doc["usable"]:
             lines += render_group({**doc, "group": inp.attribution.groups[0].key.label(),
                                    "samples_by_component": group_doc(inp.attribution.groups[0], None)["samples_by_component"]})
@@ -445,7 +449,8 @@ def render_doc(inp: ReportInput, doc: Mapping[str, Any], fmt: str) -> str:
         rows = doc["table"] if not inp.single else sweep_doc(inp.attribution)
         kernels = ", ".join(doc.get("kernels") or [str(doc.get("kernel"))])
         head = f"forktrace report: {len(inp.recordings)} recordings in {len(groups)} groups (kernel {kernels})"
-        lines = [("# " if fmt == "markdown" else "") + head]
+        lines = [("# " if fmt == "markdown" else "") + head, "", *answer]
+        lines += ["## The evidence" if fmt == "markdown" else "the evidence"]
         lines += render_sweep(rows, groups, fmt)
         lines += render_sweep_functions(groups, fmt)
         lines += render_fit(doc["fit"], fmt)
