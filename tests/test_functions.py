@@ -53,6 +53,13 @@ CASES = [
     ("__mmap_lock_do_trace_released;__traceiter_mmap_lock_released;bpf_trace_run2", "tail", ("tracer", "own code", "tracer")),
     ("vm_area_dup;asm_sysvec_apic_timer_interrupt;sysvec_apic_timer_interrupt;__irq_exit_rcu;handle_softirqs;rcu_core",
      "vma_loop", ("interrupts", "own code", "other")),
+    # exact probes on the per-VMA functions: their machinery is the tracer's, the function's body is its own
+    ("bpf_trampoline_6442491234;vm_area_dup;kmem_cache_alloc_noprof", "vma_loop", ("vm_area_dup", "slab allocator", "other")),
+    ("bpf_trampoline_6442491234;bpf_prog_aa_kfunc__vm_area_dup", "vma_loop", ("tracer", "own code", "tracer")),
+    ("bpf_trampoline_6442491234", "vma_loop", ("tracer", "own code", "tracer")),
+    ("anon_vma_fork;kprobe_ftrace_handler;kprobe_perf_func;trace_call_bpf", "vma_loop", ("tracer", "own code", "tracer")),
+    ("arch_rethook_trampoline;arch_rethook_trampoline_callback;rethook_trampoline_handler", "vma_loop",
+     ("tracer", "own code", "tracer")),
     ("some_new_helper;kmem_cache_alloc_noprof", "vma_loop", ("unlisted: some_new_helper", "slab allocator", "other")),
     ("some_new_helper", "mt_dup", ("unlisted: some_new_helper", "own code", "fixed")),
 ]

@@ -13,9 +13,11 @@ how   what that code is spending the time on: the innermost frame below the
       allocator, memcg charge, page allocation, locks, ...); "own code"
       where none is listed.
 
-Two kinds of frame override the work wherever they are, the innermost one
-winning: forktrace's own BPF programs and the tracepoint machinery that runs
-only because they are attached ("tracer"), and interrupts ("interrupts").
+Two kinds of frame override the work when they are inside its call (or
+anywhere, in a stack without a work), the innermost one winning: forktrace's
+own BPF programs, probes and the tracepoint machinery that runs only because
+they are attached ("tracer"), and interrupts ("interrupts"). A trampoline
+above the work (an fentry probe on vm_area_dup) leaves the work its own.
 
 Each work belongs to one component of components.py, so the fit and the
 samples still compare; COMPONENT_BY_HOW and COMPONENT_BY_WINDOW are the
@@ -201,6 +203,10 @@ OVERRIDE: dict[str, str] = {
     "bpf_ktime_get*": "tracer", "bpf_get_current*": "tracer", "bpf_map_*": "tracer", "htab_map_*": "tracer",
     "__htab_map_*": "tracer", "bpf_perf_event_*": "tracer", "bpf_get_stackid*": "tracer", "__bpf_*": "tracer",
     "bpf_dispatcher_*": "tracer", "__mmap_lock_do_trace_*": "tracer", "__traceiter_*": "tracer",
+    # exact probes' machinery: fentry/fexit trampolines, kprobes, kretprobes' return trampolines
+    "bpf_trampoline_*": "tracer", "__bpf_tramp_*": "tracer", "kprobe_*": "tracer", "kretprobe_*": "tracer",
+    "__kretprobe_*": "tracer", "arch_rethook_*": "tracer", "rethook_*": "tracer", "fprobe_*": "tracer",
+    "ftrace_regs_caller": "tracer", "ftrace_caller": "tracer", "perf_trace_buf_*": "tracer",
     # interrupts and softirqs
     "asm_sysvec_*": "interrupts", "asm_common_interrupt": "interrupts", "sysvec_*": "interrupts",
     "__irq_exit_rcu": "interrupts", "irq_exit_rcu": "interrupts", "handle_softirqs": "interrupts",
@@ -269,21 +275,23 @@ def _component(work: str, how: str, window: str) -> str:
 def classify(stack: str, window: str) -> Cell:
     """The Cell of a folded stack ('a;b;c', root first) sampled in `window`; see the module docstring."""
     frames = stack_frames(stack)
-    override = next((_lookup("override", f) for f in reversed(frames) if _lookup("override", f)), None)
     at = max((i for i, f in enumerate(frames) if f == "dup_mmap"), default=None)
     below = frames[at + 1 :] if at is not None else ()
+    i = next((i for i, f in enumerate(below) if _lookup("work", f)), None)
+    # An override counts inside the work's call (a BPF program under mas_store), not above it:
+    # an fentry trampoline between dup_mmap and vm_area_dup leaves vm_area_dup's time its own.
+    inside = at + 1 + i if i is not None else -1
+    override = next((v for j in range(len(frames) - 1, inside, -1) if (v := _lookup("override", frames[j]))), None)
     if override is not None:
         work, start = override, len(frames)
     elif at is None:
         work, start = "unwound short", 0
+    elif i is None and below and not _lookup("how", below[0]):
+        work, start = UNLISTED + below[0], at + 1
+    elif i is None:
+        work, start = "dup_mmap", at + 1
     else:
-        i = next((i for i, f in enumerate(below) if _lookup("work", f)), None)
-        if i is None and below and not _lookup("how", below[0]):
-            work, start = UNLISTED + below[0], at + 1
-        elif i is None:
-            work, start = "dup_mmap", at + 1
-        else:
-            work, start = _lookup("work", below[i]), at + 1 + i
+        work, start = _lookup("work", below[i]), at + 1 + i
     # The work's own frame counts too: mas_copy_node inlined into dup_mmap is still a node copy.
     how = next((h for f in reversed(frames[start:]) if (h := _lookup("how", f))), OWN_CODE)
     return Cell(work, how, _component(work, how, window))
