@@ -146,7 +146,8 @@ CAUSES = {
            "parent's VMAs and the copied nodes no longer fit in the caches"),
     "down": ("the program's own VMAs (libraries, heap, stack) carry work the extra one-page VMAs do not "
              "(copy_page_range, anon_vma_fork) and per-fork costs; both spread over more VMAs as they are added"),
-    "flat": "the per-VMA work does not depend on how many VMAs there are",
+    "flat": ("the total per-VMA cost did not move beyond its interval here; the functions listed moved time "
+             "between them"),
 }
 
 
