@@ -178,6 +178,8 @@ class SampleEstimate:
     runs: int = 1
     vmas: float = float("nan")  # mean VMAs copied per fork (stores)
     interval: str = ""  # what the bootstrap resampled
+    _functions: dict[str, Aggregate] | None = field(default=None, repr=False)
+    _by_work_how: dict[str, Aggregate] | None = field(default=None, repr=False)
 
     def aggregate(self, by: Callable[[Key], str | None]) -> dict[str, Aggregate]:
         """Cells summed by by(key) (None: left out), largest first."""
@@ -186,17 +188,28 @@ class SampleEstimate:
             name = by(key)
             if name is not None:
                 names.setdefault(name, []).append(i)
-        out = {}
-        for name, idx in names.items():
-            draws = self.cell_draws[:, idx].sum(axis=1)
-            lo, hi = np.percentile(draws, [2.5, 97.5]) if len(draws) else (np.nan, np.nan)
-            out[name] = Aggregate(float(self.cell_ns[idx].sum()), (float(lo), float(hi)),
-                                  int(self.cell_samples[idx].sum()), draws)
+        if not names:
+            return {}
+        # One matrix product and one percentile call for all the groups.
+        member = np.zeros((len(self.keys), len(names)))
+        for j, idx in enumerate(names.values()):
+            member[idx, j] = 1.0
+        draws = self.cell_draws @ member
+        ns = self.cell_ns @ member
+        samples = self.cell_samples @ member
+        if len(draws):
+            lo, hi = np.percentile(draws, [2.5, 97.5], axis=0)
+        else:
+            lo = hi = np.full(len(names), np.nan)
+        out = {name: Aggregate(float(ns[j]), (float(lo[j]), float(hi[j])), int(samples[j]), draws[:, j])
+               for j, name in enumerate(names)}
         return dict(sorted(out.items(), key=lambda kv: -kv[1].ns_per_fork))
 
     def functions(self) -> dict[str, Aggregate]:
         """Per work (functions.py), measured parts included ("lock gap", "off CPU", ...)."""
-        return self.aggregate(lambda k: k[1])
+        if self._functions is None:
+            self._functions = self.aggregate(lambda k: k[1])
+        return self._functions
 
     def hows(self) -> dict[str, Aggregate]:
         """Per how, over sampled work only (what the functions' time was spent on)."""
@@ -204,7 +217,10 @@ class SampleEstimate:
 
     def within(self, work: str) -> dict[str, Aggregate]:
         """One work's time by how."""
-        return self.aggregate(lambda k: k[2] if k[1] == work else None)
+        if self._by_work_how is None:
+            self._by_work_how = self.aggregate(lambda k: f"{k[1]}\0{k[2]}")
+        out = {key.split("\0", 1)[1]: a for key, a in self._by_work_how.items() if key.split("\0", 1)[0] == work}
+        return dict(sorted(out.items(), key=lambda kv: -kv[1].ns_per_fork))
 
 
 def _run_ids(forks: pd.DataFrame, runs: int) -> np.ndarray:
