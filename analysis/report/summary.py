@@ -27,7 +27,7 @@ from analysis.recording.exact import EXACT_PHASE_COLUMNS
 from analysis.recording.stacks import sampled_stacks, stack_frames
 from analysis.report.answer import answer_doc, render_answer
 from analysis.report.attribution import (
-    fit_doc, group_doc, render_fit, render_group, render_prediction, render_sweep, render_sweep_functions, sweep_doc,
+    _clean, fit_doc, group_doc, render_fit, render_group, render_prediction, render_sweep, render_sweep_functions, sweep_doc,
 )
 from analysis.report.stats import Log2Histogram, choose_unit, format_log2_histogram, log2_histogram, percentiles
 from analysis.errors import TracerError
@@ -429,7 +429,7 @@ def report_doc(inp: ReportInput) -> dict[str, Any]:
             "fit": fit,
         }
     doc["prediction"] = inp.prediction
-    doc["answer"] = answer_doc(inp.attribution, [r.meta for r in inp.recordings])
+    doc["answer"] = _clean(answer_doc(inp.attribution, [r.meta for r in inp.recordings]))
     return doc
 
 
