@@ -140,6 +140,11 @@ def test_functions_get_their_share_of_the_measured_window_and_sum_to_dup_mmap(tm
     # vm_area_dup's time splits by what it was spent on, in the shares put in.
     within = est.within("vm_area_dup")
     assert within["slab allocator"].ns_per_fork == pytest.approx(0.75 * fn["vm_area_dup"].ns_per_fork)
+    # Over all functions: slab time is vm_area_dup's here; the tracer's own code is not dup_mmap's.
+    hows = est.hows()
+    assert hows["slab allocator"].ns_per_fork == pytest.approx(300 / total_loop * loop)
+    assert sum(a.ns_per_fork for a in hows.values()) == pytest.approx(
+        sum(a.ns_per_fork for name, a in fn.items() if name not in ("tracer", "lock gap", "off CPU", "unsampled window")))
     for a in fn.values():
         assert a.ci95[0] <= a.ns_per_fork + 1e-6 and a.ns_per_fork <= a.ci95[1] + 1e-6
     assert est.runs == 1 and est.interval.startswith("one run")

@@ -212,8 +212,8 @@ class SampleEstimate:
         return self._functions
 
     def hows(self) -> dict[str, Aggregate]:
-        """Per how, over sampled work only (what the functions' time was spent on)."""
-        return self.aggregate(lambda k: k[2] if k[0] != "-" and k[1] not in MEASURED else None)
+        """Per how, over the sampled functions that are dup_mmap's work (not the tracer's)."""
+        return self.aggregate(lambda k: k[2] if k[0] != "-" and k[1] not in MEASURED and k[1] != "tracer" else None)
 
     def within(self, work: str) -> dict[str, Aggregate]:
         """One work's time by how."""

@@ -103,6 +103,7 @@ def group_doc(ga: GroupAttribution, fit_missing: str | None) -> dict[str, Any]:
 
 
 SHOWN_SHARE = 0.005  # functions below this share of dup_mmap are summed in the text (all are in the JSON)
+HOWS_SHOWN = 6  # what the time is spent on, over all functions, in the text
 UNNAMED_LIMIT = 0.20  # a bucket without a function's name above this share of dup_mmap is flagged
 
 
@@ -299,6 +300,11 @@ def render_functions(f: Mapping[str, Any] | None, fmt: str = "text") -> list[str
         rows.append([f"({rest} more)", "-", "-", f"{100 * rest_share:.1f}%", "", f"each under {100 * SHOWN_SHARE:g}%"])
     table = render_table(header, rows, fmt, left=(0, 4, 5))
     out += ["  " + line for line in table] if fmt == "text" else table
+    hows = [h for h in f["how"] if h["ns_per_vma"] is not None][:HOWS_SHOWN]
+    if hows:
+        out += _wrap("spent on, over all functions (ns/VMA, 95% CI): " + ", ".join(
+            f"{h['how']} {_num(h['ns_per_vma'])} ({_num(h['ci95_per_vma'][0], 2)}-{_num(h['ci95_per_vma'][1], 2)})"
+            for h in hows))
     if f["unnamed_over_limit"]:
         u = f["largest_unnamed"]
         out += _wrap(f"note: {u['function']} is {100 * u['share']:.0f}% of dup_mmap without a function's name: "
