@@ -29,6 +29,9 @@ KINDS = {
     "dontfork": 1,
     "dontfork_adjacent": 1,  # the middle page of three: its neighbours touch it (an exact-fit clear)
     "dontfork_many": MANY,
+    # every other page of one mapping: exact-fit clears, which v6.12+ trace not at all; more than
+    # the bracket times blindly, so there the last store is missed (and said so)
+    "dontfork_many_adjacent": MANY,
     "wipeonfork": 0,
     "hugepage": 0,
     "mlock": 0,
@@ -74,6 +77,11 @@ def set_up(kind: str) -> None:
     elif kind == "dontfork_many":
         for _ in range(MANY):
             _madvise(_address(_lone()), PAGE, mmap.MADV_DONTFORK)
+    elif kind == "dontfork_many_adjacent":
+        m = mmap.mmap(-1, (2 * MANY + 1) * PAGE, flags=_PRIVATE)
+        _keep.append(m)
+        for i in range(MANY):
+            _madvise(_address(m) + (2 * i + 1) * PAGE, PAGE, mmap.MADV_DONTFORK)
     elif kind == "wipeonfork":
         m = _lone(4)
         m[0] = 1

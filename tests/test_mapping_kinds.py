@@ -34,18 +34,22 @@ def kinds_run(tmp_path_factory):
     )
     assert proc.returncode == 0, proc.stderr
     rec = load_recording(out)
-    return rec, {int(pid): kind for pid, kind in json.loads(pids.read_text()).items()}
+    return rec, {int(pid): kind for pid, kind in json.loads(pids.read_text()).items()}, proc.stderr
+
+
+# Beyond what the bracket can time blindly: the last store may be missed (kernel-dependent), never silently.
+MAY_MISS = {"dontfork_many_adjacent"}
 
 
 @pytest.mark.parametrize("kind", list(mapping_kinds.KINDS))
 def test_every_fork_has_its_phases_and_counts(kinds_run, kind):
-    rec, pids = kinds_run
+    rec, pids, _ = kinds_run
     pid = next(p for p, k in pids.items() if k == kind)
     forks = rec.forks[rec.forks.pid == pid]
     assert len(forks) == mapping_kinds.FORKS
-    assert forks.usable.all()
-    for phase in ("dup_mmap", "mt_dup", "vma_loop", "tail"):
-        assert forks[f"{phase}_ns"].notna().all(), f"{kind}: {phase} missing"
+    assert forks.usable.all() and forks.dup_mmap_ns.notna().all()
+    for phase in ("mt_dup", "vma_loop", "tail"):
+        assert kind in MAY_MISS or forks[f"{phase}_ns"].notna().all(), f"{kind}: {phase} missing"
     # Stores count the copied VMAs; the clears are what map_count has beyond them.
     dontcopy = mapping_kinds.KINDS[kind]
     assert (forks.dontcopy_vmas == dontcopy).all(), forks.dontcopy_vmas.tolist()
@@ -53,6 +57,11 @@ def test_every_fork_has_its_phases_and_counts(kinds_run, kind):
     assert (forks.stores > mapping_kinds.LONE).all()
 
 
-def test_no_last_store_was_missed(kinds_run):
-    rec, _ = kinds_run
-    assert rec.meta["events"]["last_store_missed"] == 0
+def test_a_missed_last_store_is_counted_and_said(kinds_run):
+    rec, pids, stderr = kinds_run
+    unsplit = rec.forks.vma_loop_ns.isna()
+    may = rec.forks.pid.isin([p for p, k in pids.items() if k in MAY_MISS])
+    assert not (unsplit & ~may).any(), "a kind the bracket must time lost its phases"
+    missed = rec.meta["events"]["last_store_missed"]
+    assert missed == int(unsplit.sum())
+    assert (f"note: {missed} forks' last mas_store was not timed" in stderr) == (missed > 0), stderr
