@@ -83,6 +83,7 @@ def synthetic_runs(runs: int = 3, noise: float = 0.01, spill: float = 0.0, seed:
                              **x, "stores": c.stores, "observed_leaves": c.predicted_leaves,
                              "predicted_leaves": c.predicted_leaves, "samples": 0, "true_ns": true})
     df = pd.DataFrame(rows)
+    df["median_ns"] = df["mean_ns"]
     df.attrs["l2_bytes"] = L2
     return df
 

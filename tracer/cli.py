@@ -161,7 +161,7 @@ def fit(
     for level in predict or []:
         if level not in known:
             raise UsageError(f"--predict {level}: not a shape level of this design (it has: {', '.join(sorted(known)) or 'none'})")
-    doc = design_fit(runs, predict=predict or None)
+    doc = design_fit(runs, predict=predict or None, directory=directory)
     typer.echo(json.dumps(doc, indent=2, default=float) if fmt == "json" else render_design(doc))
 
 

@@ -344,7 +344,7 @@ def write_fit(directory: Path, log: Callable[[str], None]) -> None:
     from analysis.attribution.design import design_fit, load_design_runs, render_design
 
     runs = load_design_runs(directory)
-    result = design_fit(runs)
+    result = design_fit(runs, directory=directory)
     for name, text in (("design-fit.json", json.dumps(result, indent=2, default=float)),
                        ("design-fit.txt", render_design(result))):
         tmp = directory / f".{name}.tmp"

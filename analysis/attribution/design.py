@@ -164,11 +164,16 @@ def _cells(runs: pd.DataFrame) -> pd.Series:
 # -- fitting ---------------------------------------------------------------------------
 
 
-def fit_model(runs: pd.DataFrame, model: str, l2_bytes: int | None = None, boot: int = BOOT, seed: int = 0) -> dict[str, Any]:
-    """One declared model fitted to the runs: costs with intervals, R², residual per cell."""
+def fit_model(runs: pd.DataFrame, model: str, l2_bytes: int | None = None, boot: int = BOOT, seed: int = 0,
+              response: str = "mean_ns") -> dict[str, Any]:
+    """One declared model fitted to the runs: costs with intervals, R², residual per cell.
+
+    response: each run's mean_ns (the primary: components of a mean add up to
+    it) or median_ns (a robustness check against forks a loaded host slowed).
+    """
     l2_bytes = l2_bytes if l2_bytes is not None else runs.attrs.get("l2_bytes")
     terms_all = _terms(runs, l2_bytes)
-    out: dict[str, Any] = {"model": model, "terms": [], "dropped": [], "costs": {}, "cells": []}
+    out: dict[str, Any] = {"model": model, "response": response, "terms": [], "dropped": [], "costs": {}, "cells": []}
     names = []
     for name in MODELS[model]:
         col = terms_all[name]
@@ -182,7 +187,7 @@ def fit_model(runs: pd.DataFrame, model: str, l2_bytes: int | None = None, boot:
     cell_id = _cells(runs)
     order = list(dict.fromkeys(cell_id))
     groups = [np.flatnonzero(cell_id.to_numpy() == c) for c in order]
-    y = runs["mean_ns"].to_numpy(dtype="float64")
+    y = runs[response].to_numpy(dtype="float64")
     x_runs = terms_all[names].to_numpy(dtype="float64")
     x = np.array([x_runs[g[0]] for g in groups])
     # Terms that never change between cells, or that move with others, cannot be told apart.
@@ -230,19 +235,78 @@ def fit_model(runs: pd.DataFrame, model: str, l2_bytes: int | None = None, boot:
     ss_tot_runs = float(((y - y.mean()) ** 2).sum())
     fitted_runs = x_runs @ beta
     out["r2_runs"] = 1 - float(((y - fitted_runs) ** 2).sum()) / ss_tot_runs if ss_tot_runs > 0 else None
-    for c, g, m, f, v, n, a, b in zip(order, groups, means, fitted, var, sizes, plo, phi):
+    for i, (c, g, m, f, v, n, a, b) in enumerate(zip(order, groups, means, fitted, var, sizes, plo, phi)):
         se = float(np.sqrt(v / n))
         resid = float(m - f)
         first = runs.iloc[g[0]]
         out["cells"].append({
             "cell": c, "factor": first["factor"], "level": first["level"], "extra_vmas": int(first["extra_vmas"]),
             "vmas": float(first["vmas"]), "runs": int(n), "measured_ns": float(m), "fitted_ns": float(f),
+            # ns per fork per term: they sum to fitted_ns; the residual is what they leave of the measured mean.
+            "components": {t: float(beta[j] * x[i, j]) for j, t in enumerate(names)},
             "fitted_ci95": [float(a), float(b)], "residual_pct": 100 * resid / m if m else None, "se_ns": se,
             "misfit": bool(abs(resid) > MISFIT_SIGMAS * se and abs(resid) > MISFIT_REL * abs(m)),
         })
     out["misfits"] = [c["cell"] for c in out["cells"] if c["misfit"]]
     out["_draws"] = draws
+    out["_x"] = x
     return out
+
+
+# Which fitted terms and which sampled components hold the same work.
+AGREEMENT_PAIRS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "fixed": (("fixed", "cold_fixed"), ("fixed",)),
+    "copy": (("nodes_copied",), ("copy",)),
+    "traversal": (("traversal_steps",), ("traversal",)),
+    "per-VMA": (("vmas", "touched_vmas", "own_anon_vmas", "file_vmas", "cold_vmas", "vmas_beyond_l2"),
+                ("replace", "other", "tracer")),
+}
+
+
+def sample_agreement(directory: Path, runs: pd.DataFrame, fit: dict[str, Any]) -> dict[str, Any]:
+    """Per cell: do the fit's components and the samples' split of the same work overlap in their 95% intervals?
+
+    The samples of a cell's runs are pooled (analysis.attribution.samples);
+    their off-CPU part is left out, as the fit's response is on-CPU time.
+    """
+    from analysis.attribution.components import COMPONENTS
+    from analysis.attribution.samples import sample_counts, sample_estimate
+    from analysis.recording import load_recording
+
+    if fit.get("missing") or "_draws" not in fit:
+        return {"missing": fit.get("missing") or "no fit"}
+    draws, x, names = fit["_draws"], fit["_x"], fit["terms"]
+    cell_id = _cells(runs)
+    rows, agree = [], 0
+    for i, cell in enumerate(fit["cells"]):
+        files = runs.loc[cell_id == cell["cell"], "file"]
+        recs = [load_recording(Path(directory) / f) for f in files]
+        sc = sample_counts([r.meta for r in recs], where=cell["cell"])
+        if sc is None or sc.total == 0:
+            rows.append({"cell": cell["cell"], "missing": "not sampled"})
+            continue
+        forks = pd.concat([r.forks[r.forks["usable"] & (r.forks["stores"] > 0)] for r in recs], ignore_index=True)
+        est = sample_estimate(forks, sc, boot=BOOT)
+        parts, ok = {}, True
+        for what, (terms, comps) in AGREEMENT_PAIRS.items():
+            idx = [names.index(t) for t in terms if t in names]
+            f_draws = draws[:, idx] @ x[i, idx] if idx else np.zeros(len(draws))
+            f_point = float(sum(fit["costs"][names[j]]["ns_per_unit"] * x[i, j] for j in idx))
+            ci = [COMPONENTS.index(c) for c in comps]
+            s_draws = est.draws[:, ci].sum(axis=1)
+            s_point = float(sum(est.ns_per_fork[c] for c in comps))
+            f_lo, f_hi = np.percentile(f_draws, [2.5, 97.5])
+            s_lo, s_hi = np.percentile(s_draws, [2.5, 97.5])
+            overlap = not (f_hi < s_lo or s_hi < f_lo)
+            ok &= overlap
+            parts[what] = {"fit_ns": f_point, "fit_ci95": [float(f_lo), float(f_hi)], "samples_ns": s_point,
+                           "samples_ci95": [float(s_lo), float(s_hi)], "agree": bool(overlap)}
+        agree += ok
+        rows.append({"cell": cell["cell"], "samples": int(est.samples), "agree": bool(ok), "parts": parts})
+    compared = [r for r in rows if "agree" in r]
+    return {"model": fit["model"], "cells": rows, "compared": len(compared), "agree": agree,
+            "share": agree / len(compared) if compared else None,
+            "min_samples": min((r["samples"] for r in compared), default=0)}
 
 
 def cold_vs_warm(fit: dict[str, Any]) -> dict[str, Any]:
@@ -286,11 +350,16 @@ def predict_level(runs: pd.DataFrame, level: str, model: str, l2_bytes: int | No
     test = runs[held].assign(_pred=x @ beta, _lo=np.percentile(sims, 2.5, axis=0), _hi=np.percentile(sims, 97.5, axis=0))
     for extra, g in test.groupby("extra_vmas"):
         m, p = float(g["mean_ns"].mean()), float(g["_pred"].mean())
+        se_pct = float(100 * g["mean_ns"].std(ddof=1) / np.sqrt(len(g)) / m) if len(g) > 1 else None
+        err = 100 * (p - m) / m
         rows.append({"extra_vmas": int(extra), "measured_ns": m, "predicted_ns": p,
-                     "ci95": [float(g["_lo"].mean()), float(g["_hi"].mean())], "error_pct": 100 * (p - m) / m})
+                     "ci95": [float(g["_lo"].mean()), float(g["_hi"].mean())], "error_pct": err,
+                     "measured_se_pct": se_pct,
+                     # as a misfit is judged: off by more than 3 standard errors of the measured mean
+                     "within_noise": se_pct is not None and abs(err) <= MISFIT_SIGMAS * se_pct})
     worst = max(abs(r["error_pct"]) for r in rows)
     return {"level": level, "model": model, "trained_on": int(len(train)), "cells": rows, "worst_error_pct": worst,
-            "within_10pct": worst <= 10.0}
+            "within_10pct": worst <= 10.0, "within_noise": all(r["within_noise"] for r in rows)}
 
 
 def per_vma_by_count(runs: pd.DataFrame) -> list[dict[str, Any]]:
@@ -305,7 +374,8 @@ def per_vma_by_count(runs: pd.DataFrame) -> list[dict[str, Any]]:
     return out
 
 
-def design_fit(runs: pd.DataFrame, l2_bytes: int | None = None, predict: Sequence[str] | None = None) -> dict[str, Any]:
+def design_fit(runs: pd.DataFrame, l2_bytes: int | None = None, predict: Sequence[str] | None = None,
+               directory: Path | None = None) -> dict[str, Any]:
     """Every declared model, the simplest one the data do not refuse, cold vs warm, and predictions."""
     l2 = l2_bytes if l2_bytes is not None else runs.attrs.get("l2_bytes")
     fits = {m: fit_model(runs, m, l2) for m in MODELS}
@@ -331,6 +401,13 @@ def design_fit(runs: pd.DataFrame, l2_bytes: int | None = None, predict: Sequenc
                   .sort_values("off", ascending=False).head(3)[["file", "observed_leaves", "predicted_leaves"]]
                   .to_dict("records") if r["observed_leaves"] != r["predicted_leaves"]],
     }
+    robust = {}
+    for m in MODELS:
+        f = fit_model(runs, m, l2, response="median_ns")
+        robust[m] = {k: f.get(k) for k in ("r2_cells", "r2_runs", "misfits", "missing")}
+        robust[m]["costs"] = {k: v for k, v in f.get("costs", {}).items()}
+        if m == "warm-cold" and not f.get("missing"):
+            robust["cold_vs_warm"] = cold_vs_warm(f)
     doc = {
         "runs": int(len(runs)),
         "cells": int(_cells(runs).nunique()),
@@ -343,8 +420,11 @@ def design_fit(runs: pd.DataFrame, l2_bytes: int | None = None, predict: Sequenc
         "cold_vs_warm": cold_vs_warm(fits["warm-cold"]) if not fits["warm-cold"].get("missing") else {},
         "per_vma": per_vma_by_count(runs),
         "predictions": predictions,
+        "robustness_median": robust,
         "model_check": model_check,
         "design": runs.attrs.get("design"),
+        "samples_vs_fit": (sample_agreement(directory, runs, fits[best])
+                           if directory is not None and best and int(runs["samples"].sum()) else None),
     }
     return doc
 
@@ -398,6 +478,31 @@ def render_design(doc: dict[str, Any]) -> str:
         for c in worst_misfit:
             lines.append(f"  {c['cell']:34} measured {c['measured_ns'] / 1e3:8.1f} us  fitted {c['fitted_ns'] / 1e3:8.1f} us "
                          f"({c['residual_pct']:+.1f}%, se {c['se_ns'] / 1e3:.2f} us)")
+    rb = doc.get("robustness_median") or {}
+    if rb:
+        lines.append("")
+        lines.append("robustness: the same models fitted to each run's median fork instead of its mean:")
+        for m in MODELS:
+            f = rb.get(m) or {}
+            if f.get("missing"):
+                lines.append(f"  {m}: not fitted: {f['missing']}")
+            else:
+                lines.append(f"  {m}: R² {f['r2_cells']:.4f} over cell means; {len(f['misfits'])} cells missed beyond their noise"
+                             + (f" ({', '.join(f['misfits'][:4])}{' ...' if len(f['misfits']) > 4 else ''})" if f["misfits"] else ""))
+        for unit, v in (rb.get("cold_vs_warm") or {}).items():
+            lines.append(f"  {unit:16} warm {v['warm']:8.2f} {_ci(v['warm_ci95'])}  cold {v['cold']:8.2f} {_ci(v['cold_ci95'])}")
+    sa = doc.get("samples_vs_fit")
+    if sa and not sa.get("missing"):
+        lines.append("")
+        lines.append(f"fit ({sa['model']}) and samples agree within their 95% intervals in {sa['agree']} of "
+                     f"{sa['compared']} cells (every part: fixed, copy, traversal, per-VMA; fewest samples in a cell: "
+                     f"{sa['min_samples']})")
+        for r in sa["cells"]:
+            if r.get("agree") is False:
+                bad = [f"{k} fit {v['fit_ns'] / 1e3:.1f} {_ci([v['fit_ci95'][0] / 1e3, v['fit_ci95'][1] / 1e3])} us, "
+                       f"samples {v['samples_ns'] / 1e3:.1f} {_ci([v['samples_ci95'][0] / 1e3, v['samples_ci95'][1] / 1e3])} us"
+                       for k, v in r["parts"].items() if not v["agree"]]
+                lines.append(f"  {r['cell']}: " + "; ".join(bad))
     if doc["predictions"]:
         lines.append("")
         lines.append(f"predictions to a shape the fit never saw ({doc['best']} model, fitted without that level):")
@@ -405,7 +510,9 @@ def render_design(doc: dict[str, Any]) -> str:
             if p.get("missing"):
                 lines.append(f"  {p['level']}: {p['missing']}")
                 continue
-            cells = ", ".join(f"{c['extra_vmas']}: {c['error_pct']:+.1f}%" for c in p["cells"])
+            cells = ", ".join(f"{c['extra_vmas']}: {c['error_pct']:+.1f}% (se {c['measured_se_pct']:.1f}%)"
+                              for c in p["cells"])
             verdict = "within 10%" if p["within_10pct"] else "NOT within 10%"
-            lines.append(f"  {p['level']:18} worst {p['worst_error_pct']:.1f}% ({verdict}); {cells}")
+            noise = "every cell within 3 se of its measured mean" if p["within_noise"] else "some cell beyond 3 se"
+            lines.append(f"  {p['level']:18} worst {p['worst_error_pct']:.1f}% ({verdict}; {noise}); {cells}")
     return "\n".join(lines)
