@@ -1,7 +1,7 @@
 """What `tracer record` was asked to do, and every check of it that needs no BPF.
 
 validate() runs before anything is loaded, so bad input fails in well under a
-second with one line.
+second with one line. The output file is checked by tracer.record.output.
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ from analysis.errors import TracerError, UsageError
 from tracer.probes.bracket import BACKENDS as BRACKET_BACKENDS
 from tracer.probes.bracket import LEVELS
 from tracer.probes.exact import EXACT_BACKENDS
-from tracer.record.output import prepare_output
 
 # --backend: how the bracket attaches, or which exact probes to add beside it.
 BACKENDS = (*BRACKET_BACKENDS, *EXACT_BACKENDS)
@@ -105,7 +104,6 @@ def validate(opts: RecordOptions) -> None:
         _check_command(opts.command[0])
     if os.geteuid() != 0:
         raise TracerError("tracer record loads BPF programs and needs root: run it with sudo")
-    opts.output = prepare_output(opts.output or default_output(opts))
 
 
 def _check_command(name: str) -> None:
