@@ -10,16 +10,18 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-import pandas as pd
 
 from analysis.errors import TracerError
 from analysis.recording.layout import Vma, parse_maps
 from analysis.recording.phases import derive_phases
 from analysis.recording.schema import FORK_SCHEMA, FORMAT_VERSION, METADATA_KEY, REQUIRED_COLUMNS, with_defaults
+
+if TYPE_CHECKING:  # table.to_pandas() imports it where a recording is loaded; summaries never need it
+    import pandas as pd
 
 __all__ = ["Recording", "load_recording"]
 

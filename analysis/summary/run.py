@@ -19,7 +19,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from analysis.errors import TracerError
-from analysis.recording.exact import EXACT_PHASE_COLUMNS
 from analysis.recording.phases import TIMESTAMPS, phase_arrays
 from analysis.recording.reader import _READ_ERRORS, _first_line, _read_metadata
 from analysis.recording.schema import FORK_SCHEMA, REQUIRED_COLUMNS
@@ -88,7 +87,11 @@ def _summarize(path: Path, by: tuple[str, ...], batch_rows: int) -> FleetSummary
     workload = meta.get("workload") if isinstance(meta.get("workload"), dict) else {}
     spawn = workload.get("kind") == "spawn" and isinstance(workload.get("extra_vmas"), int)
     methods = meta.get("methods") if isinstance(meta.get("methods"), dict) else {}
-    exact = {p: c for p, c in EXACT_PHASE_COLUMNS.items() if str(methods.get(p) or "").startswith("exact") and c in have}
+    exact: dict[str, str] = {}
+    if any(str(m or "").startswith("exact") for m in methods.values()):
+        from analysis.recording.exact import EXACT_PHASE_COLUMNS  # pandas comes with it: only where needed
+
+        exact = {p: c for p, c in EXACT_PHASE_COLUMNS.items() if str(methods.get(p) or "").startswith("exact") and c in have}
     wanted = [*TIMESTAMPS, "stores", "failed", "leaves", *(c for c in LACKABLE if c in have), *exact.values()]
     if not spawn:
         wanted.append("comm")
