@@ -35,8 +35,12 @@ sys.path.insert(0, str(ROOT))
 from analysis.recording.schema import METADATA_KEY  # noqa: E402
 
 
-def generate(real: Path, out: Path, files: int, forks: int) -> list[Path]:
-    """`files` recordings of `forks` rows each, made from `real`'s rows and metadata (kept if present)."""
+def generate(real: Path, out: Path, files: int, forks: int, kv_only: bool = False) -> list[Path]:
+    """`files` recordings of `forks` rows each, made from `real`'s rows and metadata (kept if present).
+
+    kv_only: the forktrace document in the file's key/value metadata only, not
+    repeated (base64) inside the Arrow schema that pyarrow also stores there.
+    """
     out.mkdir(parents=True, exist_ok=True)
     table = pq.read_table(real)
     meta = json.loads(table.schema.metadata[METADATA_KEY])
@@ -53,7 +57,13 @@ def generate(real: Path, out: Path, files: int, forks: int) -> list[Path]:
         if isinstance(doc.get("workload"), dict):
             doc["workload"]["forks"] = forks
         tmp = path.with_suffix(".tmp")
-        pq.write_table(big.replace_schema_metadata({**table.schema.metadata, METADATA_KEY: json.dumps(doc).encode()}), tmp)
+        if kv_only:
+            plain = big.replace_schema_metadata(None)
+            with pq.ParquetWriter(tmp, plain.schema) as writer:
+                writer.add_key_value_metadata({METADATA_KEY.decode(): json.dumps(doc)})
+                writer.write_table(plain)
+        else:
+            pq.write_table(big.replace_schema_metadata({**table.schema.metadata, METADATA_KEY: json.dumps(doc).encode()}), tmp)
         tmp.rename(path)
     return paths
 
@@ -75,23 +85,21 @@ def loadavg() -> str:
     return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
-def run_report(files: list[Path], args: list[str]) -> tuple[float, float, str]:
-    """(wall s, max RSS MB of the report and its workers, first line) of one `tracer report` child."""
-    listing = files[0].parent / f".list-{len(files)}"
+def run_report(files: list[Path], args: list[str]) -> tuple[float, float, float, str]:
+    """(wall s, CPU s, max RSS MB of the report and its workers, forks) of one `tracer report` child."""
     cmd = [sys.executable, "-c", "from tracer.cli import main; main()", "report", "--format", "json", *args]
     # A directory would be globbed by the report; pass the files themselves.
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     start = time.perf_counter()
     proc = subprocess.run([*cmd, *map(str, files)], capture_output=True, text=True, env=env)
     wall = time.perf_counter() - start
-    after = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)  # this process runs one report: its own figures
     if proc.returncode:
         raise SystemExit(f"report failed: {proc.stderr.strip()[:500]}")
     doc = json.loads(proc.stdout)
     forks = sum(g["counts"]["forks"] for g in doc["groups"])
-    # ru_maxrss of children is the largest single child (the report, or one of its workers), in KiB.
-    return wall, max(after, before) / 1024, f"{forks} forks"
+    # ru_maxrss of children: the largest single process among the report and its reaped workers, in KiB.
+    return wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024, f"{forks} forks"
 
 
 def main() -> None:
@@ -103,6 +111,7 @@ def main() -> None:
     ap.add_argument("--dask-files", type=int, default=1000, help="File count for the local-vs-dask comparison.")
     ap.add_argument("--output", type=Path, default=None, help="Also write the figures here.")
     ap.add_argument("--clean", action="store_true", help="Remove the generated files afterwards.")
+    ap.add_argument("--kv-only", action="store_true", help="Also measure files whose forktrace document is not repeated in the Arrow schema.")
     args = ap.parse_args()
     counts = [int(x) for x in args.files.split(",")]
     total = max(counts + [args.dask_files])
@@ -111,28 +120,41 @@ def main() -> None:
     size = sum(p.stat().st_size for p in paths)
     lines = [
         f"bench_fleet: {total} files x {args.forks} forks from {args.real.name} ({size / 1e9:.2f} GB, made in {time.perf_counter() - t0:.0f} s)",
-        f"host: {os.cpu_count()} CPUs, Python {sys.version.split()[0]}, pyarrow {pa.__version__}",
+        f"host: {os.cpu_count()} CPUs, Python {sys.version.split()[0]}, pyarrow {pa.__version__}; "
+        "`tracer report --format json --engine E FILE...`, one child each, one after another",
+        "max RSS: the largest single process (the report or a worker it reaped); CPU: user+sys of all of them",
         "",
-        f"{'input':<28} {'engine':<16} {'wall s':>7} {'max RSS MB':>11}  loadavg (1/5/15 min) before",
+        f"{'input':<32} {'engine':<20} {'wall s':>7} {'CPU s':>6} {'max RSS MB':>11}  loadavg 1/5/15 min before",
     ]
     print("\n".join(lines), flush=True)
 
-    def measure(n: int, engine: str) -> None:
+    def measure(n: int, engine: str, where: Path = args.dir, note: str = "") -> None:
         load = loadavg()
-        # Each measurement in a fresh child so that RUSAGE_CHILDREN's max is its own.
+        # Each measurement in a fresh child so that RUSAGE_CHILDREN is its own.
         out = subprocess.run(
-            [sys.executable, __file__, "--_one", str(n), engine, str(args.dir)], capture_output=True, text=True
+            [sys.executable, __file__, "--_one", str(n), engine, str(where)], capture_output=True, text=True
         )
         if out.returncode:
             raise SystemExit(out.stderr.strip()[-800:])
-        wall, rss, what = json.loads(out.stdout)
-        line = f"{n:>5} files ({what:>16}) {engine:<16} {wall:7.2f} {rss:11.0f}  {load}"
+        wall, cpu, rss, what = json.loads(out.stdout)
+        line = f"{n:>5} files ({what:>16}){note:<2} {engine:<20} {wall:7.2f} {cpu:6.1f} {rss:11.0f}  {load}"
         print(line, flush=True)
         lines.append(line)
 
     for n in counts:
         measure(n, "local")
     measure(args.dask_files, "dask://local:2")
+    from distributed import LocalCluster
+
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+        measure(args.dask_files, "dask://" + cluster.scheduler_address.removeprefix("tcp://"))
+    lines.append("(dask://local:2 starts a 2-worker LocalCluster inside the report; dask://HOST:PORT is one started"
+                 " beforehand, whose workers' memory and CPU are not the report's)")
+    if args.kv_only:
+        kv_dir = args.dir.with_name(args.dir.name + "-kv")
+        generate(args.real, kv_dir, args.dask_files, args.forks, kv_only=True)
+        measure(args.dask_files, "local", kv_dir, " *")
+        lines.append("* the forktrace document in the file's key/value metadata only, not repeated in the Arrow schema")
     text = "\n".join(lines) + "\n"
     if args.output:
         args.output.write_text(text)
@@ -143,8 +165,7 @@ def main() -> None:
 
 def _one(n: int, engine: str, where: Path) -> None:
     files = sorted(where.glob("host-*.parquet"))[:n]
-    wall, rss, what = run_report(files, ["--engine", engine])
-    print(json.dumps([wall, rss, what]))
+    print(json.dumps(run_report(files, ["--engine", engine])))
 
 
 if __name__ == "__main__":

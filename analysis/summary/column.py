@@ -47,14 +47,14 @@ class ColumnSummary:
         v = values[~nan]
         if v.size == 0:
             return
-        if (v < 0).any() or np.isinf(v).any():
+        lo, hi = float(v.min()), float(v.max())
+        if lo < 0 or math.isinf(hi):
             raise ValueError("latency values must be finite and not negative")
         self.n += int(v.size)
-        lo, hi = float(v.min()), float(v.max())
         self.min = lo if self.min is None else min(self.min, lo)
         self.max = hi if self.max is None else max(self.max, hi)
         for start in range(0, v.size, _BATCH):
-            self._add_sums(v[start : start + _BATCH])
+            self._add_sums(v[start : start + _BATCH], hi)
         # funclatency's slot: bit_length(floor(v)), 0 and 1 in slot 1; frexp's exponent is the bit length.
         for hist, unit in ((self.log2, 1.0), (self.log2_us, 1000.0)):
             slots = np.maximum(np.frexp(np.floor(v / unit))[1], 1)
@@ -63,11 +63,11 @@ class ColumnSummary:
                     hist[k] = hist.get(k, 0) + c
         self.sketch.add(v)
 
-    def _add_sums(self, v: np.ndarray) -> None:
+    def _add_sums(self, v: np.ndarray, top: float) -> None:
         q = np.rint(v * SCALE).astype("int64")
         self.sum_q += int(q.sum())
-        big = q >= (1 << 37)  # hi < 2^17: hi^2, 2 hi lo and lo^2 each fit a batch's int64 sum
-        if big.any():
+        if top * SCALE >= (1 << 37) - 1:  # hi < 2^17: hi^2, 2 hi lo and lo^2 each fit a batch's int64 sum
+            big = q >= (1 << 37)
             self.sumsq_q += sum(int(x) * int(x) for x in q[big].tolist())
             q = q[~big]
         hi, lo = q >> _SPLIT, q & ((1 << _SPLIT) - 1)

@@ -73,17 +73,19 @@ def _summarize(path: Path, by: tuple[str, ...], batch_rows: int) -> FleetSummary
         raise TracerError(f"recording {path} is not a regular file")
     try:
         parquet = pq.ParquetFile(path, page_checksum_verification=True)
-        schema = parquet.schema_arrow
+        # The file's key/value metadata: the forktrace document whether or not the Arrow schema repeats it.
+        kv = parquet.metadata.metadata or {}
+        names = parquet.schema_arrow.names
     except PermissionError:
         raise TracerError(f"recording {path} is not readable (permission denied)") from None
     except _READ_ERRORS as err:
         raise TracerError(f"{path} is not a readable Parquet file (truncated or corrupt?): {_first_line(err)}") from None
-    meta = _read_metadata(path, schema.metadata or {})
-    missing = [name for name in REQUIRED_COLUMNS if name not in schema.names]
+    meta = _read_metadata(path, kv)
+    missing = [name for name in REQUIRED_COLUMNS if name not in names]
     if missing:
         raise TracerError(f"{path} lacks fork columns: {', '.join(missing)}")
 
-    have = set(schema.names)
+    have = set(names)
     workload = meta.get("workload") if isinstance(meta.get("workload"), dict) else {}
     spawn = workload.get("kind") == "spawn" and isinstance(workload.get("extra_vmas"), int)
     methods = meta.get("methods") if isinstance(meta.get("methods"), dict) else {}
