@@ -219,3 +219,27 @@ def test_dask_local_cluster_equals_the_local_engine(tmp_path):
 def test_empty_merge_identity():
     s = FleetSummary(("kernel",))
     assert s.merge(FleetSummary(("kernel",))).canonical() == s.canonical()
+
+
+def _cli(*args: str):
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    return subprocess.run([sys.executable, "-m", "tracer.cli", *args], capture_output=True, text=True, env=env)
+
+
+def test_cli_summary_rule_and_errors(tmp_path):
+    few = [str(_write(tmp_path / f"r{i}.parquet", host=f"h{i}", seed=i)) for i in range(3)]
+    detailed = _cli("report", "-f", "json", *few)
+    assert detailed.returncode == 0 and "attribution" in detailed.stdout and '"report": "fleet"' not in detailed.stdout
+    summary = _cli("report", "-f", "json", "--by", "host", *few)
+    assert summary.returncode == 0 and json.loads(summary.stdout)["runs"] == 3
+    bad = _cli("report", "--detailed", "--engine", "local", *few)
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "tracer: error:" in bad.stderr
+    bad = _cli("compare", "--by", "kernel", *few)  # one kernel: nothing to compare
+    assert bad.returncode == 2 and "two" in bad.stderr and bad.stderr.count("\n") == 1
+    (tmp_path / "junk.parquet").write_text("junk")
+    skipped = _cli("report", "--summary", *few, str(tmp_path / "junk.parquet"))
+    assert skipped.returncode == 0 and skipped.stderr.count("tracer: skipped:") == 1 and "3 runs" in skipped.stdout
