@@ -243,3 +243,16 @@ def test_cli_summary_rule_and_errors(tmp_path):
     (tmp_path / "junk.parquet").write_text("junk")
     skipped = _cli("report", "--summary", *few, str(tmp_path / "junk.parquet"))
     assert skipped.returncode == 0 and skipped.stderr.count("tracer: skipped:") == 1 and "3 runs" in skipped.stdout
+
+
+def test_group_key_of_another_workload_is_the_detailed_reports(tmp_path):
+    from analysis.frame import group_key
+
+    rows = fork_rows(25, vmas=57, comm="redis-server", failed=[0, 1])
+    meta = _meta(rows, workload={"kind": "command", "command": ["redis-server"]})
+    path = write_synthetic(tmp_path / "redis.parquet", rows, meta)
+    (key,) = summarize_file(path).groups
+    k = group_key(load_recording(path))
+    assert key == (k.workload, k.layout, k.vmas) == ("redis-server", "", 57)
+    twice = summarize_files([path, str(path)], (), Engine("local", workers=1))  # given twice: one run
+    assert twice.files == 1 and sum(g.runs for g in twice.groups.values()) == 1

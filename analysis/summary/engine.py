@@ -87,7 +87,7 @@ def summarize_files(
 ) -> FleetSummary:
     """The merged summary of every file, computed by `engine` (default: local processes)."""
     engine = engine or Engine("local")
-    paths = [str(p) for p in paths]
+    paths = list(dict.fromkeys(str(p) for p in paths))  # a file given twice (a directory and its file) counts once
     by = tuple(by)
     if engine.kind == "dask":
         return _dask(paths, by, engine, progress)

@@ -179,7 +179,7 @@ def _add_batch(
     copied = usable & (stores > 0)
     g.columns["stores"].add(stores[copied].astype("float64"))
     g.columns["leaves"].add(cols["leaves"][copied].astype("float64"))
-    values, n = np.unique(stores[copied], return_counts=True)
+    values, n = np.unique(stores[usable], return_counts=True)  # the group's VMA count, as analysis.frame.group_key takes it
     stores_seen.update(dict(zip(values.tolist(), n.tolist())))
 
 
