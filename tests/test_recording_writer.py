@@ -12,7 +12,8 @@ import pytest
 from conftest import ROOT
 from analysis.errors import TracerError
 from analysis.recording.schema import ADDED_COLUMNS, FORK_COLUMNS, FORMAT_VERSION, METADATA_FIELDS, METADATA_KEY, PHASE_COLUMNS
-from analysis.recording.writer import check_writable, write_recording
+from analysis.files import Directory
+from analysis.recording.writer import write_recording
 from recordings import fork_rows
 
 
@@ -54,14 +55,12 @@ def test_failed_write_leaves_previous_file_and_no_temp(tmp_path):
 
 def test_unwritable_destinations_are_one_line_errors(tmp_path):
     with pytest.raises(TracerError, match="does not exist"):
-        check_writable(tmp_path / "missing" / "r.parquet")
+        write_recording(tmp_path / "missing" / "r.parquet", fork_rows(1), {})
     with pytest.raises(TracerError, match="directory"):
-        check_writable(tmp_path)
-    if os.geteuid() != 0:  # root may write anywhere
-        ro = tmp_path / "ro"
-        ro.mkdir(mode=0o500)
-        with pytest.raises(TracerError, match="not writable"):
-            check_writable(ro / "r.parquet")
+        write_recording(tmp_path, fork_rows(1), {})
+    (tmp_path / "sub").mkdir()
+    with pytest.raises(TracerError, match="is a directory"):
+        Directory.open(tmp_path).check_target("sub")
 
 
 def test_format_doc_documents_every_column_and_metadata_key():

@@ -95,12 +95,17 @@ def report(
             raise UsageError("--format folded takes neither --plot nor --predict")
         typer.echo(render_report(recordings, fmt))
         return
+    from analysis.files import Directory
+
+    # The plot directory is made and checked before any work (a refusal is exit 2), written after.
+    plots = Directory.open(plot, create=True, what="--plot directory") if plot is not None else None
     inp = build_report(recordings, predict or None)
     typer.echo(render_doc(inp, report_doc(inp), fmt))
-    if plot is not None:
+    if plots is not None:
         from analysis.report.plots import write_plots
 
-        written = write_plots(inp.attribution, plot)
+        with plots:
+            written = write_plots(inp.attribution, plots)
         typer.echo(f"tracer: wrote {len(written)} plot files to {plot}", err=True)
 
 

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 from analysis.errors import TracerError, UsageError
+from analysis.files import Directory
 from tracer.workload.spawn import SEED_VMAS
 
 __all__ = ["DEFAULT_VMAS", "SweepOptions", "recording_name", "parse_list", "sweep"]
@@ -23,6 +25,8 @@ __all__ = ["DEFAULT_VMAS", "SweepOptions", "recording_name", "parse_list", "swee
 DEFAULT_VMAS = SEED_VMAS
 LAYOUTS = ("gapped", "adjacent")
 INDEX = "index.json"
+# flock'd for the whole sweep: a second sweep into the directory is refused, not interleaved.
+LOCK = ".forktrace-sweep.lock"
 
 
 @dataclass
@@ -66,42 +70,88 @@ def check(opts: SweepOptions) -> None:
         raise UsageError(f"--layout must name {' or '.join(LAYOUTS)}, not {', '.join(bad)}")
     if opts.forks <= 0:
         raise UsageError("--forks must be positive")
+    from tracer.workload.spawn import check_args
+
+    for vmas in opts.vmas:  # every count, so a bad one fails before the first recording
+        for layout in opts.layouts:
+            try:
+                check_args(vmas, opts.forks, None, opts.cpu, layout)
+            except TracerError as err:
+                raise UsageError(f"--vmas {vmas}: {err}") from None
     out = opts.output
-    if out.exists() and not out.is_dir():
-        raise TracerError(f"output {out} exists and is not a directory")
-    if out.is_dir() and any(out.iterdir()) and not opts.force:
-        raise TracerError(f"output directory {out} is not empty; give --force to replace the sweep's files in it")
+    if os.path.lexists(out) and not out.is_dir():
+        raise UsageError(f"output {out} exists and is not a directory")
+    if out.is_dir():
+        _check_empty(out, os.listdir(out), opts.force)
+
+
+def _check_empty(out: Path, names: list[str], force: bool) -> None:
+    if not force and [n for n in names if n != LOCK]:
+        raise UsageError(f"output directory {out} is not empty; give --force to replace the sweep's files in it")
 
 
 def sweep(opts: SweepOptions, log: Callable[[str], None] | None = None) -> Path:
-    """Record every (count, layout), then the index and the report; returns the directory."""
+    """Record every (count, layout), then the index and the report; returns the directory.
+
+    The directory is locked for the whole sweep. A stop signal (SIGINT, SIGTERM,
+    SIGHUP) ends the recording under way, which is written and marked as cut,
+    and the sweep: the index and the report cover what was recorded, and the
+    exit status is 128 + the signal.
+    """
     from tracer.record import RecordOptions, record
+    from tracer.record.stopping import StopRequests
 
     log = log or (lambda msg: None)
     check(opts)
-    opts.output.mkdir(parents=True, exist_ok=True)
     runs = [(v, layout) for v in opts.vmas for layout in opts.layouts]
-    # record() moves the tracer off the workload's CPU; every recording starts from the same CPUs.
-    cpus = os.sched_getaffinity(0)
-    for n, (vmas, layout) in enumerate(runs, 1):
-        os.sched_setaffinity(0, cpus)
-        path = opts.output / recording_name(layout, vmas)
-        log(f"[{n}/{len(runs)}] spawn {vmas} extra VMAs, {layout} ...")
-        record(
-            RecordOptions(
-                spawn_vmas=vmas, layout=layout, forks=opts.forks, cpu=opts.cpu, sample_hz=opts.sample_hz,
-                output=path, quiet=True,
-            ),
-            log=lambda msg: None if opts.quiet else log("  " + msg),
-        )
-        opts.recordings.append({"file": path.name, "layout": layout, "extra_vmas": vmas})
-    os.sched_setaffinity(0, cpus)
-    write_index(opts)
-    write_report(opts.output, log)
+    with Directory.open(opts.output, create=True) as directory, directory.lock(LOCK, "sweep"):
+        _check_empty(opts.output, directory.names(), opts.force)  # again, now that no other sweep can add files
+        # record() moves the tracer off the workload's CPU; every recording starts from the same CPUs.
+        cpus = os.sched_getaffinity(0)
+        with StopRequests() as stop:  # one for the whole sweep: a stop ends it, not only one recording
+            for n, (vmas, layout) in enumerate(runs, 1):
+                if stop.requested:
+                    break
+                os.sched_setaffinity(0, cpus)
+                path = opts.output / recording_name(layout, vmas)
+                log(f"[{n}/{len(runs)}] spawn {vmas} extra VMAs, {layout} ...")
+                try:
+                    record(
+                        RecordOptions(
+                            spawn_vmas=vmas, layout=layout, forks=opts.forks, cpu=opts.cpu, sample_hz=opts.sample_hz,
+                            output=path, quiet=True,
+                        ),
+                        log=lambda msg: None if opts.quiet else log("  " + msg),
+                        stop=stop,
+                    )
+                except TracerError as err:
+                    if stop.requested and err.exit_code == 128 + stop.signum:
+                        break  # stopped while BPF was loading: this one has nothing to keep
+                    raise
+                entry = {"file": path.name, "layout": layout, "extra_vmas": vmas}
+                if stop.requested:
+                    entry["cut_by"] = signal.Signals(stop.signum).name
+                opts.recordings.append(entry)
+            os.sched_setaffinity(0, cpus)
+            stop.writing = True
+            stopped = None
+            if stop.requested:
+                cut = [e["file"] for e in opts.recordings if "cut_by" in e]
+                stopped = {"signal": signal.Signals(stop.signum).name, "recorded": len(opts.recordings),
+                           "planned": len(runs), "cut": cut[0] if cut else None}
+            if opts.recordings:
+                write_index(opts, directory, stopped)
+                write_report(opts, log, directory, stopped)
+    if stopped is not None:
+        what = f"{len(opts.recordings)} of {len(runs)} recordings" + (f", {stopped['cut']} cut short" if stopped["cut"] else "")
+        done = "index and report written" if opts.recordings else "nothing recorded"
+        err = TracerError(f"{stopped['signal']}: sweep stopped ({what}); {done} in {opts.output}")
+        err.exit_code = 128 + stop.signum
+        raise err
     return opts.output
 
 
-def write_index(opts: SweepOptions) -> Path:
+def write_index(opts: SweepOptions, directory: Directory | None = None, stopped: dict | None = None) -> Path:
     """index.json: what the sweep recorded, with the model's leaves beside the observed ones."""
     from analysis.model.check import model_check
     from analysis.recording import load_recording
@@ -120,22 +170,47 @@ def write_index(opts: SweepOptions) -> Path:
             }
         )
     doc = {"vmas": list(opts.vmas), "layouts": list(opts.layouts), "forks": opts.forks, "sample_hz": opts.sample_hz,
-           "cpu": opts.cpu, "recordings": entries}
-    path = opts.output / INDEX
-    tmp = path.with_name(f".{INDEX}.tmp")
-    tmp.write_text(json.dumps(doc, indent=2) + "\n")
-    os.replace(tmp, path)
-    return path
+           "cpu": opts.cpu, "stopped": stopped, "recordings": entries}
+    with _opened(opts.output, directory) as d:
+        d.write(INDEX, (json.dumps(doc, indent=2) + "\n").encode())
+    return opts.output / INDEX
 
 
-def write_report(directory: Path, log: Callable[[str], None]) -> None:
-    """report.md, report.json and plots/ over all recordings of the sweep: built once, rendered twice."""
+def write_report(opts: SweepOptions, log: Callable[[str], None], directory: Directory | None = None,
+                 stopped: dict | None = None) -> None:
+    """report.md, report.json and plots/ over this sweep's recordings (never others in the directory)."""
     from analysis.report.plots import write_plots
     from analysis.report.summary import build_report, render_doc, report_doc
 
-    inp = build_report([directory])
+    inp = build_report([opts.output / e["file"] for e in opts.recordings])
     doc = report_doc(inp)
-    for fmt, name in (("markdown", "report.md"), ("json", "report.json")):
-        (directory / name).write_text(render_doc(inp, doc, fmt) + "\n")
-    written = write_plots(inp.attribution, directory / "plots")
-    log(f"report: {directory / 'report.md'}, {directory / 'report.json'}, {len(written)} plots in {directory / 'plots'}")
+    note = ""
+    if stopped is not None:
+        doc = {**doc, "sweep_stopped": stopped}
+        note = (f"> Sweep stopped by {stopped['signal']} after {stopped['recorded']} of {stopped['planned']} recordings"
+                + (f"; {stopped['cut']} was cut short." if stopped["cut"] else ".") + "\n\n")
+    with _opened(opts.output, directory) as d:
+        for fmt, name in (("markdown", "report.md"), ("json", "report.json")):
+            text = render_doc(inp, doc, fmt)
+            if fmt == "markdown" and note:
+                head, _, rest = text.partition("\n")
+                text = f"{head}\n\n{note}{rest.lstrip(chr(10))}"
+            d.write(name, (text + "\n").encode())
+        with d.subdirectory("plots") as plots:
+            written = write_plots(inp.attribution, plots)
+    log(f"report: {opts.output / 'report.md'}, {opts.output / 'report.json'}, {len(written)} plots in {opts.output / 'plots'}")
+
+
+class _opened:
+    """The sweep's directory as opened (left open), or opened for this write (closed after)."""
+
+    def __init__(self, path: Path, directory: Directory | None):
+        self.directory = directory or Directory.open(path, create=True)
+        self.owned = directory is None
+
+    def __enter__(self) -> Directory:
+        return self.directory
+
+    def __exit__(self, *exc) -> None:
+        if self.owned:
+            self.directory.close()

@@ -6,7 +6,6 @@ must run where matplotlib is not installed.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +13,7 @@ import numpy as np
 from analysis.compare.render import MARKS
 from analysis.compare.result import Comparison
 from analysis.errors import TracerError, UsageError
+from analysis.files import Directory, write_file
 
 __all__ = ["plot_comparison", "check_plot_path", "MAX_GROUPS", "PLOT_SUFFIXES"]
 
@@ -31,6 +31,8 @@ def check_plot_path(path: Path, inputs: list[str]) -> Path:
         raise UsageError(f"--plot {path} is one of the inputs; refusing to overwrite it")
     if path.is_dir() or not (path.parent if str(path.parent) else Path(".")).is_dir():
         raise UsageError(f"--plot {path}: not a file in an existing directory")
+    with Directory.open(path.parent if str(path.parent) else Path("."), what="--plot directory") as directory:
+        directory.check_target(path.name)
     return path
 
 
@@ -73,15 +75,12 @@ def plot_comparison(c: Comparison, path: Path) -> list[str]:
             ax.tick_params(labelsize=7)
     fig.suptitle(c.verdict.text if len(c.verdict.text) < 110 else c.verdict.text[:107] + "...", fontsize=9)
     fig.tight_layout()
-    # Written beside the target and renamed: an existing file is replaced whole or not at all.
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}{path.suffix}")
+    # analysis.files: an unpredictable temporary name, renamed over the target; replaced whole or not at all.
+    fmt = path.suffix.lower().lstrip(".")
     try:
-        fig.savefig(tmp)
-        os.replace(tmp, path)
-    except (OSError, ValueError) as err:
+        write_file(path, lambda out: fig.savefig(out, format=fmt))
+    except ValueError as err:
         raise TracerError(f"cannot write the plot {path}: {err}") from None
     finally:
         plt.close(fig)
-        if tmp.exists():
-            tmp.unlink()
     return notes

@@ -18,7 +18,6 @@ _HOME = {
     "Recording": "reader",
     "load_recording": "reader",
     "FORMAT_VERSION": "schema",
-    "check_writable": "writer",
     "write_recording": "writer",
 }
 
@@ -28,7 +27,6 @@ __all__ = [
     "PHASE_NAMES",
     "Phase",
     "Recording",
-    "check_writable",
     "derive_phases",
     "load_recording",
     "write_recording",

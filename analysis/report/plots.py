@@ -13,6 +13,7 @@ import numpy as np
 from analysis.attribution.attribute import Attribution
 from analysis.attribution.components import COMPONENTS
 from analysis.errors import TracerError
+from analysis.files import Directory
 from analysis.recording import PHASES
 
 __all__ = ["write_plots"]
@@ -20,8 +21,12 @@ __all__ = ["write_plots"]
 PHASES_PLOTTED = tuple(p.name for p in PHASES if not p.derived)
 
 
-def write_plots(att: Attribution, outdir: Path | str) -> list[Path]:
-    """Latency vs VMAs per phase (with the fit), per-VMA cost vs VMAs, attribution bars."""
+def write_plots(att: Attribution, outdir: Path | str | Directory) -> list[Path]:
+    """Latency vs VMAs per phase (with the fit), per-VMA cost vs VMAs, attribution bars.
+
+    Into a directory made (or checked) and written through analysis.files: each
+    file appears whole or not at all, and no name there is followed.
+    """
     try:
         import matplotlib
 
@@ -29,24 +34,28 @@ def write_plots(att: Attribution, outdir: Path | str) -> list[Path]:
         import matplotlib.pyplot as plt
     except ImportError:
         raise TracerError("--plot needs matplotlib (pip install matplotlib)") from None
-    outdir = Path(outdir)
-    if outdir.exists() and not outdir.is_dir():
-        raise TracerError(f"--plot {outdir} exists and is not a directory")
-    outdir.mkdir(parents=True, exist_ok=True)
     groups = [g for g in att.groups if len(g.forks)]
     if not groups:
         raise TracerError("nothing to plot: no group has a usable fork that copied VMAs")
+    if isinstance(outdir, Directory):
+        return _draw(att, groups, outdir, plt)
+    with Directory.open(Path(outdir), create=True, what="--plot directory") as directory:
+        return _draw(att, groups, directory, plt)
+
+
+def _draw(att: Attribution, groups, outdir: Directory, plt) -> list[Path]:
     vmas = np.array([float(g.forks["stores"].median()) for g in groups])
     order = np.argsort(vmas)
     groups, vmas = [groups[i] for i in order], vmas[order]
     written: list[Path] = []
 
     def save(fig, name: str) -> None:
-        for ext in ("png", "svg"):
-            path = outdir / f"{name}.{ext}"
-            fig.savefig(path, dpi=120, bbox_inches="tight")
-            written.append(path)
-        plt.close(fig)
+        try:
+            for ext in ("png", "svg"):
+                outdir.write(f"{name}.{ext}", lambda out: fig.savefig(out, format=ext, dpi=120, bbox_inches="tight"))
+                written.append(outdir.path / f"{name}.{ext}")
+        finally:
+            plt.close(fig)
 
     # Medians: a thread preempted while it holds the mmap locks makes the mean a
     # measure of the machine's load; the fit line is of the means it was fitted to.

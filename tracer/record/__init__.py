@@ -25,9 +25,9 @@ from tracer.probes.exact import ExactConfig, ExactProbe
 from tracer.probes.program import BCC_MISSING
 from tracer.record.context import run_metadata, runs_mt_dup
 from tracer.record.cycle import join_cycle
-from tracer.record.options import RecordOptions, resolve_options
-from tracer.record.output import save_recording
 from tracer.record.attached import ProbeSet
+from tracer.record.options import RecordOptions, default_output, resolve_options
+from tracer.record.output import Output, prepare_output, save_recording
 from tracer.record.session import Session
 from tracer.record.stopping import StopRequests
 
@@ -42,15 +42,25 @@ class Recorded:
     exit_status: int  # -- CMD: the command's, as a shell reports it (as perf); else 0
 
 
-def record(opts: RecordOptions, log: Callable[[str], None] | None = None) -> Recorded:
-    """Run one recording to completion and return what was written."""
+def record(opts: RecordOptions, log: Callable[[str], None] | None = None, stop: StopRequests | None = None) -> Recorded:
+    """Run one recording to completion and return what was written.
+
+    `stop`: the caller's stop requests (a sweep's, held across recordings), instead of this run's own.
+    """
     log = log or (lambda msg: print(msg, file=sys.stderr))
     opts = resolve_options(opts)
-    with StopRequests() as stop:
-        return _record(opts, log, stop)
+    output = prepare_output(opts.output or default_output(opts))
+    opts.output = output.path
+    try:
+        if stop is not None:
+            return _record(opts, output, log, stop)
+        with StopRequests() as stop:
+            return _record(opts, output, log, stop)
+    finally:
+        output.close()
 
 
-def _record(opts: RecordOptions, log: Callable[[str], None], stop: StopRequests) -> Recorded:
+def _record(opts: RecordOptions, output: Output, log: Callable[[str], None], stop: StopRequests) -> Recorded:
     from tracer.host import headers, kernel
     from tracer.host.methods import choose_methods, exact_kinds
     from tracer.host.survey import survey_host
@@ -93,6 +103,7 @@ def _record(opts: RecordOptions, log: Callable[[str], None], stop: StopRequests)
     extras += ["clone/exit_mmap/wait"] if cycle_config else []
     extras += [f"exact: {', '.join(f'{fn} ({a.via})' for fn, a in plan.exact.items())}"] if plan.exact else []
     log(f"loading BPF ({', '.join([backend, *extras])}) ...")
+    stop.writing = False
     probes.load()
     cycle_counters: dict[str, int] = {}
     try:
@@ -118,7 +129,7 @@ def _record(opts: RecordOptions, log: Callable[[str], None], stop: StopRequests)
             "events": cycle_counters,
             "joined": joined,
         }
-    path = save_recording(opts.output, forks, meta, log)
+    path = save_recording(output, forks, meta, log)
     lost = meta["lost"]["ringbuf"] + ((meta.get("exact") or {}).get("counters") or {}).get("lost_ringbuf", 0)
     log(f"wrote {forks.num_rows} forks to {path}" + (f" (LOST {lost} records)" if lost else " (no events lost)"))
     return Recorded(path, session.exit_status or 0)

@@ -2,7 +2,8 @@
 
 resolve_options() runs before anything is loaded, so bad input fails in well
 under a second with one line; it returns the options with the defaults they
-imply filled in and leaves the caller's as they were.
+imply filled in and leaves the caller's as they were. The output file is
+checked by tracer.record.output.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ from analysis.errors import TracerError, UsageError
 from tracer.probes.bracket import BACKENDS as BRACKET_BACKENDS
 from tracer.probes.bracket import LEVELS, samples_stacks
 from tracer.probes.exact import EXACT_BACKENDS
-from tracer.record.output import prepare_output
 
 # --backend: how the bracket attaches, or which exact probes to add beside it.
 BACKENDS = (*BRACKET_BACKENDS, *EXACT_BACKENDS)
@@ -115,7 +115,6 @@ def resolve_options(asked: RecordOptions) -> RecordOptions:
         _check_command(opts.command[0])
     if os.geteuid() != 0:
         raise TracerError("tracer record loads BPF programs and needs root: run it with sudo")
-    opts.output = prepare_output(opts.output or default_output(opts))
     return opts
 
 
