@@ -17,7 +17,7 @@ from typing import Iterable, Sequence
 import numpy as np
 import pandas as pd
 
-from analysis.errors import TracerError
+from analysis.errors import InputError, TracerError
 from analysis.recording.reader import Recording, load_recording
 
 __all__ = ["GroupKey", "Group", "recording_paths", "load_recordings", "group_key", "group_recordings", "fork_frame"]
@@ -55,12 +55,12 @@ def recording_paths(args: Iterable[Path | str]) -> list[Path]:
         if arg.is_dir():
             found = sorted(arg.glob("*.parquet"))
             if not found:
-                raise TracerError(f"directory {arg} holds no recordings (*.parquet)")
+                raise InputError(f"directory {arg} holds no recordings (*.parquet)")
             paths += found
         else:
             paths.append(arg)
     if not paths:
-        raise TracerError("no recordings given")
+        raise InputError("no recordings given")
     return paths
 
 

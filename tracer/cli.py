@@ -99,6 +99,11 @@ def report(
 
     # The plot directory is made and checked before any work (a refusal is exit 2), written after.
     plots = Directory.open(plot, create=True, what="--plot directory") if plot is not None else None
+    if plots is not None:
+        from analysis.report.plots import PLOT_FILES
+
+        for name in PLOT_FILES:
+            plots.check_target(name)
     inp = build_report(recordings, predict or None)
     typer.echo(render_doc(inp, report_doc(inp), fmt))
     if plots is not None:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Sequence
 
 from analysis.errors import UsageError
+from analysis.files import check_input
 
 __all__ = ["run_compare", "split_sides"]
 
@@ -47,6 +48,8 @@ def _expand(paths: Sequence[Path]) -> list[Path]:
             raise UsageError(f"{path} does not exist")
         else:
             out.append(path)
+    for path in out:  # every input a regular file, before any is read (a FIFO would hang its reader)
+        check_input(path)
     return out
 
 

@@ -98,6 +98,7 @@ def sweep(opts: SweepOptions, log: Callable[[str], None] | None = None) -> Path:
     and the sweep: the index and the report cover what was recorded, and the
     exit status is 128 + the signal.
     """
+    from analysis.report.plots import PLOT_FILES
     from tracer.record import RecordOptions, record
     from tracer.record.stopping import StopRequests
 
@@ -106,6 +107,13 @@ def sweep(opts: SweepOptions, log: Callable[[str], None] | None = None) -> Path:
     runs = [(v, layout) for v in opts.vmas for layout in opts.layouts]
     with Directory.open(opts.output, create=True) as directory, directory.lock(LOCK, "sweep"):
         _check_empty(opts.output, directory.names(), opts.force)  # again, now that no other sweep can add files
+        for vmas, layout in runs:  # every name the sweep will write, before the first recording
+            directory.check_target(recording_name(layout, vmas), keep_old=True)
+        for name in (INDEX, "report.md", "report.json"):
+            directory.check_target(name)
+        with directory.subdirectory("plots") as plots:
+            for name in PLOT_FILES:
+                plots.check_target(name)
         # record() moves the tracer off the workload's CPU; every recording starts from the same CPUs.
         cpus = os.sched_getaffinity(0)
         with StopRequests() as stop:  # one for the whole sweep: a stop ends it, not only one recording

@@ -16,7 +16,8 @@ from analysis.compare.context import benchmark_context
 from analysis.compare.result import Comparison
 from analysis.compare.samples import SamplePair, compare_samples
 from analysis.compare.stats import ALPHA, MIN_SAMPLES
-from analysis.errors import TracerError
+from analysis.errors import InputError, TracerError
+from analysis.files import check_input, open_input
 
 __all__ = ["is_pyperf_file", "load_benchmarks", "compare_benchmarks"]
 
@@ -32,14 +33,14 @@ def is_pyperf_file(path: Path | str, strict: bool = False) -> bool:
         return True
     if not name.endswith(".json"):
         return False
+    if not strict:
+        return True  # named .json: read as pyperf's, whose loader says what is wrong with it
     try:
-        with open(path, "rb") as f:
+        with open_input(path, "benchmark file") as f:
             head = f.read(4096)
-    except OSError:
+    except InputError:
         return True  # let the loader report the error
-    if strict:
-        return b'"benchmarks"' in head
-    return b'"benchmarks"' in head or b'"metadata"' in head or head.lstrip().startswith(b"{")
+    return b'"benchmarks"' in head
 
 
 def load_benchmarks(paths: Sequence[Path | str]) -> list[tuple[str, Any]]:
@@ -48,12 +49,17 @@ def load_benchmarks(paths: Sequence[Path | str]) -> list[tuple[str, Any]]:
 
     out = []
     for path in paths:
+        check_input(path, "benchmark file")  # a regular file: a FIFO would hang pyperf's reader
         try:
             suite = pyperf.BenchmarkSuite.load(str(path))
         except FileNotFoundError:
-            raise TracerError(f"benchmark file {path} does not exist") from None
-        except (OSError, ValueError, KeyError, TypeError, json.JSONDecodeError) as err:
-            raise TracerError(f"{path} is not a pyperf benchmark file: {str(err).splitlines()[0] if str(err) else type(err).__name__}") from None
+            raise InputError(f"benchmark file {path} does not exist") from None
+        except json.JSONDecodeError as err:
+            raise InputError(f"{path} is not JSON, so not a pyperf benchmark file: {err.msg} at line {err.lineno}") from None
+        except RecursionError:
+            raise InputError(f"{path} is not a pyperf benchmark file: JSON nested too deeply") from None
+        except (OSError, ValueError, KeyError, TypeError, AttributeError, EOFError) as err:
+            raise InputError(f"{path} is not a pyperf benchmark file: {str(err).splitlines()[0] if str(err) else type(err).__name__}") from None
         for bench in suite.get_benchmarks():
             out.append((str(path), bench))
     if not out:

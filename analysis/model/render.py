@@ -27,17 +27,23 @@ from analysis.model.compare import ModelReport, compare_paths, model_leaf_counts
 from analysis.model.parent import RecordedTarget, layout_from_maps_text, parent_tree, recording_target
 from analysis.model.tree import TreeShape
 from analysis.recording import load_recording
-from analysis.errors import TracerError, UsageError
+from analysis.errors import InputError, TracerError, UsageError
+from analysis.files import read_input
 
 __all__ = [
     "run_model",
     "load_maps_layout",
     "load_recording_target",
     "MAX_SYNTHETIC_VMAS",
+    "MAX_MAPS_LINES",
 ]
 
 # Far above vm.max_map_count's default (65530); keeps a typo from running for minutes.
 MAX_SYNTHETIC_VMAS = 1_000_000
+# --maps: the largest real maps file has vm.max_map_count's highest common setting, 262,144 lines;
+# a line is at most an address range, flags, offset, device, inode and a PATH_MAX path.
+MAX_MAPS_LINES = 262_144
+MAX_MAPS_BYTES = MAX_MAPS_LINES * 256
 
 
 
@@ -84,12 +90,22 @@ def run_model(vmas: int | None, gaps: bool, maps: Path | None, recording: Path |
 
 
 def load_maps_layout(path: Path) -> list[Vma]:
-    """A /proc/PID/maps snapshot as a layout, without gate areas that are not in mm_mt."""
+    """A /proc/PID/maps snapshot as a layout, without gate areas that are not in mm_mt.
+
+    Read from a regular file only (a copy: /proc files are not regular, nor is a FIFO
+    or /dev/zero), and only so much of it (MAX_MAPS_BYTES, MAX_MAPS_LINES).
+    """
+    data = read_input(path, "maps file", MAX_MAPS_BYTES)
+    if data.count(b"\n") > MAX_MAPS_LINES:
+        raise InputError(f"maps file {path} has more than {MAX_MAPS_LINES:,} lines, more than any real process")
     try:
-        text = Path(path).read_text()
-    except (OSError, UnicodeDecodeError) as err:
-        raise TracerError(f"cannot read {path}: {getattr(err, 'strerror', None) or err}") from None
-    return layout_from_maps_text(text, str(path))
+        text = data.decode()
+    except UnicodeDecodeError as err:
+        raise InputError(f"maps file {path} is not text: {err.reason} at byte {err.start}") from None
+    try:
+        return layout_from_maps_text(text, str(path))
+    except TracerError as err:
+        raise InputError(str(err)) from None
 
 
 def load_recording_target(path: Path) -> RecordedTarget:

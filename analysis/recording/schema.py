@@ -149,3 +149,59 @@ def with_defaults(table: pa.Table) -> pa.Table:
             field = FORK_SCHEMA.field(name)
             table = table.append_column(field, pa.array([default] * table.num_rows, type=field.type))
     return table.select(FORK_SCHEMA.names)
+
+
+# -- what a reader accepts in the metadata document ---------------------------------
+# A recording may come from another host or another tool: readers check the
+# document once (reader.load_recording) so that report, compare and model meet
+# only the types below. Keys not listed are kept and never looked at as a type.
+MAX_METADATA_DEPTH = 32  # the writer's deepest is 5 (exact.missed); 5,000 levels once made RecursionError
+
+_OBJECT, _TEXT, _NUMBER = (dict,), (str,), (int, float)
+METADATA_TYPES: dict[str, tuple[type, ...]] = {
+    "tool_version": _TEXT, "backend": _TEXT, "backend_reason": _TEXT, "level": _TEXT, "stores_timed": _TEXT,
+    "headers": _TEXT, "kernel": _OBJECT, "host": _OBJECT, "per_vma_program": _OBJECT, "methods": _OBJECT,
+    "exact": _OBJECT, "algorithm": _OBJECT, "probes": _OBJECT, "targets": _OBJECT, "workload": _OBJECT,
+    "start": _OBJECT, "end": _OBJECT, "lost": _OBJECT, "events": _OBJECT, "sample": _OBJECT, "maps": (list,),
+    "cycle": _OBJECT,
+}
+
+
+def _is(value: object, types: tuple[type, ...]) -> bool:
+    return isinstance(value, types) and not isinstance(value, bool)
+
+
+def metadata_problem(meta: dict) -> str | None:
+    """What in a metadata document is not of the type readers use (None: nothing), in a few words."""
+    for key, types in METADATA_TYPES.items():
+        value = meta.get(key)
+        if value is not None and not _is(value, types):
+            want = {_OBJECT: "an object", _TEXT: "a string", (list,): "a list"}[types]
+            return f"{key!r} must be {want} or null, not {type(value).__name__}"
+    for i, entry in enumerate(meta.get("maps") or []):
+        if not (isinstance(entry, dict) and _is(entry.get("pid"), (int,)) and isinstance(entry.get("maps"), str)
+                and isinstance(entry.get("comm", ""), str)):
+            return f"'maps' entry {i} is not an object with an integer pid and maps text"
+    sample = meta.get("sample")
+    if sample is not None:
+        if sample.get("hz") is not None and not _is(sample["hz"], _NUMBER):
+            return "'sample.hz' must be a number"
+        stacks = sample.get("stacks")
+        if stacks is not None and not isinstance(stacks, list):
+            return "'sample.stacks' must be a list"
+        for i, entry in enumerate(stacks or []):
+            if not (isinstance(entry, dict) and isinstance(entry.get("stack"), str) and _is(entry.get("count"), (int,))
+                    and (entry.get("phase") is None or isinstance(entry.get("phase"), str))):
+                return f"'sample.stacks' entry {i} is not an object with a stack string and an integer count"
+    for key in ("workload", "lost", "events", "start", "end", "kernel"):
+        for sub, value in (meta.get(key) or {}).items():
+            if isinstance(value, (dict, list)) and key in ("lost", "events", "start", "end"):
+                return f"'{key}.{sub}' must be a number or string, not {type(value).__name__}"
+    workload = meta.get("workload") or {}
+    for sub in ("extra_vmas", "forks", "pid"):
+        if workload.get(sub) is not None and not _is(workload[sub], (int,)):
+            return f"'workload.{sub}' must be an integer"
+    for sub in ("forks_per_sec", "vmas_total"):
+        if workload.get(sub) is not None and not _is(workload[sub], _NUMBER):
+            return f"'workload.{sub}' must be a number"
+    return None

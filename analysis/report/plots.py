@@ -16,9 +16,10 @@ from analysis.errors import TracerError
 from analysis.files import Directory
 from analysis.recording import PHASES
 
-__all__ = ["write_plots"]
+__all__ = ["PLOT_FILES", "write_plots"]
 
 PHASES_PLOTTED = tuple(p.name for p in PHASES if not p.derived)
+PLOT_FILES = tuple(f"{name}.{ext}" for name in ("latency_vs_vmas", "per_vma_cost", "attribution") for ext in ("png", "svg"))
 
 
 def write_plots(att: Attribution, outdir: Path | str | Directory) -> list[Path]:

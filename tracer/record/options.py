@@ -110,12 +110,27 @@ def resolve_options(asked: RecordOptions) -> RecordOptions:
     opts.level, opts.sample_hz = level_and_rate(opts.level, opts.sample_hz)
     for pid in opts.pids:
         if pid <= 0 or not Path(f"/proc/{pid}").is_dir():
-            raise TracerError(f"no such process: {pid}")
+            raise UsageError(f"no such process: {pid}")
+        if _kernel_thread(pid):
+            raise UsageError(f"-p {pid} is a kernel thread: it has no mm, so it never calls dup_mmap")
     if opts.command:
         _check_command(opts.command[0])
     if os.geteuid() != 0:
         raise TracerError("tracer record loads BPF programs and needs root: run it with sudo")
     return opts
+
+
+PF_KTHREAD = 0x00200000  # include/linux/sched.h
+
+
+def _kernel_thread(pid: int) -> bool:
+    """PF_KTHREAD in /proc/PID/stat's flags (field 9); False if it cannot be read (the process is gone)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        flags = int(stat.rsplit(")", 1)[1].split()[6])
+    except (OSError, ValueError, IndexError):
+        return False
+    return bool(flags & PF_KTHREAD)
 
 
 def _check_command(name: str) -> None:

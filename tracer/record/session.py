@@ -124,6 +124,9 @@ class Session:
                         self.snapshot(pid)
                     done = lambda: not any(pid_exists(p) for p in self.opts.pids)  # noqa: E731  as perf record -p
                 self._loop(probe, done=done)
+                if self.opts.mode == "pid" and not self.stop.requested and done():
+                    pids = ", ".join(map(str, self.opts.pids))
+                    self.log(f"{'process' if len(self.opts.pids) == 1 else 'processes'} {pids} exited: tracing stopped")
         finally:
             # Tracing ends here; a fork whose child event comes after this may
             # lack it for no fault of its own (table.py marks it partial).
