@@ -442,3 +442,87 @@ def test_readers_refuse_special_files_directly(tmp_path, fifo):
     big.write_bytes(b"x" * 2048)
     with pytest.raises(InputError, match="larger than 1,024 bytes"):
         read_input(big, "maps", 1024)
+
+
+# -- 9, 10, 16: stops --------------------------------------------------------------------
+
+
+def _start(args: list[str], cwd: Path) -> subprocess.Popen:
+    return subprocess.Popen([*TRACER, *args], cwd=ROOT, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for(proc: subprocess.Popen, text: str) -> list[str]:
+    seen = []
+    while text not in (line := proc.stderr.readline()):
+        if not line:
+            proc.wait(timeout=60)
+            pytest.fail("exited before " + text + ": " + "".join(seen))
+        seen.append(line)
+    return seen
+
+
+def _wait_for_child(pid: int, comm: str, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        out = subprocess.run(["ps", "-o", "comm=", "--ppid", str(pid)], capture_output=True, text=True).stdout
+        if any(line.startswith(comm) for line in out.split()):
+            return
+        time.sleep(0.05)
+    pytest.fail(f"no {comm} child of {pid}")
+
+
+@pytest.mark.bpf
+@pytest.mark.usefixtures("bpf_host")
+def test_9_sighup_ends_the_whole_sweep_with_index_and_report_and_the_cut_recording_marked(tmp_path):
+    out = tmp_path / "s"
+    proc = _start(["sweep", "-o", str(out), "--vmas", "0,100", "--layout", "gapped", "--forks", "2000000",
+                   "--sample", "0"], tmp_path)
+    _wait_for(proc, "[1/2]")
+    _wait_for_child(proc.pid, "spawn")  # the workload runs: BPF is attached, tracing
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGHUP)
+    rest = proc.stderr.read()
+    assert proc.wait(timeout=120) == 128 + signal.SIGHUP, rest
+    assert "[2/2]" not in rest  # the sweep ended, not only the recording
+    assert rest.strip().splitlines()[-1].startswith("tracer: error: SIGHUP: sweep stopped (1 of 2 recordings, spawn-gapped-00000.parquet cut short)")
+    index = json.loads((out / "index.json").read_text())
+    assert [(r["file"], r["cut_by"]) for r in index["recordings"]] == [("spawn-gapped-00000.parquet", "SIGHUP")]
+    assert index["stopped"]["signal"] == "SIGHUP"
+    assert "Sweep stopped by SIGHUP after 1 of 2 recordings" in (out / "report.md").read_text()
+    assert json.loads((out / "report.json").read_text())["sweep_stopped"]["cut"] == "spawn-gapped-00000.parquet"
+
+
+@pytest.mark.bpf
+@pytest.mark.usefixtures("bpf_host")
+def test_16_a_stop_while_the_next_recording_loads_keeps_what_the_sweep_has(tmp_path):
+    out = tmp_path / "s"
+    proc = _start(["sweep", "-o", str(out), "--vmas", "0,100", "--layout", "gapped", "--forks", "50", "--sample", "0",
+                   "-q"], tmp_path)
+    _wait_for(proc, "[2/2]")
+    proc.send_signal(signal.SIGINT)
+    rest = proc.stderr.read()
+    assert proc.wait(timeout=120) == 128 + signal.SIGINT, rest
+    assert "nothing recorded" not in rest and "before tracing started" not in rest
+    assert "SIGINT: sweep stopped" in rest and "index and report written" in rest
+    assert json.loads((out / "index.json").read_text())["recordings"][0]["file"] == "spawn-gapped-00000.parquet"
+
+
+def test_10_sigterm_to_bench_stops_pyperf_and_its_workers(tmp_path):
+    out = tmp_path / "b"
+    proc = _start(["bench", "--vmas", "0", "-o", str(out), "-p", "3", "-n", "100", "-l", "200"], tmp_path)
+    children: list[str] = []
+    deadline = time.monotonic() + 120
+    while len(children) < 2 and time.monotonic() < deadline:  # pyperf, and one of its workers
+        pyperf = subprocess.run(["ps", "-o", "pid=", "--ppid", str(proc.pid)], capture_output=True, text=True).stdout.split()
+        children = pyperf + [w for p in pyperf for w in subprocess.run(
+            ["ps", "-o", "pid=", "--ppid", p], capture_output=True, text=True).stdout.split()]
+        time.sleep(0.1)
+    assert len(children) >= 2, "pyperf never started a worker"
+    proc.send_signal(signal.SIGTERM)
+    rest = proc.stderr.read()
+    assert proc.wait(timeout=60) == 128 + signal.SIGTERM, rest
+    assert "bench stopped" in rest.strip().splitlines()[-1]
+    for pid in children:
+        assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2]
+    time.sleep(1.0)
+    assert not out.exists() or os.listdir(out) == []  # nothing written after the tracer exited

@@ -8,6 +8,7 @@ written beside it as DIR/spawn-LAYOUT-N.parquet; without it nothing is traced.
 
 from __future__ import annotations
 
+import signal
 import statistics
 import subprocess
 import sys
@@ -85,27 +86,82 @@ def worker_command(opts: BenchOptions, vmas: int, json_path: Path) -> list[str]:
 
 def run_bench(opts: BenchOptions, log: Callable[[str], None] | None = None) -> str:
     """Run the sweep; return the seed's table (VMAs, forks/s, time per fork, files)."""
+    from analysis.files import Directory
+    from tracer.record.stopping import StopRequests
+
     log = log or (lambda msg: print(msg, file=sys.stderr))
     validate(opts)
     build_spawn()  # compile once, before pyperf's workers race to
-    opts.output.mkdir(parents=True, exist_ok=True)
+    # pyperf writes its JSON itself, by name: into a directory no other user can write, so no name is planted.
+    Directory.open(opts.output, create=True, what="-o directory").close()
     rows = []
-    for vmas in opts.vmas:
-        json_path, rec_path = outputs(opts, vmas)
-        cmd = worker_command(opts, vmas, json_path)
-        log(f"bench: {benchmark_name(opts.layout, vmas)}" + (" (traced)" if opts.record else ""))
-        if opts.record:
-            from tracer.record import RecordOptions, record
+    with StopRequests() as stop:  # one for the whole bench: a stop ends it, pyperf and its workers included
+        for vmas in opts.vmas:
+            json_path, rec_path = outputs(opts, vmas)
+            cmd = worker_command(opts, vmas, json_path)
+            log(f"bench: {benchmark_name(opts.layout, vmas)}" + (" (traced)" if opts.record else ""))
+            if opts.record:
+                from tracer.record import RecordOptions, record
 
-            record(RecordOptions(command=cmd, output=rec_path, quiet=True), log=log)
-        else:
-            proc = subprocess.run(cmd)
-            if proc.returncode != 0:
-                raise TracerError(f"pyperf run for {vmas} extra VMAs failed (exit status {proc.returncode})")
-        if not json_path.exists():
-            raise TracerError(f"pyperf wrote no result for {vmas} extra VMAs ({json_path})")
-        rows.append((vmas, json_path, rec_path if opts.record else None))
+                # pyperf runs as record's command, in its own process group: a stop reaches its workers.
+                record(RecordOptions(command=cmd, output=rec_path, quiet=True), log=log, stop=stop)
+            else:
+                status = run_group(cmd, stop)
+                if status != 0 and not stop.requested:
+                    raise TracerError(f"pyperf run for {vmas} extra VMAs failed (exit status {status})")
+            if stop.requested:
+                err = TracerError(f"{signal.Signals(stop.signum).name}: bench stopped during {vmas} extra VMAs; "
+                                  f"{len(rows)} results written before it")
+                err.exit_code = 128 + stop.signum
+                raise err
+            if not json_path.exists():
+                raise TracerError(f"pyperf wrote no result for {vmas} extra VMAs ({json_path})")
+            rows.append((vmas, json_path, rec_path if opts.record else None))
     return seed_table(rows)
+
+
+def run_group(cmd: list[str], stop, grace_s: float = 2.0) -> int:
+    """Run `cmd` in its own process group until it exits or a stop is requested.
+
+    On a stop, the signal is passed on to the group (pyperf and its workers),
+    SIGKILL follows after `grace_s`, and the group is waited for: nothing it
+    started outlives the tracer or writes after it exited.
+    """
+    import time
+
+    proc = subprocess.Popen(cmd, process_group=0)
+    try:
+        while proc.poll() is None and not stop.requested:
+            time.sleep(0.05)
+    finally:
+        if proc.poll() is None:
+            _signal_group(proc.pid, stop.signum or signal.SIGTERM)
+            try:
+                proc.wait(timeout=grace_s)
+            except subprocess.TimeoutExpired:
+                _signal_group(proc.pid, signal.SIGKILL)
+                proc.wait()
+        # Workers outlive their parent for a moment: wait until the group is empty (or kill it).
+        deadline, killed = time.monotonic() + grace_s, False
+        while _signal_group(proc.pid, 0):
+            if time.monotonic() > deadline:
+                if killed:
+                    break  # unkillable (D state): nothing more to do
+                _signal_group(proc.pid, signal.SIGKILL)
+                deadline, killed = time.monotonic() + grace_s, True
+            time.sleep(0.02)
+    return proc.returncode
+
+
+def _signal_group(pgid: int, sig: int) -> bool:
+    """killpg; False once no process is left in the group."""
+    import os
+
+    try:
+        os.killpg(pgid, sig)
+        return True
+    except ProcessLookupError:
+        return False
 
 
 def seed_table(rows: list[tuple[int, Path, Path | None]]) -> str:

@@ -99,10 +99,17 @@ def build_spawn(source: Path = SOURCE, cache: Path | None = None) -> Path:
     key = hashlib.sha256(text + b"\0" + "\0".join([*cc, *CFLAGS]).encode()).hexdigest()
     cache = Path(cache) if cache is not None else cache_dir()
     binary = cache / f"spawn-{key[:12]}"
+    # Root runs this binary: the cache must be a directory no other user can write (analysis.files).
+    from analysis.errors import UsageError
+    from analysis.files import Directory
+
+    try:
+        Directory.open(cache, create=True, what="build cache").close()
+    except UsageError as err:
+        raise TracerError(str(err)) from None
     if os.access(binary, os.X_OK):
         return binary
     try:
-        cache.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=".spawn-", suffix=".tmp", dir=cache)
         os.close(fd)
     except OSError as err:
