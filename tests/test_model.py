@@ -322,7 +322,7 @@ def test_run_model_usage_errors(kwargs, tmp_path):
 
 
 def test_run_model_bad_files(tmp_path):
-    with pytest.raises(TracerError, match="cannot read"):
+    with pytest.raises(TracerError, match="does not exist"):
         run_model(None, True, tmp_path / "missing", None, False)
     junk = tmp_path / "junk"
     junk.write_text("hello world\n")

@@ -261,11 +261,15 @@ def test_12_a_maps_file_beyond_the_largest_real_one_is_refused(tmp_path):
     assert proc.returncode == 2 and "lines" in one_line(proc)
 
 
-def deep(n: int):
-    doc: object = 1
-    for _ in range(n):
-        doc = {"a": doc}
-    return doc
+class Deep:
+    """Objects nested `levels` deep, written as text (see _write_raw_metadata)."""
+
+    def __init__(self, levels: int):
+        self.levels = levels
+
+
+def deep(n: int) -> Deep:
+    return Deep(n)
 
 
 @pytest.mark.parametrize("meta, args", [
@@ -291,44 +295,18 @@ def test_13_bad_metadata_is_one_line_naming_the_file(tmp_path, meta, args):
 
 
 def _write_raw_metadata(path: Path, rows, meta) -> None:
-    """A recording whose metadata is written as given (the writer's json.dumps would recurse too)."""
+    """A recording whose metadata is written as given (json.dumps itself would recurse on deep nesting)."""
     import pyarrow.parquet as pq
 
     from analysis.recording.schema import METADATA_KEY
     from analysis.recording.writer import encode_recording
 
-    table = encode_recording(rows, {})
-    text = _dumps_iter(meta)
-    pq.write_table(table.replace_schema_metadata({METADATA_KEY: text.encode()}), path)
-
-
-def _dumps_iter(doc) -> str:
-    """json.dumps without recursion, for documents nested deeper than the interpreter's stack."""
-    out, stack = [], [doc]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, str) and item.startswith("\0"):
-            out.append(item[1:])
-        elif isinstance(item, dict):
-            parts = ["\0{"]
-            for i, (k, v) in enumerate(item.items()):
-                parts += [f"\0{',' if i else ''}{json.dumps(k)}:", v]
-            parts.append("\0}")
-            stack += reversed(parts)
-        elif isinstance(item, list):
-            parts = ["\0["]
-            for i, v in enumerate(item):
-                parts += ([("\0,")] if i else []) + [v]
-            parts.append("\0]")
-            stack += reversed(parts)
-        else:
-            out.append(json.dumps({"format_version": 2, **item} if False else item))
-    text = "".join(out)
-    doc = json.loads(text) if text.count("{") < 500 else None
-    if doc is not None and "format_version" not in doc:
-        doc["format_version"] = 2
-        return json.dumps(doc)
-    return '{"format_version": 2, ' + text[1:]
+    deep_keys = {k for k, v in meta.items() if isinstance(v, Deep)}
+    text = json.dumps({"format_version": 2, **{k: (f"@@{k}" if k in deep_keys else v) for k, v in meta.items()}})
+    for k in deep_keys:
+        n = meta[k].levels
+        text = text.replace(json.dumps(f"@@{k}"), '{"a":' * n + "1" + "}" * n)
+    pq.write_table(encode_recording(rows, {}).replace_schema_metadata({METADATA_KEY: text.encode()}), path)
 
 
 def test_13_a_corrupt_file_among_good_ones_is_named(tmp_path):
