@@ -252,7 +252,7 @@ def test_12_model_maps_reads_a_bounded_amount():
 
 
 def test_12_a_maps_file_beyond_the_largest_real_one_is_refused(tmp_path):
-    from analysis.model.cli import MAX_MAPS_LINES
+    from analysis.model.render import MAX_MAPS_LINES
 
     line = "7f0000000000-7f0000001000 rw-p 00000000 00:00 0\n"
     big = tmp_path / "maps"
