@@ -16,6 +16,9 @@ from analysis.compare.samples import IMPROVEMENT, REGRESSION, SAME, UNDECIDED
 from analysis.recording import Recording, derive_phases
 from conftest import ROOT, TRACER
 from recordings import MONO_BASE_NS, default_metadata, fork_row, write_synthetic
+from analysis.recording.schema import FORK_SCHEMA
+
+RAW = set(FORK_SCHEMA.names)
 
 
 def noisy_rows(n, *, vmas=200, mt_dup_ns=8_000.0, vma_step_ns=500.0, tail_ns=4_000.0, seed=0, extra_vmas=None):
@@ -38,6 +41,22 @@ def noisy_rows(n, *, vmas=200, mt_dup_ns=8_000.0, vma_step_ns=500.0, tail_ns=4_0
     return rows
 
 
+def side(runs, *, seed, forks=40, run_sd=0.04, arm="", name="run", extra_vmas=None, **costs) -> list[Recording]:
+    """`runs` recordings of one setup, each a run (its own id) whose conditions scale every phase
+    by exp(N(0, run_sd)): the between-run spread a real host shows."""
+    rng = random.Random(seed * 7919 + 1)
+    base = {"mt_dup_ns": 8_000.0, "vma_step_ns": 500.0, "tail_ns": 4_000.0, **costs}
+    out = []
+    for i in range(runs):
+        factor = rng.lognormvariate(0, run_sd)
+        scaled = {k: v * factor for k, v in base.items()}
+        rows = noisy_rows(forks, seed=seed * 1000 + i, extra_vmas=extra_vmas, **{k: v for k, v in scaled.items()},
+                          **({"vmas": extra_vmas + 30} if extra_vmas is not None else {}))
+        run = {"id": f"{name}-{seed}-{i}", "series": f"{name}-{seed}", "index": i + 1, "of": runs, "arm": arm}
+        out.append(recording(rows, name=f"{name}-{seed}-{i}.parquet", extra_vmas=extra_vmas, run=run))
+    return out
+
+
 def recording(rows, name="rec.parquet", extra_vmas=None, **meta_overrides) -> Recording:
     """An in-memory recording (no file): what load_recording would return for these rows."""
     meta = default_metadata(rows, **meta_overrides)
@@ -55,49 +74,93 @@ def changes(c) -> dict[str, str]:
     [({"mt_dup_ns": 8_000 * 1.25}, "mt_dup"), ({"vma_step_ns": 500 * 1.1}, "vma_loop"), ({"tail_ns": 4_000 * 0.7}, "tail")],
 )
 def test_a_shift_in_one_phase_is_flagged_there_only(shift, phase):
-    base = recording(noisy_rows(80, seed=1))
-    new = recording(noisy_rows(120, seed=2, **shift))
-    c = compare_recordings([base], [new], model=False, resamples=300)
+    base = side(5, seed=1)
+    new = side(5, seed=2, **shift)
+    c = compare_recordings(base, new, model=False)
     flagged_parts = {r.metric for r in c.rows if r.significant and r.metric in PARTS}
     assert flagged_parts == {phase}, changes(c)
     assert c.verdict.metric == phase
     expected = IMPROVEMENT if phase == "tail" else REGRESSION
     assert changes(c)[phase] == expected
     assert c.verdict.change == expected
+    assert "5 vs 5 runs" in c.verdict.text
+    assert {(r.base_runs, r.new_runs, r.spread) for r in c.rows} == {(5, 5, "runs")}
     assert not c.warnings
 
 
-def test_same_distribution_gives_no_change_most_of_the_time():
-    """Whole comparisons (5 phases, Holm) of one distribution: a family-wise rate near or under 5%."""
-    trials, false_alarms = 60, 0
+def test_same_setup_gives_no_change_most_of_the_time():
+    """Whole comparisons (5 phases, Holm) of runs of one setup: a family-wise rate near or under 5%.
+
+    Each run moves as a whole (run_sd 5%), far more than its forks' medians do:
+    a test of forks would flag most of these pairs.
+    """
+    trials, false_alarms = 40, 0
     for seed in range(trials):
-        base = recording(noisy_rows(30, vmas=40, seed=2 * seed))
-        new = recording(noisy_rows(45, vmas=40, seed=2 * seed + 1))
-        c = compare_recordings([base], [new], model=False, resamples=50)
+        c = compare_recordings(side(3, seed=2 * seed, forks=20, run_sd=0.05),
+                               side(3, seed=2 * seed + 1, forks=20, run_sd=0.05), model=False, attribute=None)
         false_alarms += c.verdict.change != "~"
         assert all(r.change in (SAME, REGRESSION, IMPROVEMENT) for r in c.rows)
-    # Binomial(60, 0.05): mean 3, sd 1.7; Holm keeps the family at or under 5%.
-    assert false_alarms <= 9, false_alarms
+    # Binomial(40, 0.05): mean 2, sd 1.4; Holm keeps the family at or under 5%.
+    assert false_alarms <= 6, false_alarms
 
 
-def test_unequal_sizes_and_too_few_forks():
-    base = recording(noisy_rows(300, seed=3))
-    small = recording(noisy_rows(6, seed=4, vma_step_ns=900))
-    c = compare_recordings([base], [small], model=False, resamples=100)
+def test_one_run_a_side_is_undecided_unless_calibrated():
+    from analysis.compare.calibration import calibrate_runs
+    from analysis.compare.runs import runs_of
+
+    base, new = side(1, seed=3), side(1, seed=4, vma_step_ns=900)
+    c = compare_recordings(base, new, model=False)
+    assert set(changes(c).values()) == {UNDECIDED} and c.tests == 0
+    assert c.verdict.change == "?" and "between-run spread is unknown" in c.verdict.text
+    assert changes(c) and c.rows[0].base_runs == 1 and c.rows[0].new_runs == 1
+    # The host's A/A spread: the same setup's runs, another series.
+    cal = calibrate_runs({170: runs_of(side(8, seed=9))}, "testhost", "6.18.0-test-amd64", "now")
+    c = compare_recordings(base, new, model=False, calibration=cal)
+    assert changes(c)["vma_loop"] == REGRESSION and {r.spread for r in c.rows} == {"calibration"}
+    assert "beyond the calibrated run-to-run spread of vma_loop" in c.verdict.text
+    assert any("A/A runs at 170 VMAs" in note for note in c.notes)
+    # A calibration of another host is not used, and compare says so.
+    other = calibrate_runs({170: runs_of(side(8, seed=9))}, "elsewhere", "6.18.0-test-amd64", "now")
+    c = compare_recordings(base, new, model=False, calibration=other)
+    assert c.verdict.change == "?" and any("of host elsewhere" in n for n in c.notes)
+
+
+def test_runs_are_grouped_by_run_id_not_file():
+    """Two files of one run are one run; files without a run id are a run each."""
+    base = side(3, seed=5)
+    new = side(3, seed=6)
+    split = [recording(noisy_rows(20, seed=50 + i), name=f"part{i}.parquet", run={"id": "one", "series": "s"}) for i in range(2)]
+    c = compare_recordings(base, new + split, model=False)
+    assert {r.new_runs for r in c.rows} == {4}
+    legacy = [recording(noisy_rows(20, seed=60 + i), name=f"old{i}.parquet") for i in range(3)]
+    c = compare_recordings(base, legacy, model=False)
+    assert {r.new_runs for r in c.rows} == {3}
+
+
+def test_runs_with_too_few_forks_are_left_out():
+    base = side(3, seed=3)
+    small = side(3, seed=4, forks=6)
+    c = compare_recordings(base, small, model=False)
     assert set(changes(c).values()) == {UNDECIDED}
-    assert c.verdict.change == "?" and "too few forks" in c.verdict.text
-    assert c.tests == 0
-    assert any("6 new forks" in note for note in c.notes)
-    enough = recording(noisy_rows(25, seed=4, vma_step_ns=900))
-    c = compare_recordings([base], [enough], model=False, resamples=100)
-    assert changes(c)["vma_loop"] == REGRESSION and c.rows[0].base_n == 300 and c.rows[0].new_n == 25
+    assert c.verdict.change == "?" and c.rows[0].new_runs == 0
+
+
+def test_mixed_verdict_names_regressions_first():
+    base = side(5, seed=11)
+    new = side(5, seed=12, mt_dup_ns=8_000 * 1.3, vma_step_ns=500 * 0.85)
+    c = compare_recordings(base, new, model=False)
+    assert c.verdict.change == "mixed", c.verdict.text
+    assert c.verdict.text.startswith("MIXED: mt_dup +"), c.verdict.text
+    assert c.verdict.text.index("mt_dup") < c.verdict.text.index("vma_loop")
+    assert "slower" in c.verdict.text and "faster" in c.verdict.text
+    assert c.verdict.metric == "mt_dup"
 
 
 def test_groups_match_by_key_and_unmatched_are_listed():
     def sweep(counts, seed, step=500.0):
-        return [recording(noisy_rows(40, vmas=v + 30, seed=seed + v, vma_step_ns=step), extra_vmas=v) for v in counts]
+        return [r for v in counts for r in side(5, seed=seed + v, forks=30, run_sd=0.03, vma_step_ns=step, extra_vmas=v)]
 
-    c = compare_recordings(sweep([100, 400], 0), sweep([100, 400, 1600], 1, step=600.0), model=False, resamples=100)
+    c = compare_recordings(sweep([100, 400], 0), sweep([100, 400, 1600], 1, step=600.0), model=False)
     assert c.groups == ["spawn 100 extra VMAs, gapped", "spawn 400 extra VMAs, gapped"]
     assert c.unmatched_new == ["spawn 1600 extra VMAs, gapped"] and c.unmatched_base == []
     assert {r.group for r in c.rows if r.metric == "vma_loop" and r.change == REGRESSION} == set(c.groups)
@@ -160,10 +223,10 @@ def test_a_shift_in_one_per_unit_cost_is_flagged_there_only():
 
 
 def test_components_reach_the_verdict_through_the_attribution_hook():
-    base = recording(noisy_rows(60, seed=1), name="base.parquet")
-    new = recording(noisy_rows(60, seed=2, vma_step_ns=560), name="new.parquet")
-    estimates = {"base.parquet": ATTR, "new.parquet": {**ATTR, "replace": {"ns_per_unit": 120.0, "ci95": [115.0, 125.0]}}}
-    c = compare_recordings([base], [new], attribute=lambda recs: estimates[recs[0].path.name], model=False, resamples=100)
+    base = side(4, seed=1, name="base")
+    new = side(4, seed=2, vma_step_ns=600, name="new")
+    estimates = {"base": ATTR, "new": {**ATTR, "replace": {"ns_per_unit": 120.0, "ci95": [115.0, 125.0]}}}
+    c = compare_recordings(base, new, attribute=lambda recs: estimates[recs[0].path.name.split("-")[0]], model=False)
     assert c.verdict.metric == "vma_loop" and c.verdict.component == "replace"
     from analysis.compare.components import COMPONENT_UNITS
 
@@ -186,8 +249,10 @@ def files(tmp_path_factory) -> dict[str, Path]:
     d = tmp_path_factory.mktemp("cmp")
     out = {}
     for name, kwargs in {"base": {"seed": 1}, "same": {"seed": 2}, "slow": {"seed": 3, "vma_step_ns": 600}}.items():
-        rows = noisy_rows(60, **kwargs)
-        out[name] = write_synthetic(d / f"{name}.parquet", rows)
+        (d / name).mkdir()
+        for rec in side(4, name=name, **kwargs):
+            write_synthetic(d / name / rec.path.name, rec.forks[[c for c in rec.forks.columns if c in RAW]].to_dict("records"), rec.meta)
+        out[name] = d / name
     return out
 
 
@@ -204,11 +269,13 @@ def test_cli_text_fits_a_mail_and_names_the_phase(files):
 
 
 def test_cli_json_and_markdown(files):
-    proc = tracer("compare", "-b", str(files["base"]), "-n", str(files["slow"]), "-n", str(files["same"]), "--format", "json")
+    slow = sorted(files["slow"].glob("*.parquet"))
+    proc = tracer("compare", "-b", str(files["base"]), *[a for f in slow for a in ("-n", str(f))], "--format", "json")
     assert proc.returncode == 0, proc.stderr
     doc = json.loads(proc.stdout)
     assert doc["verdict"]["metric"] == "vma_loop" and doc["correction"] == "holm"
-    assert len(doc["new"]["files"]) == 2
+    assert len(doc["new"]["files"]) == 4 and doc["test"].startswith("welch")
+    assert {(row["base_runs"], row["new_runs"]) for row in doc["groups"][0]["rows"]} == {(4, 4)}
     (group,) = doc["groups"]
     assert {row["metric"] for row in group["rows"]} == {
         "dup_mmap", "mt_dup", "vma_loop", "vma_step", "tail"}
@@ -259,6 +326,18 @@ def test_cli_plot_writes_a_figure_and_never_an_input(files, tmp_path):
     proc = tracer("compare", str(files["base"]), str(files["slow"]), "--plot", str(out))
     assert proc.returncode == 0, proc.stderr
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    before = files["base"].read_bytes()
-    proc = tracer("compare", str(files["base"]), str(files["slow"]), "--plot", str(files["base"]))
-    assert proc.returncode == 2 and files["base"].read_bytes() == before
+    first = sorted(files["base"].glob("*.parquet"))[0]
+    before = first.read_bytes()
+    proc = tracer("compare", str(files["base"]), str(files["slow"]), "--plot", str(first))
+    assert proc.returncode == 2 and first.read_bytes() == before
+
+
+def test_per_run_statistic_p10():
+    """--per-run p10: each run reduced to its 10th percentile; a shift is still found; a bad name is one line."""
+    from analysis.errors import TracerError
+
+    c = compare_recordings(side(5, seed=1), side(5, seed=2, vma_step_ns=600), model=False, statistic="p10")
+    assert changes(c)["vma_loop"] == REGRESSION and any("10" in n or "p10" in n for n in c.notes)
+    assert c.rows[0].base_median < compare_recordings(side(5, seed=1), side(5, seed=2), model=False).rows[0].base_median
+    with pytest.raises(TracerError, match="per-run statistic"):
+        compare_recordings(side(2, seed=1), side(2, seed=2), model=False, statistic="mean")

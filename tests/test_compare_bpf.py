@@ -22,12 +22,18 @@ def run(*args, timeout=300):
 @pytest.mark.bpf
 @pytest.mark.usefixtures("bpf_host")
 def test_more_vmas_is_found_in_the_vma_loop(tmp_path):
-    """100 -> 400 extra VMAs: 300 more VMA steps. The loop is where the time went."""
-    paths = {}
-    for vmas in (100, 400):
-        paths[vmas] = tmp_path / f"spawn{vmas}.parquet"
-        proc = run("record", "--spawn", str(vmas), "--forks", str(FORKS), "--cpu", "0", "-q", "-o", str(paths[vmas]))
-        assert proc.returncode == 0, proc.stderr
+    """100 -> 400 extra VMAs: 300 more VMA steps. The loop is where the time went.
+
+    One tracer process, BPF loaded once: 3 runs of each arm, interleaved, a run id in each.
+    """
+    out = tmp_path / "ab"
+    proc = run("record", "--spawn", "100,400", "--runs", "3", "--forks", str(FORKS), "--cpu", "0", "-q", "-o", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.count("loading BPF") == 1
+    paths = {v: out / f"spawn{v}" for v in (100, 400)}
+    runs = [load_recording(p).meta["run"] for v in paths for p in sorted(paths[v].glob("*.parquet"))]
+    assert len({r["id"] for r in runs}) == 6 and len({r["series"] for r in runs}) == 1
+    assert sorted((r["arm"], r["index"]) for r in runs) == sorted((f"spawn{v}", i) for v in (100, 400) for i in (1, 2, 3))
     proc = run("compare", str(paths[100]), str(paths[400]), "--format", "json")
     assert proc.returncode == 0, proc.stderr
     doc = json.loads(proc.stdout)
@@ -42,9 +48,11 @@ def test_more_vmas_is_found_in_the_vma_loop(tmp_path):
     assert rows["vma_loop"]["change"] == "regression"
     # More VMAs, more leaves: the kernel's own count says the tree changed, not a per-unit cost.
     assert "leaves_observed" in group["shape"]["changed"]
-    # The same recording against itself: nothing changed.
-    same = compare_recordings([load_recording(paths[400])], [load_recording(paths[400])], resamples=200)
-    assert same.verdict.change == "~"
+    assert {(r["base_runs"], r["new_runs"], r["spread"]) for r in group["rows"]} == {(3, 3, "paired")}
+    # One run a side and no calibration: undecided, with the reason.
+    one = sorted(paths[400].glob("*.parquet"))
+    single = compare_recordings([load_recording(one[0])], [load_recording(one[1])])
+    assert single.verdict.change == "?" and "between-run spread is unknown" in single.verdict.text
 
 
 def test_bench_files_open_in_pyperf(tmp_path):

@@ -1,4 +1,4 @@
-"""Command line: tracer doctor | record | report | model | compare | bench.
+"""Command line: tracer doctor | record | report | model | compare | calibrate | bench.
 
 Thin: parses flags in the style of bcc's tools, calls into tracer/ (side
 effects) and analysis/ (pure), and turns TracerError into one line on stderr.
@@ -47,7 +47,7 @@ def doctor(json_out: bool = typer.Option(False, "--json", help="Machine-readable
 def record(
     command: Optional[List[str]] = typer.Argument(None, metavar="[-- CMD [ARGS]...]", help="Run CMD and trace it and its descendants."),
     pid: List[int] = typer.Option([], "-p", "--pid", help="Trace this process (repeatable)."),
-    spawn: Optional[int] = typer.Option(None, "--spawn", metavar="VMAS", help="Built-in workload: fork+exit+wait loop in a process with VMAS extra VMAs."),
+    spawn: Optional[str] = typer.Option(None, "--spawn", metavar="VMAS", help="Built-in workload: fork+exit+wait loop in a process with VMAS extra VMAs (A,B: two arms)."),
     forks: Optional[int] = typer.Option(None, "--forks", "-n", help="With --spawn: forks to run (default 1000)."),
     duration: Optional[float] = typer.Option(None, "-d", "--duration", metavar="SECS", help="Stop after SECS seconds."),
     cpu: Optional[int] = typer.Option(None, "--cpu", help="With --spawn: pin the workload to this CPU."),
@@ -59,19 +59,29 @@ def record(
     level: Optional[str] = typer.Option(None, "--level", help="fork (dup_mmap only, cheapest), phase (default: phases from per-VMA events) or full (phase plus --sample, default 4999 Hz)."),
     quiet: bool = typer.Option(False, "-q", "--quiet", help="No progress line."),
     cycle: Optional[bool] = typer.Option(None, "--cycle/--no-cycle", help="Also time each fork's clone syscall, the child's exit_mmap and the parent's wait (default: on for --spawn)."),
+    runs: int = typer.Option(1, "--runs", "-r", metavar="N", help="Record N runs (a fresh workload process each, BPF loaded once) into the directory -o; with A/B arms (--layout A,B, --spawn A,B, -- CMD_A ::: CMD_B) N runs per arm, interleaved."),
+    inject: Optional[str] = typer.Option(None, "--inject-store-ns", hidden=True, help="Test only: spin NS per mas_store (NS,NS: arms)."),
 ) -> None:
     """Trace dup_mmap per fork (system-wide, -p PID, --spawn VMAS, or -- CMD) into a recording."""
     from tracer.record import RecordOptions
     from tracer.record import record as run_record
 
+    spawn_list = _ints(spawn, "--spawn") if spawn is not None else None
     opts = RecordOptions(
-        pids=pid, command=command or [], spawn_vmas=spawn, forks=forks, duration=duration, cpu=cpu,
-        touch=touch, output=output, sample_hz=sample, backend=backend, level=level, quiet=quiet, cycle=cycle,
-        layout=layout,
+        pids=pid, command=command or [], spawn_vmas=spawn_list[0] if spawn_list else None, forks=forks, duration=duration,
+        cpu=cpu, touch=touch, output=output, sample_hz=sample, backend=backend, level=level, quiet=quiet, cycle=cycle,
+        layout=layout, runs=runs, spawn_list=spawn_list, inject_store_ns=tuple(_ints(inject, "--inject-store-ns")) if inject else (),
     )
     status = run_record(opts).exit_status
     if status:
         raise typer.Exit(status)
+
+
+def _ints(text: str, flag: str) -> list[int]:
+    try:
+        return [int(part) for part in text.split(",")]
+    except ValueError:
+        raise UsageError(f"{flag} takes a number or a comma-separated list of numbers, not {text!r}") from None
 
 
 @app.command()
@@ -138,6 +148,21 @@ def sweep(
 
 
 @app.command()
+def calibrate(
+    output: Path = typer.Option(..., "-o", "--output", metavar="DIR", help="A new directory for the A/A runs and calibration.json."),
+    vmas: str = typer.Option("100,1000,3000", "--vmas", metavar="LIST", help="Extra VMA counts, comma-separated."),
+    runs: int = typer.Option(8, "--runs", "-r", metavar="N", help="Runs per VMA count (at least 3)."),
+    forks: int = typer.Option(100, "--forks", "-n", help="Forks per run."),
+    cpu: Optional[int] = typer.Option(None, "--cpu", help="Pin the workload to this CPU."),
+) -> None:
+    """This host's run-to-run spread per phase (A/A runs of the built-in workload), for compare's single runs."""
+    from tracer.calibrate import calibrate as run_calibrate
+
+    path = run_calibrate(output, _ints(vmas, "--vmas"), runs, forks, cpu, log=lambda msg: typer.echo(msg, err=True))
+    typer.echo(str(path))
+
+
+@app.command()
 def model(
     vmas: Optional[int] = typer.Option(None, "--vmas", help="Synthetic layout of N VMAs."),
     gaps: bool = typer.Option(False, "--gaps", help="With --vmas: a hole between every two VMAs."),
@@ -159,8 +184,10 @@ def compare(
     fmt: str = typer.Option("text", "--format", "-f", help="text (80 columns), markdown, or json."),
     plot: Optional[Path] = typer.Option(None, "--plot", metavar="FILE", help="Also draw each phase's distributions side by side (.png, .svg, .pdf)."),
     fail_on_regression: Optional[float] = typer.Option(None, "--fail-on-regression", metavar="PCT", help="Exit 1 if a significant regression beyond PCT percent is found."),
+    per_run: str = typer.Option("median", "--per-run", help="What each run is reduced to per phase: median, or p10 (10th percentile: steadier on a loaded host, blind to changes of slow forks only)."),
+    calibration: Optional[Path] = typer.Option(None, "--calibration", metavar="FILE", help="The host's run-to-run spread (tracer calibrate) for single-run sides (default: calibration.json beside the inputs)."),
 ) -> None:
-    """Did it get slower? Per phase and VMA group: medians, delta with 95% CI, Mann-Whitney U, "~" if not significant.
+    """Did it get slower? Per phase and VMA group, the run as the unit: delta with 95% CI, Welch t across runs, "~" if not significant.
 
     Exit status: 0, or 1 with --fail-on-regression when a significant regression
     beyond PCT is found; 2 on bad input.
@@ -168,7 +195,7 @@ def compare(
     from tracer.compare import run_compare
 
     try:
-        text, failed = run_compare(paths or [], base, new, fmt, plot, fail_on_regression)
+        text, failed = run_compare(paths or [], base, new, fmt, plot, fail_on_regression, calibration, per_run)
     except TracerError as err:
         err.exit_code = 2  # bad input, as opposed to 1: a regression found (for CI gating)
         raise

@@ -69,8 +69,14 @@ def run_compare(
     fmt: str,
     plot: Path | None = None,
     fail_on_regression: float | None = None,
+    calibration: Path | None = None,
+    statistic: str = "median",
 ) -> tuple[str, bool]:
-    """(rendered comparison, whether --fail-on-regression tripped)."""
+    """(rendered comparison, whether --fail-on-regression tripped).
+
+    calibration: the host's A/A spread (tracer calibrate); without it, a
+    calibration.json beside the inputs is used if it is of their host and kernel.
+    """
     from analysis.compare import FORMATS, compare_benchmarks, compare_recordings, regressions_beyond, render
 
     if fmt not in FORMATS:
@@ -91,12 +97,24 @@ def run_compare(
     else:
         from analysis.recording import load_recording
 
-        comparison = compare_recordings([load_recording(p) for p in base_files], [load_recording(p) for p in new_files])
+        from analysis.compare.calibration import find_calibration, load_calibration
+
+        found = calibration or find_calibration([*base_paths, *new_paths])
+        cal = load_calibration(found) if found is not None else None
+        comparison = compare_recordings(
+            [load_recording(p) for p in base_files], [load_recording(p) for p in new_files], calibration=cal,
+            statistic=statistic,
+        )
     text = render(comparison, fmt)
     if plot is not None:
         from analysis.compare.plot import plot_comparison
 
         for note in plot_comparison(comparison, plot):
             text += f"\n(plot: {note})" if fmt == "text" else ""
-    failed = fail_on_regression is not None and bool(regressions_beyond(comparison, fail_on_regression))
-    return text, failed
+    beyond = regressions_beyond(comparison, fail_on_regression) if fail_on_regression is not None else []
+    if beyond and fmt == "text":
+        text += "\n" + "; ".join(
+            f"--fail-on-regression {fail_on_regression:g}: {r.metric} {r.delta_pct:+.1f}%" + (f" in {r.group}" if r.group else "")
+            for r in beyond
+        )
+    return text, bool(beyond)

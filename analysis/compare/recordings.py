@@ -1,7 +1,9 @@
 """Compare two sets of recordings: per group (workload, layout, VMAs), per phase.
 
 Groups are matched by analysis.frame.GroupKey, so a sweep (0..6400 VMAs) on one
-kernel compares against the same sweep on another, group by group. Groups
+kernel compares against the same sweep on another, group by group. Within a
+group the unit is the run (analysis.compare.runs, analysis.compare.across):
+each run one median per phase, tested across runs. Groups
 found on one side only are listed, not compared. When each side holds exactly
 one group and their keys differ (`compare a.parquet b.parquet` of two
 different setups), the user named the two files to compare: they are paired,
@@ -12,11 +14,14 @@ from __future__ import annotations
 
 from typing import Any, Callable, Mapping, Sequence
 
+from analysis.compare.across import RunPair, aa_range_pct, compare_runs
 from analysis.compare.algorithm import compare_algorithms, model_report
+from analysis.compare.calibration import Calibration
 from analysis.compare.components import compare_components, compare_shapes, shape_of
 from analysis.compare.context import recording_context
 from analysis.compare.result import Comparison
-from analysis.compare.samples import SamplePair, compare_samples
+from analysis.compare.runs import STATISTICS, paired_rounds, runs_of
+from analysis.errors import TracerError
 from analysis.compare.stats import ALPHA, MIN_SAMPLES
 from analysis.frame import Group, group_recordings
 from analysis.model.parent import saved_parent
@@ -74,15 +79,30 @@ def compare_recordings(
     alpha: float = ALPHA,
     min_samples: int = MIN_SAMPLES,
     resamples: int = 2000,
+    calibration: Calibration | None = None,
+    statistic: str = "median",
 ) -> Comparison:
-    """Every phase of every matched group, tested as one family; components and shapes beside."""
+    """Every phase of every matched group, tested across runs as one family; components and shapes beside.
+
+    calibration: the host's A/A spread, used for rows where a side has one run
+    (only if it is of the recordings' host and kernel).
+    """
     base_groups, new_groups = group_recordings(base), group_recordings(new)
     pairs, only_base, only_new = _pairs(base_groups, new_groups)
     context = recording_context([r.meta for r in base], [r.meta for r in new])
     warnings = [f"{item.key.upper()} DIFFERS: base {item.base}, new {item.new}" for item in context if item.loud]
     notes: list[str] = []
+    if statistic not in STATISTICS:
+        raise TracerError(f"the per-run statistic is one of {', '.join(STATISTICS)}, not {statistic!r}")
+    if calibration is not None and statistic != "median":
+        notes.append(f"not used: the calibration is of per-run medians, these runs are reduced to their {statistic}")
+        calibration = None
+    calibration = _applicable(calibration, [*base, *new], notes)
+    if statistic != "median":
+        notes.append(f"each run is reduced to the {statistic} of its forks, not the median")
 
-    sample_pairs: list[SamplePair] = []
+    run_pairs: list[RunPair] = []
+    fork_values: dict[tuple[str, str], tuple] = {}
     components = []
     shapes = []
     labels = []
@@ -96,8 +116,12 @@ def compare_recordings(
         labels.append(label)
         if b.key != n.key:
             warnings.append(f"DIFFERENT WORKLOADS PAIRED: base {b.key.label()}, new {n.key.label()}")
+        runs_b, runs_n = runs_of(b.recordings), runs_of(n.recordings)
+        paired = paired_rounds(runs_b, runs_n)
         for phase in PHASES:
-            sample_pairs.append(SamplePair(label, phase.name, fb[phase.column].to_numpy(float), fn[phase.column].to_numpy(float)))
+            spread = calibration.spread(phase.name, b.key.vmas) if calibration is not None else None
+            run_pairs.append(RunPair(label, phase.name, runs_b, runs_n, spread, paired, statistic))
+            fork_values[(label, phase.name)] = (fb[phase.column].to_numpy(float), fn[phase.column].to_numpy(float))
         if attribute is not None:
             components += compare_components(attribute(b.recordings), attribute(n.recordings), label, alpha)
         base_shape = shape_of(fb["leaves"].to_numpy(float), _model_shape(parent_b))
@@ -106,13 +130,19 @@ def compare_recordings(
         tree_sides.append(
             (label, (b.recordings, forks_b, model_report(parent_b)), (n.recordings, forks_n, model_report(parent_n)))
         )
-    rows = compare_samples(sample_pairs, alpha=alpha, min_samples=min_samples, resamples=resamples)
+    rows = compare_runs(run_pairs, alpha=alpha)
+    for pair, row in zip(run_pairs, rows):
+        if pair.calibrated is not None:
+            row.noise_pct = aa_range_pct(pair.calibrated)
+    reasons: dict[str, list[str]] = {}
     for row in rows:
-        if not row.decided and row.base_n + row.new_n > 0:
-            notes.append(
-                f"{row.group}: {row.metric} has {row.base_n} base and {row.new_n} new forks; "
-                f"at least {min_samples} a side are needed to decide"
-            )
+        if not row.decided and row.reason:
+            reasons.setdefault(row.reason, []).append(f"{row.group} {row.metric}" if row.group else row.metric)
+    for reason, where in reasons.items():
+        notes.append(f"undecided ({', '.join(where) if len(where) <= 3 else f'{len(where)} rows'}): {reason}")
+    used = sorted({p.calibrated.source for p, r in zip(run_pairs, rows) if r.spread == "calibration"})
+    if used:
+        notes.append("one run a side: the between-run spread is the host's calibration (" + "; ".join(used) + ")")
     if not pairs:
         warnings.append("NO GROUP IN COMMON: nothing was compared")
     comparison = Comparison(
@@ -132,6 +162,21 @@ def compare_recordings(
         min_samples=min_samples,
         groups=labels,
     )
-    comparison.values = {(p.group, p.metric): (p.base, p.new) for p in sample_pairs}
+    comparison.values = fork_values
+    comparison.calibration = calibration.path if calibration is not None else None
     comparison.algorithm = compare_algorithms(base, new, tree_sides)
     return comparison
+
+
+def _applicable(calibration: Calibration | None, recordings: Sequence[Recording], notes: list[str]) -> Calibration | None:
+    """The calibration if it is of the recordings' host and kernel; else None and a note why."""
+    if calibration is None:
+        return None
+    for rec in recordings:
+        host = (rec.meta.get("host") or {}).get("hostname")
+        kernel = (rec.meta.get("kernel") or {}).get("release")
+        why = calibration.matches(host, kernel)
+        if why:
+            notes.append(f"not used: {why}")
+            return None
+    return calibration

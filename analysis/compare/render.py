@@ -115,10 +115,7 @@ def render_text(c: Comparison) -> str:
         out.append("")
         if group:
             out.append(_clip(group))
-        n_base = max((r.base_n for r in rows), default=0)
-        n_new = max((r.new_n for r in rows), default=0)
-        what = "forks" if c.kind == "recordings" else "values"
-        out.append(f"  {what}: base {n_base}, new {n_new}")
+        out.append(_clip("  " + _counts(c, rows)))
         label = "phase" if c.kind == "recordings" else "benchmark"
         out.append(f"  {label:<{name_width}} {'base':>8} {'new':>8} {'delta':>8}  {'95% CI':<16} {'p-adj':>6}")
         for r in rows:
@@ -143,12 +140,36 @@ def render_text(c: Comparison) -> str:
         for note in c.notes:
             out += _wrap("note: " + note, "  ")
     out.append("")
-    out += _wrap(
+    out += _wrap(_footer(c))
+    return "\n".join(out)
+
+
+def _counts(c: Comparison, rows: list[SampleRow]) -> str:
+    """Runs (the unit tested) and forks a side for recordings; values for pyperf."""
+    n_base = max((r.base_n for r in rows), default=0)
+    n_new = max((r.new_n for r in rows), default=0)
+    if c.kind != "recordings":
+        return f"values: base {n_base}, new {n_new}"
+    runs_b = max((r.base_runs for r in rows), default=0)
+    runs_n = max((r.new_runs for r in rows), default=0)
+    paired = ", paired by round" if any(r.spread == "paired" for r in rows) else ""
+    return f"runs: base {runs_b} ({n_base} forks), new {runs_n} ({n_new} forks){paired}"
+
+
+def _footer(c: Comparison) -> str:
+    if c.kind == "recordings":
+        spread = "between the runs" + (f", or the host's calibration for single runs ({c.calibration})" if c.calibration else "")
+        return (
+            f"base/new: geometric mean of the per-run medians; delta and its 95% CI in % of base; "
+            f"p-adj: Welch t on the log per-run medians (spread {spread}; arms of one interleaved "
+            f"series: paired t on each round's log ratio), two-sided, Holm-adjusted "
+            f"over {c.tests} tests; ~: not significant at alpha {c.alpha:g}; ?: undecided (see the notes)."
+        )
+    return (
         f"medians; delta and its bootstrap 95% CI in % of base; p-adj: Mann-Whitney U, "
         f"two-sided, Holm-adjusted over {c.tests} tests; ~: not significant at alpha {c.alpha:g}; "
-        f"?: fewer than {c.min_samples} {'forks' if c.kind == 'recordings' else 'values'} a side, no verdict."
+        f"?: fewer than {c.min_samples} values a side, no verdict."
     )
-    return "\n".join(out)
 
 
 def _tree_work(c: Comparison, group: str):
@@ -220,10 +241,16 @@ def render_markdown(c: Comparison) -> str:
             out.append(f"### {group}")
             out.append("")
         label = "phase" if c.kind == "recordings" else "benchmark"
-        out.append(f"| {label} | n base | n new | base | new | delta | 95% CI | p-adj | |")
-        out.append("|---|---:|---:|---:|---:|---:|---|---:|---|")
-        for r in rows:
-            out.append(_md_row(r.metric, str(r.base_n), str(r.new_n), *_cells(r, c.unit)))
+        if c.kind == "recordings":
+            out.append(f"| {label} | runs base | runs new | base | new | delta | 95% CI | p-adj | |")
+            out.append("|---|---:|---:|---:|---:|---:|---|---:|---|")
+            for r in rows:
+                out.append(_md_row(r.metric, str(r.base_runs), str(r.new_runs), *_cells(r, c.unit)))
+        else:
+            out.append(f"| {label} | n base | n new | base | new | delta | 95% CI | p-adj | |")
+            out.append("|---|---:|---:|---:|---:|---:|---|---:|---|")
+            for r in rows:
+                out.append(_md_row(r.metric, str(r.base_n), str(r.new_n), *_cells(r, c.unit)))
         for s in c.shapes:
             if s.group == group:
                 out.append("")
@@ -252,11 +279,7 @@ def render_markdown(c: Comparison) -> str:
     for note in c.notes:
         out.append(f"- note: {note}")
     out.append("")
-    out.append(
-        f"Medians; delta and its bootstrap 95% CI in % of base; p-adj: Mann-Whitney U, two-sided, "
-        f"Holm-adjusted over {c.tests} tests; ~: not significant at alpha {c.alpha:g}; "
-        f"?: fewer than {c.min_samples} a side, no verdict."
-    )
+    out.append(_footer(c))
     return "\n".join(out)
 
 
@@ -283,6 +306,8 @@ def to_dict(c: Comparison) -> dict[str, Any]:
         "alpha": c.alpha,
         "min_samples": c.min_samples,
         "correction": "holm",
+        "test": "welch-t on log per-run medians" if c.kind == "recordings" else "mann-whitney-u",
+        "calibration": c.calibration,
         "tests": c.tests,
         "verdict": asdict(v),
         "warnings": c.warnings,

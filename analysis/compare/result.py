@@ -12,7 +12,7 @@ from analysis.compare.samples import REGRESSION, UNDECIDED, SampleRow
 from analysis.compare.stats import ALPHA, MIN_SAMPLES
 from analysis.recording.phases import WINDOWS
 
-__all__ = ["Comparison", "Verdict", "verdict", "regressions_beyond"]
+__all__ = ["Comparison", "MIXED", "Verdict", "verdict", "regressions_beyond"]
 
 # The phases a verdict names first: those that add up to dup_mmap. dup_mmap is
 # their sum and vma_step a ratio, so they are named only when no part moved.
@@ -21,7 +21,7 @@ PARTS = WINDOWS
 
 @dataclass
 class Verdict:
-    change: str  # REGRESSION, IMPROVEMENT or '~'
+    change: str  # REGRESSION, IMPROVEMENT, MIXED, '~' or '?'
     text: str
     group: str | None = None
     metric: str | None = None  # the phase (or benchmark) that moved most
@@ -46,6 +46,7 @@ class Comparison:
     min_samples: int = MIN_SAMPLES
     groups: list[str] = field(default_factory=list)  # matched groups, in order
     algorithm: Any = None  # analysis.compare.algorithm.AlgorithmChange, for recordings
+    calibration: str | None = None  # the calibration file used for single-run sides, if any
     # (group, metric) -> (base values, new values): what the rows were computed from, for plots.
     values: dict[tuple[str, str], tuple[Any, Any]] = field(default_factory=dict, repr=False)
 
@@ -59,56 +60,109 @@ class Comparison:
         return verdict(self)
 
 
-def _main_row(c: Comparison) -> SampleRow | None:
+MIXED = "mixed"  # a Verdict.change: significant regressions and improvements both
+
+
+def _magnitude(r: SampleRow) -> float:
+    return abs(r.delta_pct) if not math.isnan(r.delta_pct) else -1.0
+
+
+def _main_group(c: Comparison) -> str | None:
+    """The group a verdict is about: the one with the largest regression, else the largest change."""
     significant = [r for r in c.rows if r.significant]
     if not significant:
         return None
+    regressions = [r for r in significant if r.change == REGRESSION]
+    return max(regressions or significant, key=_magnitude).group
+
+
+def _named(c: Comparison, group: str) -> list[SampleRow]:
+    """A group's significant rows as a verdict names them: regressions first, then improvements,
+    the largest first (recordings: in ns); for recordings the parts of dup_mmap, then dup_mmap itself (vma_step
+    only when vma_loop did not move: it is vma_loop per store)."""
+    rows = [r for r in c.rows if r.group == group and r.significant]
     if c.kind == "recordings":
-        parts = [r for r in significant if r.metric in PARTS]
-        if parts:  # where the time went: the part whose median moved most, in ns
-            return max(parts, key=lambda r: abs(r.delta))
-    return max(significant, key=lambda r: abs(r.delta_pct) if not math.isnan(r.delta_pct) else -1.0)
+        metrics = {r.metric for r in rows}
+        rows = [r for r in rows if not (r.metric == "vma_step" and "vma_loop" in metrics)]
+        parts = [r for r in rows if r.metric in PARTS or r.metric == "vma_step"]
+        total = [r for r in rows if r not in parts]
+    else:
+        parts, total = rows, []
+    # Where the time went: within regressions (then improvements) the part that moved most in ns
+    # for recordings (the phases add up to dup_mmap), in % for benchmarks.
+    size = (lambda r: abs(r.delta) if not math.isnan(r.delta) else -1.0) if c.kind == "recordings" else _magnitude
+    ordered = sorted(parts, key=lambda r: (r.change != REGRESSION, -size(r)))
+    return ordered + total if ordered else total
 
 
 def _pct(value: float) -> str:
     return "n/a" if math.isnan(value) else f"{value:+.1f}%"
 
 
+def _runs(c: Comparison, group: str) -> str:
+    rows = [r for r in c.rows if r.group == group]
+    b = max((r.base_runs for r in rows), default=0)
+    n = max((r.new_runs for r in rows), default=0)
+    paired = ", paired" if any(r.spread == "paired" for r in rows) else ""
+    return f"{b} vs {n} run{'s' if n != 1 else ''}{paired}" if c.kind == "recordings" else ""
+
+
 def verdict(c: Comparison) -> Verdict:
-    """Name the phase (and component) that moved most, or say that nothing moved."""
-    main = _main_row(c)
-    undecided = sum(1 for r in c.rows if r.change == UNDECIDED)
-    if main is None and c.tests == 0 and undecided:
-        what = "forks" if c.kind == "recordings" else "values"
-        return Verdict("?", f"undecided: too few {what} to decide (fewer than {c.min_samples} a side)")
-    if main is None:
-        text = f"no significant change (Mann-Whitney U, alpha {c.alpha:g}, Holm over {c.tests} tests)"
+    """Regressions first, then improvements, the group's runs a side, the calibrated spread."""
+    v = _verdict(c)
+    if c.algorithm is not None and c.algorithm.differs:
+        v.text += f"; the kernels run different algorithms ({c.algorithm.base} -> {c.algorithm.new}): an algorithm change"
+    return v
+
+
+def _verdict(c: Comparison) -> Verdict:
+    group = _main_group(c)
+    undecided = [r for r in c.rows if r.change == UNDECIDED]
+    if group is None and c.tests == 0 and undecided:
+        if c.kind == "recordings":
+            reason = next((r.reason for r in undecided if r.reason), "no run timed the phases")
+            return Verdict("?", f"undecided: {reason}")
+        return Verdict("?", f"undecided: too few values to decide (fewer than {c.min_samples} a side)")
+    if group is None:
+        test = "t-test across runs" if c.kind == "recordings" else "Mann-Whitney U"
+        text = f"no significant change ({test}, alpha {c.alpha:g}, Holm over {c.tests} tests)"
+        runs = sorted({_runs(c, g) for g in c.groups if _runs(c, g)})
+        if runs:
+            text += "; " + ", ".join(runs)
         if undecided:
-            text += f"; {undecided} row{'s' if undecided != 1 else ''} had too few values to decide"
+            text += f"; {len(undecided)} row{'s' if len(undecided) != 1 else ''} undecided"
         return Verdict("~", text)
-    word = "REGRESSION" if main.change == REGRESSION else "IMPROVEMENT"
+    named = _named(c, group)
+    changes = {r.change for r in named}
+    change = MIXED if len(changes) > 1 else named[0].change
+    word = {MIXED: "MIXED", REGRESSION: "REGRESSION"}.get(change, "IMPROVEMENT")
+    main = named[0]
     lo, hi = main.ci95_pct
-    text = f"{word}: {main.metric} {_pct(main.delta_pct)} [{_pct(lo)}, {_pct(hi)}]"
-    if main.group:
-        text += f" in {main.group}"
-    total = next((r for r in c.rows if r.group == main.group and r.metric == "dup_mmap" and r is not main), None)
-    if total is not None and total.significant:
-        text += f" (dup_mmap {_pct(total.delta_pct)})"
-    components = [r for r in c.components if r.group == main.group and r.significant]
+    items = [f"{main.metric} {_pct(main.delta_pct)} [{_pct(lo)}, {_pct(hi)}]" + (
+        f" {'slower' if main.change == REGRESSION else 'faster'}" if change == MIXED else "")]
+    for r in named[1:]:
+        slower = "slower" if r.change == REGRESSION else "faster"
+        items.append(f"{r.metric} {_pct(r.delta_pct)}" + (f" {slower}" if change == MIXED and r.metric != "dup_mmap" else ""))
+    text = f"{word}: " + "; ".join(items)
+    where = [x for x in (group, _runs(c, group)) if x]
+    if where:
+        text += " (" + ", ".join(where) + ")"
+    if not math.isnan(main.noise_pct):
+        beyond = abs(main.delta_pct) > main.noise_pct
+        text += f"; {'beyond' if beyond else 'within'} the calibrated run-to-run spread of {main.metric} (+-{main.noise_pct:.1f}%)"
+    components = [r for r in c.components if r.group == group and r.significant]
     component = None
     if components:
         top = max(components, key=lambda r: abs(r.delta_pct) if not math.isnan(r.delta_pct) else -1.0)
         component = top.component
         text += f"; cost {top.unit} ({top.component}) {_pct(top.delta_pct)}"
-    shape = next((s for s in c.shapes if s.group == main.group and s.any), None)
+    shape = next((s for s in c.shapes if s.group == group and s.any), None)
     if shape is not None:
         text += "; the tree's shape changed (" + ", ".join(SHAPE_NAMES[m] for m in shape.changed) + ")"
-    others = sum(1 for r in c.rows if r.significant) - 1 - (1 if total is not None and total.significant else 0)
+    others = sum(1 for r in c.rows if r.significant and r.group != group)
     if others > 0:
-        text += f"; {others} more significant"
-    if c.algorithm is not None and c.algorithm.differs:
-        text += f"; the kernels run different algorithms ({c.algorithm.base} -> {c.algorithm.new}): an algorithm change"
-    return Verdict(main.change, text, main.group, main.metric, component)
+        text += f"; {others} more significant in other groups"
+    return Verdict(change, text, group, main.metric, component)
 
 
 def regressions_beyond(c: Comparison, pct: float) -> list[SampleRow]:

@@ -53,6 +53,14 @@ class SampleRow:
     p_adjusted: float  # Holm over the family; decisions use this
     decided: bool  # both sides have at least min_samples values
     change: str  # REGRESSION, IMPROVEMENT, SAME or UNDECIDED
+    # Recordings: runs a side (the unit tested), the spread the test used
+    # ('runs': between the runs themselves; 'calibration': the host's A/A),
+    # and why a row is undecided.
+    base_runs: int = 0
+    new_runs: int = 0
+    spread: str = ""
+    reason: str = ""
+    noise_pct: float = math.nan  # the calibrated 95% range of one run against another, when known
 
     @property
     def significant(self) -> bool:

@@ -139,6 +139,7 @@ METADATA_FIELDS = {
     "sample": "{hz, stacks: [{stack: 'a;b;c', phase, count}], lost} or null",
     "maps": "[{pid, comm, ts_mono_ns, maps: /proc/PID/maps text}]: parent VMA layouts",
     "cycle": "{backend, syscalls, events: in-kernel counters, joined: {part: forks}} or null: record --cycle",
+    "run": "{id, series, index, of, arm, order; inject_store_ns (test-only injected cost)}: this run's place in its series (record --runs, A/B arms); absent in older recordings",
 }
 
 

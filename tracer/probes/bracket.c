@@ -504,6 +504,35 @@ static __always_inline int store_is_timed(struct vma_agg *a, u32 call, u64 val)
 #endif
 }
 
+#ifdef INJECT_STORE
+/*
+ * Test only (scripts/bench_triage.py's ground truth): spin inject_ns[0] ns
+ * before every mas_store() but the first, inside the timed window, so
+ * vma_loop grows by about that times (stores - 1) and no other phase moves.
+ * With 0 the loop still reads the clock twice, as it does for any target: two
+ * arms of one build differ by the spin alone, not by the clock reads' cost.
+ * Never built unless -DINJECT_STORE.
+ */
+BPF_ARRAY(inject_ns, u64, 1);
+
+static __always_inline void inject_store_cost(u32 call)
+{
+	int zero = 0;
+	u64 *ns = inject_ns.lookup(&zero);
+	u64 t0;
+	int i;
+
+	if (!ns || call < 2)
+		return;
+	t0 = bpf_ktime_get_ns();
+	for (i = 0; i < 1024; i++)
+		if (bpf_ktime_get_ns() - t0 >= *ns)
+			break;
+}
+#else
+#define inject_store_cost(call) do { } while (0)
+#endif
+
 /* Only the forking thread inside dup_mmap() gets here: see current_agg(). */
 static __always_inline void on_ma_write(struct vma_agg *a, u64 fn, u64 leaf, u64 val)
 {
@@ -516,6 +545,7 @@ static __always_inline void on_ma_write(struct vma_agg *a, u64 fn, u64 leaf, u64
 	}
 #endif
 	call = store_calls(a) + 1;	/* this mas_store() call's number */
+	inject_store_cost(call);
 	if (store_is_timed(a, call, val)) {
 		u64 now = bpf_ktime_get_ns();
 

@@ -18,7 +18,7 @@ from typing import Callable, Iterable
 from analysis.errors import TracerError
 from tracer.host.attach_points import BTF_OFFSETS, TRACEPOINTS
 from tracer.probes.cheader import read_header
-from tracer.probes.program import BCC_MISSING, add_targets, common_cflags, one_line, program_text, read_counters
+from tracer.probes.program import BCC_MISSING, add_targets, clear_targets, common_cflags, one_line, program_text, read_counters
 from tracer.probes.rawtp import argument_macros, as_cflags
 from tracer.probes.rawtp import macros_for as rawtp_macros
 from tracer.probes.typed import TypedTracepoint
@@ -110,6 +110,9 @@ class BracketConfig:
     # Raw tracepoints: the per-VMA program as tp_btf (a plain load of ma_state->node, no
     # bpf_probe_read_kernel) where the kernel allows it; False keeps the raw tracepoint one.
     typed_ma_write: bool = True
+    # Test only: spin inject_ns[0] ns in each mas_store after the first (bracket.c INJECT_STORE):
+    # a known extra cost in vma_loop, the ground truth of scripts/bench_triage.py.
+    inject_store: bool = False
 
     @property
     def samples(self) -> bool:
@@ -161,6 +164,8 @@ def cflags_for(config: BracketConfig, typed: bool = False) -> list[str]:
         if config.backend != "raw_tracepoint":
             raise TracerError("a BTF-typed ma_write program goes with the raw_tracepoint backend")
         flags.append("-DTYPED_MA_WRITE")
+    if config.inject_store:
+        flags.append("-DINJECT_STORE")
     switches = set(config.ablate) | ({"time_every_store"} if config.time_every_store else set())
     flags += [f"-DABLATE_{name.upper()}" if name not in _PLAIN_SWITCHES else f"-D{name.upper()}"
               for name in sorted(switches)]
@@ -288,6 +293,22 @@ class BracketProbe:
 
     def add_targets(self, tgids: Iterable[int]) -> None:
         add_targets(self._bpf, tgids)
+
+    def new_run(self, inject_store_ns: int = 0) -> None:
+        """Forget the last run's targets and sampled stacks (record --runs: the programs stay loaded).
+
+        inject_store_ns: test only, the ns bracket.c spins per mas_store (a build with inject_store).
+        """
+        if self.config.empty:
+            return
+        if self.config.filter_tgids:
+            clear_targets(self._bpf)
+        if self.config.sample_hz:
+            self._bpf[b"samples"].clear()
+        if inject_store_ns and not self.config.inject_store:
+            raise TracerError("an injected store cost needs a build with inject_store")
+        if self.config.inject_store:
+            self._bpf[b"inject_ns"][ctypes.c_int(0)] = ctypes.c_uint64(inject_store_ns)
 
     def poll(self, timeout_ms: int = 100) -> None:
         """Wait up to timeout_ms for a wakeup, then read whatever is queued.

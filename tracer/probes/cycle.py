@@ -18,7 +18,7 @@ from typing import Iterable
 from analysis.errors import TracerError
 from tracer.probes.bracket import BACKENDS
 from tracer.probes.cheader import read_header
-from tracer.probes.program import BCC_MISSING, add_targets, common_cflags, one_line, program_text, read_counters
+from tracer.probes.program import BCC_MISSING, add_targets, clear_targets, common_cflags, one_line, program_text, read_counters
 from tracer.probes.rawtp import argument_macros, macros_for
 
 __all__ = [
@@ -159,6 +159,11 @@ class CycleProbe:
 
     def add_targets(self, tgids: Iterable[int]) -> None:
         add_targets(self._bpf, tgids)
+
+    def new_run(self) -> None:
+        """Forget the last run: its targets and records (the programs stay loaded)."""
+        clear_targets(self._bpf)
+        self._records = bytearray()
 
     def drain(self) -> None:
         """Read whatever is queued, without waiting (cycle.c never wakes the reader)."""

@@ -18,7 +18,7 @@ from typing import Callable, Iterable
 
 from analysis.errors import TracerError
 from tracer.probes.cheader import read_header
-from tracer.probes.program import BCC_MISSING, add_targets, common_cflags, one_line, program_text, read_counters
+from tracer.probes.program import BCC_MISSING, add_targets, clear_targets, common_cflags, one_line, program_text, read_counters
 
 __all__ = [
     "CHILD_FUNCTIONS",
@@ -171,6 +171,11 @@ class ExactProbe:
         if not (self.config.filter_tgids or self.config.follow_children):
             return
         add_targets(self._bpf, tgids)
+
+    def new_run(self) -> None:
+        """Forget the last run's targets (the programs stay loaded)."""
+        if self.config.filter_tgids or self.config.follow_children:
+            clear_targets(self._bpf)
 
     def poll(self, timeout_ms: int = 100) -> None:
         self._bpf.ring_buffer_poll(timeout_ms)

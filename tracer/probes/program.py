@@ -41,6 +41,11 @@ def add_targets(bpf, tgids: Iterable[int]) -> None:
         table[ctypes.c_uint32(tgid)] = ctypes.c_uint8(1)
 
 
+def clear_targets(bpf) -> None:
+    """Empty the `targets` map: the next run's processes only (record --runs)."""
+    bpf[b"targets"].clear()
+
+
 def read_counters(bpf, counter_names: tuple[str, ...]) -> dict[str, int]:
     """common.bpf.h's per-CPU `counters`, summed over CPUs, by name."""
     table = bpf[b"counters"]

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import signal
 import sys
-from dataclasses import dataclass
+import uuid
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -28,6 +29,7 @@ from tracer.record.cycle import join_cycle
 from tracer.record.attached import ProbeSet
 from tracer.record.options import RecordOptions, default_output, resolve_options
 from tracer.record.output import Output, prepare_output, save_recording
+from tracer.record.runs import Arm, RunPlan, arms_of, plan_runs, run_entry
 from tracer.record.session import Session
 from tracer.record.stopping import StopRequests
 
@@ -38,8 +40,9 @@ __all__ = ["RecordOptions", "Recorded", "record"]
 class Recorded:
     """What a run wrote, and the status `tracer record` exits with."""
 
-    path: Path
-    exit_status: int  # -- CMD: the command's, as a shell reports it (as perf); else 0
+    path: Path  # the recording, or with several runs the directory of them
+    exit_status: int  # -- CMD: the command's, as a shell reports it (as perf); else 0 (runs: the first non-zero)
+    paths: list[Path] = field(default_factory=list)  # every recording written
 
 
 def record(opts: RecordOptions, log: Callable[[str], None] | None = None, stop: StopRequests | None = None) -> Recorded:
@@ -49,18 +52,22 @@ def record(opts: RecordOptions, log: Callable[[str], None] | None = None, stop: 
     """
     log = log or (lambda msg: print(msg, file=sys.stderr))
     opts = resolve_options(opts)
-    output = prepare_output(opts.output or default_output(opts))
-    opts.output = output.path
+    # One run: its file, checked and its directory held open now. Several: the
+    # directory resolve_options made, each run's file checked when written.
+    output = None if opts.series else prepare_output(opts.output or default_output(opts))
+    if output is not None:
+        opts.output = output.path
     try:
         if stop is not None:
             return _record(opts, output, log, stop)
         with StopRequests() as stop:
             return _record(opts, output, log, stop)
     finally:
-        output.close()
+        if output is not None:
+            output.close()
 
 
-def _record(opts: RecordOptions, output: Output, log: Callable[[str], None], stop: StopRequests) -> Recorded:
+def _record(opts: RecordOptions, output: Output | None, log: Callable[[str], None], stop: StopRequests) -> Recorded:
     from tracer.host import headers, kernel
     from tracer.host.methods import choose_methods, exact_kinds
     from tracer.host.survey import survey_host
@@ -105,21 +112,57 @@ def _record(opts: RecordOptions, output: Output, log: Callable[[str], None], sto
     log(f"loading BPF ({', '.join([backend, *extras])}) ...")
     stop.writing = False
     probes.load()
-    cycle_counters: dict[str, int] = {}
+    runs = _plans(opts)
+    series = str(uuid.uuid4())
+    written: list[Recorded] = []
     try:
         if stop.requested:  # while bcc compiled: nothing was traced, nothing to keep
             err = TracerError(f"{signal.Signals(stop.signum).name} before tracing started; nothing recorded")
             err.exit_code = 128 + stop.signum
             raise err
+        for i, run in enumerate(runs):
+            if i and stop.requested:
+                log(f"stopped after {i} of {len(runs)} runs; the recorded ones are kept")
+                break
+            if i or run.arm.opts is not opts:
+                session = Session(run.arm.opts, log, stop)
+                probes.route(session.on_dup, session.on_child, session.on_exact)
+            if len(runs) > 1:
+                label = f" ({run.arm.label})" if run.arm.label else ""
+                log(f"run {run.order}/{len(runs)}{label} -> {run.path}")
+            inject = (run.arm.opts.inject_store_ns or (0,))[0]
+            probes.new_run(inject_store_ns=inject)
+            entry = run_entry(run, series, opts.runs, inject)
+            last = i == len(runs) - 1 or stop.requested
+            written.append(_one_run(run.arm.opts, output or run.path, session, probes, facts, plan, hdrs, backend, entry, stop, log, last))
+    finally:
+        probes.close()
+    status = next((r.exit_status for r in written if r.exit_status), 0)
+    return Recorded(written[0].path if len(runs) == 1 else opts.output, status, [r.path for r in written])
+
+
+def _plans(opts: RecordOptions) -> list[RunPlan]:
+    """The runs to record, in order: one, or opts.runs per arm interleaved into opts.output (a directory)."""
+    if not opts.series:
+        return [RunPlan(Arm("", opts), 1, 1, opts.output)]
+    return plan_runs(opts, arms_of(opts), opts.runs, opts.output)
+
+
+def _one_run(opts, path, session, probes, facts, plan, hdrs, backend, entry, stop, log, last) -> Recorded:
+    """Trace one run with the loaded probes and write its recording (the probes stay loaded)."""
+    from tracer.host import kernel
+
+    try:
         session.run(probes)
         cycle_counters = probes.cycle_counters()  # while loaded; its records outlive close()
     finally:
-        probes.close()
-
+        if last:
+            probes.close()
     stop.writing = True
     forks = session.fork_table()
     per_vma = {"type": probes.bracket.per_vma_program, "refused": probes.bracket.typed_refused}
     meta = run_metadata(opts, session, facts, plan, hdrs.description, kernel.lockdown_mode(), per_vma)
+    meta["run"] = entry
     meta["cycle"] = None
     if probes.cycle is not None:
         forks, joined = join_cycle(forks, probes.cycle.records())
@@ -129,7 +172,8 @@ def _record(opts: RecordOptions, output: Output, log: Callable[[str], None], sto
             "events": cycle_counters,
             "joined": joined,
         }
-    path = save_recording(output, forks, meta, log)
+    path = save_recording(path, forks, meta, log)
+    stop.writing = False
     lost = meta["lost"]["ringbuf"] + ((meta.get("exact") or {}).get("counters") or {}).get("lost_ringbuf", 0)
     log(f"wrote {forks.num_rows} forks to {path}" + (f" (LOST {lost} records)" if lost else " (no events lost)"))
     return Recorded(path, session.exit_status or 0)
@@ -149,6 +193,7 @@ def _bracket_config(opts: RecordOptions, backend: str, facts) -> BracketConfig:
         sample_hz=opts.sample_hz,
         level=opts.level,
         time_every_store=not runs_mt_dup(facts),
+        inject_store=any(opts.inject_store_ns),
         **offsets,
     )
 

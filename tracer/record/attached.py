@@ -41,6 +41,29 @@ class ProbeSet:
             raise
         return self
 
+    def route(self, on_dup, on_child, on_exact) -> None:
+        """Send the records to another run's session (record --runs: the probes stay loaded)."""
+        self.bracket.on_dup, self.bracket.on_child = on_dup, on_child
+        if self.exact is not None:
+            self.exact.on_event = on_exact
+
+    def new_run(self, inject_store_ns: int = 0) -> None:
+        """Before each run: no targets, no stacks or cycle records of the last one, counters from here.
+
+        inject_store_ns: the test-only cost bracket.c spins per store (a build with INJECT_STORE).
+        """
+        self._base = {"bracket": self.bracket.counters(), "cycle": self.cycle.counters() if self.cycle else {},
+                      "exact": self.exact.counters() if self.exact else {}}
+        self.bracket.new_run(inject_store_ns)
+        if self.cycle is not None:
+            self.cycle.new_run()
+        if self.exact is not None:
+            self.exact.new_run()
+
+    def _since(self, part: str, now: dict[str, int]) -> dict[str, int]:
+        base = getattr(self, "_base", {}).get(part, {})
+        return {k: v - base.get(k, 0) for k, v in now.items()}
+
     def add_targets(self, tgids: Iterable[int]) -> None:
         tgids = list(tgids)
         self.bracket.add_targets(tgids)
@@ -58,14 +81,14 @@ class ProbeSet:
 
     def counters(self) -> dict[str, int]:
         """The bracket's counters (the cycle's go to the recording's `cycle` entry, the exact ones to `exact`)."""
-        return self.bracket.counters()
+        return self._since("bracket", self.bracket.counters())
 
     def cycle_counters(self) -> dict[str, int]:
         """Read while loaded; the cycle's records outlive close(), its counters do not."""
-        return self.cycle.counters() if self.cycle is not None else {}
+        return self._since("cycle", self.cycle.counters()) if self.cycle is not None else {}
 
     def exact_counters(self) -> dict[str, int] | None:
-        return self.exact.counters() if self.exact is not None else None
+        return self._since("exact", self.exact.counters()) if self.exact is not None else None
 
     def exact_missed(self) -> dict[str, object] | None:
         return self.exact.missed() if self.exact is not None else None

@@ -46,6 +46,17 @@ class RecordOptions:
     quiet: bool = False
     layout: str = "gapped"  # --spawn: how the extra VMAs are laid out (tracer.workload.spawn.LAYOUTS)
     cycle: bool | None = None  # clone/exit_mmap/wait per fork; None: on for --spawn, off otherwise
+    runs: int = 1  # --runs: fresh workload processes, one recording each (tracer.record.runs)
+    spawn_list: list[int] | None = None  # --spawn A,B: one arm per VMA count
+    inject_store_ns: tuple[int, ...] = ()  # test only: ns spun per mas_store (bracket.c INJECT_STORE)
+
+    @property
+    def series(self) -> bool:
+        """Several runs or arms: -o is a directory of recordings (tracer.record.runs)."""
+        from tracer.record.runs import ARM_SEPARATOR
+
+        return (self.runs > 1 or ARM_SEPARATOR in self.command or "," in (self.layout or "")
+                or len(self.spawn_list or []) > 1 or len(self.inject_store_ns) > 1)
 
     @property
     def samples(self) -> bool:
@@ -75,11 +86,33 @@ def default_output(opts: RecordOptions, now: datetime | None = None) -> Path:
 
 
 def resolve_options(asked: RecordOptions) -> RecordOptions:
-    """Every check that needs no BPF, then the options completed: --forks, level, sample rate, output.
+    """Every check that needs no BPF, then the options completed: --forks, level, sample rate.
 
-    A copy: what the caller asked for is not changed.
+    A copy: what the caller asked for is not changed. With several runs or
+    arms (tracer.record.runs) each arm's options are checked, and -o becomes
+    a new directory of recordings, made now.
     """
+    from tracer.record import runs as series
+
     opts = replace(asked, pids=list(asked.pids), command=list(asked.command))
+    if opts.runs < 1:
+        raise UsageError("--runs must be at least 1")
+    if any(ns < 0 or ns > 10_000 for ns in opts.inject_store_ns):
+        raise UsageError("the injected store cost is 0 to 10000 ns")
+    if not opts.series:
+        return _resolve_one(opts)
+    arms = series.arms_of(opts)
+    for arm in arms:
+        arm.opts.runs = 1
+        _resolve_one(arm.opts)
+    # What every arm shares, completed once (each run's options are the arm's, from these).
+    opts.level, opts.sample_hz, opts.forks = arms[0].opts.level, arms[0].opts.sample_hz, arms[0].opts.forks
+    opts.output = opts.output or series.series_dir(arms[0].opts)
+    series.check_series_dir(opts.output, arms)
+    return opts
+
+
+def _resolve_one(opts: RecordOptions) -> RecordOptions:
     modes = [bool(opts.pids), bool(opts.command), opts.spawn_vmas is not None]
     if sum(modes) > 1:
         raise UsageError("choose one target: -p PID, --spawn VMAS, or -- CMD")
