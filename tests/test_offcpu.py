@@ -9,6 +9,9 @@ import pandas as pd
 import pytest
 
 from analysis.attribution.components import COMPONENTS
+from collections import Counter
+
+from analysis.attribution.functions import Cell
 from analysis.attribution.samples import WINDOWS, SampleCounts, sample_estimate, window_times
 from analysis.recording.phases import derive_phases
 
@@ -38,10 +41,10 @@ def forks(offcpu: dict[str, list[int]], unplaced: list[int] | None = None) -> pd
 
 
 def counts(per_window: dict[str, dict[str, int]]) -> SampleCounts:
-    c = {w: {k: 0 for k in COMPONENTS} for w in WINDOWS}
-    for w, per in per_window.items():
-        c[w].update(per)
-    return SampleCounts(counts=c, hz=[999])
+    """One run's samples, one cell per component (named after the component: the split is by share)."""
+    run = Counter({(w, Cell(c, "own code", c)): n for w, per in per_window.items() for c, n in per.items()})
+    assert set(c for per in per_window.values() for c in per) <= set(COMPONENTS)
+    return SampleCounts(runs=[run], hz=[999])
 
 
 SAMPLES = counts({"mt_dup": {"copy": 10, "traversal": 10}, "vma_loop": {"other": 60, "replace": 30, "tracer": 10},

@@ -8,6 +8,7 @@ one store per VMA of the parent's /proc/PID/maps, phases that nest.
 from __future__ import annotations
 
 import ctypes
+import json
 import os
 import signal
 import subprocess
@@ -196,6 +197,12 @@ def test_sampling_sees_the_kernel_inside_dup_mmap(tmp_path):
     frames = {frame for s in sample["stacks"] for frame in s["stack"].split(";")}
     assert "dup_mmap" in frames
     assert {s["phase"] for s in sample["stacks"]} <= {"mt_dup", "vma_loop", "tail"}
+    # The samples name the kernel's per-VMA work, and every ns of dup_mmap lands in a named function.
+    doc = json.loads(run_tracer("report", "-f", "json", str(tmp_path / "sample.parquet")).stdout)
+    functions = {r["function"]: r for r in doc["functions"]["functions"]}
+    assert {"vm_area_dup", "mas_store"} <= set(functions)
+    assert sum(r["share"] for r in functions.values()) == pytest.approx(1.0)
+    assert not doc["functions"]["unnamed_over_limit"], doc["functions"]["largest_unnamed"]
 
 
 def test_dup_event_layout_matches_bpf():

@@ -148,9 +148,11 @@ def recording_counts(rec: Recording) -> RecordingCounts:
         candidates = layouts.get(int(pid))
         if not candidates:
             continue
-        # The snapshot whose VMA count matches what the forks copied, else the last one.
-        stores = int(np.median(rows["stores"]))
-        layout = next((c for c in candidates if len(c) == stores + int(np.median(rows["null_stores"]))), candidates[-1])
+        # The snapshot whose VMA count matches the parent's at the fork (map_count, which
+        # counts VM_DONTCOPY VMAs too; else what the forks stored), else the last one.
+        map_count = int(np.median(rows["parent_map_count"]))
+        visited = map_count if map_count >= 0 else int(np.median(rows["stores"])) + int(np.median(rows["null_stores"]))
+        layout = next((c for c in candidates if len(c) == visited), candidates[-1])
         own = workload if workload and workload.get("pid") in (None, int(pid)) else None
         observed = float(statistics.median(rows["leaves"].tolist()))
         if bulk:

@@ -45,7 +45,8 @@ def infer_algorithm(
             name = seen
             evidence.append(f"taken from the events: {seen}")
         elif seen != name and name == "mt_dup":
-            evidence.append("note: other writes inside dup_mmap although __mt_dup exists")
+            evidence.append("note: other writes inside dup_mmap although __mt_dup exists "
+                            "(a VM_DONTCOPY VMA is cleared through mas_store_gfp, whose writes show here)")
         elif seen != name:
             evidence.append("note: no other writes seen (few VMAs never split a node)")
     else:

@@ -48,6 +48,14 @@ made before min_step_ns existed (0 there) fall back to the mean step. Where
 the difference is negative it is clamped to 0 and `mt_dup_clamped` is set, so
 a reader can count how often the assumption failed.
 
+A VM_DONTCOPY VMA (MADV_DONTFORK) is not copied: since v6.8 the loop clears
+its range in the child's tree with mas_store_gfp(NULL), which is not a
+"mas_store" event (before v6.8 the VMA is skipped). Its time lies in the step
+(or the tail) where it falls, and `stores` counts the copied VMAs only:
+
+    dontcopy_vmas = parent_map_count - stores - null_stores - zero_stores
+                    (forks that did not fail, map_count read; else NaN)
+
 Rows with stores == 0, or a store timestamp of 0 ("not seen"), get NaN for every
 store-based phase. A bracket whose timestamps run backwards is flagged with
 `bracket_ok = False` rather than dropped. Failed forks (`failed`) stay in the
@@ -161,6 +169,10 @@ def derive_phases(forks: pd.DataFrame) -> pd.DataFrame:
     df["tail_ns"] = tail
     offcpu = df["offcpu_ns"].astype("float64").to_numpy() if "offcpu_ns" in df else np.zeros(len(df))
     df["dup_mmap_oncpu_ns"] = dup_mmap - offcpu
+    if "parent_map_count" in df:
+        visited = df["parent_map_count"].astype("int64").to_numpy()
+        stored = sum(df[c].astype("int64").to_numpy() for c in ("stores", "null_stores", "zero_stores") if c in df)
+        df["dontcopy_vmas"] = np.where((visited >= 0) & ~failed & bracket, visited - stored, np.nan)
     df["bracket_ok"] = ordered & bracket
     df["usable"] = ordered & bracket & ~failed & ~partial
     return df

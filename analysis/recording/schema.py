@@ -32,7 +32,7 @@ FORK_COLUMNS: list[tuple[str, pa.DataType, str]] = [
     ("cpu", pa.uint16(), "CPU at the end of dup_mmap"),
     ("child_pid", pa.int64(), "child pid from sched_process_fork (-1: fork did not complete)"),
     ("stores", pa.uint32(), "ma_write 'mas_store' of a VMA: VMAs copied"),
-    ("null_stores", pa.uint32(), "'mas_store' of NULL: VM_DONTCOPY VMAs dropped"),
+    ("null_stores", pa.uint32(), "'mas_store' of NULL inside dup_mmap: none expected (VM_DONTCOPY VMAs are cleared by mas_store_gfp since v6.8, skipped before: see dontcopy_vmas)"),
     ("zero_stores", pa.uint32(), "'mas_store' of XA_ZERO_ENTRY: dup_mmap failed at that VMA"),
     ("other_writes", pa.uint32(), "ma_write events from other functions inside the bracket"),
     ("leaves", pa.uint32(), "child leaf nodes the replace loop writes (changes of ma_state->node between stores); before v6.8, the nodes the bulk appends pass through (a split makes new ones)"),

@@ -16,11 +16,12 @@ import numpy as np
 from analysis.attribution.attribute import Attribution, GroupAttribution
 from analysis.attribution.components import COMPONENTS, UNIT_DOC, COMPONENT_UNITS
 from analysis.attribution.cycle import CYCLE_PARTS
+from analysis.attribution.functions import MEASURED, UNLISTED, work_doc
 from analysis.recording import PHASES
 from analysis.report.tables import render_table
 
-__all__ = ["group_doc", "fit_doc", "sweep_doc", "render_group", "render_fit", "render_sweep", "render_prediction",
-           "format_ns"]
+__all__ = ["group_doc", "fit_doc", "sweep_doc", "functions_doc", "render_group", "render_functions", "render_fit",
+           "render_sweep", "render_sweep_functions", "render_prediction", "format_ns"]
 
 SWEEP_PHASES = tuple(p.name for p in PHASES if not p.derived)
 
@@ -97,7 +98,57 @@ def group_doc(ga: GroupAttribution, fit_missing: str | None) -> dict[str, Any]:
         "samples_by_component": samples,
         "cycle": ga.cycle,
         "cycle_note": ga.cycle_note,
+        "functions": functions_doc(ga),
     })
+
+
+SHOWN_SHARE = 0.005  # functions below this share of dup_mmap are summed in the text (all are in the JSON)
+HOWS_SHOWN = 6  # what the time is spent on, over all functions, in the text
+UNNAMED_LIMIT = 0.20  # a bucket without a function's name above this share of dup_mmap is flagged
+
+
+def functions_doc(ga: GroupAttribution) -> dict[str, Any] | None:
+    """The samples' split by kernel function (analysis.attribution.functions): ns per VMA copied, intervals."""
+    est = ga.sample_est
+    if est is None:
+        return None
+    total, vmas = est.total_ns, est.vmas
+    per_vma = (lambda ns: ns / vmas) if vmas and math.isfinite(vmas) else (lambda ns: None)
+    components = est.aggregate(lambda k: f"{k[1]}\0{k[3]}")
+    rows = []
+    for name, a in est.functions().items():
+        w = work_doc(name)
+        how = {h: b.ns_per_fork / a.ns_per_fork for h, b in est.within(name).items() if a.ns_per_fork > 0}
+        comps = {key.split("\0")[1]: c.ns_per_fork for key, c in components.items() if key.split("\0")[0] == name}
+        rows.append({
+            "function": name,
+            "doc": w.doc,
+            "per": w.per,
+            "components": {c: ns / a.ns_per_fork for c, ns in comps.items()} if a.ns_per_fork > 0 else {},
+            "measured": name in MEASURED,
+            "samples": a.samples,
+            "share": a.ns_per_fork / total if total else None,
+            "ns_per_fork": a.ns_per_fork,
+            "ci95": list(a.ci95),
+            "ns_per_vma": per_vma(a.ns_per_fork),
+            "ci95_per_vma": [per_vma(a.ci95[0]), per_vma(a.ci95[1])],
+            "how": how,
+        })
+    hows = [{"how": h, "ns_per_vma": per_vma(a.ns_per_fork), "ci95_per_vma": [per_vma(a.ci95[0]), per_vma(a.ci95[1])],
+             "share": a.ns_per_fork / total if total else None, "samples": a.samples} for h, a in est.hows().items()]
+    unnamed = [r for r in rows if r["function"].startswith(UNLISTED) or r["function"] in ("unwound short", "unsampled window")]
+    largest = max(unnamed, key=lambda r: r["share"] or 0.0, default=None)
+    return {
+        "vmas": vmas,
+        "total_ns": total,
+        "samples": est.samples,
+        "runs": est.runs,
+        "interval": est.interval,
+        "functions": rows,
+        "how": hows,
+        "largest_unnamed": {"function": largest["function"], "share": largest["share"]} if largest else None,
+        "unnamed_over_limit": bool(largest and (largest["share"] or 0.0) > UNNAMED_LIMIT),
+    }
 
 
 def fit_doc(a: Attribution) -> dict[str, Any]:
@@ -218,6 +269,83 @@ def render_group(g: Mapping[str, Any], fmt: str = "text") -> list[str]:
     if g["cycle"]:
         out.append("  cycle     " + ", ".join(f"{p} {format_ns(g['cycle'].get(p))}" for p in CYCLE_PARTS)
                    + f" (p50; from {g['cycle_note']})")
+    out += render_functions(g.get("functions"), fmt)
+    return out
+
+
+def _how_text(how: Mapping[str, float], limit: int = 2) -> str:
+    top = sorted(how.items(), key=lambda kv: -kv[1])[:limit]
+    return ", ".join(f"{h} {100 * share:.0f}%" for h, share in top if share >= 0.05)
+
+
+def render_functions(f: Mapping[str, Any] | None, fmt: str = "text") -> list[str]:
+    """One group's split by kernel function: what the component table calls `other`, named."""
+    if not f:
+        return []
+    out = ["", "  by function (samples):" if fmt == "text" else "#### By function (samples)"]
+    out += _wrap(f"ns per VMA copied ({_num(f['vmas'], 6)} VMAs per fork) and share of dup_mmap; 95% CI: {f['interval']}")
+    header = ["function", "ns/VMA", "95% CI", "share", "component", "spent on"]
+    rows, rest, rest_share = [], 0, 0.0
+    for r in f["functions"]:
+        if (r["share"] or 0.0) < SHOWN_SHARE:
+            rest += 1
+            rest_share += r["share"] or 0.0
+            continue
+        ci = r["ci95_per_vma"]
+        comps = "+".join(c for c, _ in sorted(r["components"].items(), key=lambda kv: -kv[1]))
+        rows.append([r["function"], _num(r["ns_per_vma"]), f"{_num(ci[0], 2)}-{_num(ci[1], 2)}" if ci[0] is not None else "-",
+                     f"{100 * r['share']:.1f}%" if r["share"] is not None else "-", comps,
+                     "measured" if r["measured"] else _how_text(r["how"])])
+    if rest:
+        rows.append([f"({rest} more)", "-", "-", f"{100 * rest_share:.1f}%", "", f"each under {100 * SHOWN_SHARE:g}%"])
+    table = render_table(header, rows, fmt, left=(0, 4, 5))
+    out += ["  " + line for line in table] if fmt == "text" else table
+    hows = [h for h in f["how"] if h["ns_per_vma"] is not None][:HOWS_SHOWN]
+    if hows:
+        out += _wrap("spent on, over all functions (ns/VMA, 95% CI): " + ", ".join(
+            f"{h['how']} {_num(h['ns_per_vma'])} ({_num(h['ci95_per_vma'][0], 2)}-{_num(h['ci95_per_vma'][1], 2)})"
+            for h in hows))
+    if f["unnamed_over_limit"]:
+        u = f["largest_unnamed"]
+        out += _wrap(f"note: {u['function']} is {100 * u['share']:.0f}% of dup_mmap without a function's name: "
+                     "extend the tables in analysis/attribution/functions.py")
+    return out
+
+
+SWEEP_FUNCTIONS = 10  # rows of the functions-vs-VMAs table
+SWEEP_COLUMNS = 9  # groups per table (a sweep's VMA counts, per layout)
+
+
+def render_sweep_functions(groups: Sequence[Mapping[str, Any]], fmt: str = "text") -> list[str]:
+    """ns per VMA of the largest functions vs the VMA count: how each one's cost moves (the curve's bend)."""
+    docs = [(g, g["functions"]) for g in groups if g.get("functions")]
+    if not docs:
+        return []
+    weight: dict[str, float] = {}
+    for _, f in docs:
+        for r in f["functions"]:
+            if not r["measured"]:
+                weight[r["function"]] = weight.get(r["function"], 0.0) + (r["share"] or 0.0)
+    top = sorted(weight, key=lambda n: -weight[n])[:SWEEP_FUNCTIONS]
+    out = ["", "ns per VMA copied, by function, vs VMAs copied per fork (samples; 95% CI in the JSON)" if fmt == "text"
+           else "### ns per VMA copied, by function (samples)"]
+    layouts: dict[str, list] = {}
+    for g, f in docs:
+        layouts.setdefault(g.get("layout") or "", []).append((g, f))
+    for layout, members in layouts.items():
+        members.sort(key=lambda gf: gf[1]["vmas"] or 0)
+        for i in range(0, len(members), SWEEP_COLUMNS):
+            chunk = members[i : i + SWEEP_COLUMNS]
+            header = ["function" + (f" ({layout})" if layout else ""), *(_num(f["vmas"], 6) for _, f in chunk)]
+            body = []
+            for name in top:
+                cells = []
+                for _, f in chunk:
+                    r = next((r for r in f["functions"] if r["function"] == name), None)
+                    cells.append(_num(r["ns_per_vma"]) if r else "-")
+                body.append([name, *cells])
+            body.append(["runs", *(str(f["runs"]) for _, f in chunk)])
+            out += render_table(header, body, fmt)
     return out
 
 

@@ -12,6 +12,7 @@ import numpy as np
 
 from analysis.attribution.attribute import Attribution
 from analysis.attribution.components import COMPONENTS
+from analysis.attribution.functions import MEASURED
 from analysis.errors import TracerError
 from analysis.files import Directory
 from analysis.recording import PHASES
@@ -19,11 +20,12 @@ from analysis.recording import PHASES
 __all__ = ["PLOT_FILES", "write_plots"]
 
 PHASES_PLOTTED = tuple(p.name for p in PHASES if not p.derived)
-PLOT_FILES = tuple(f"{name}.{ext}" for name in ("latency_vs_vmas", "per_vma_cost", "attribution") for ext in ("png", "svg"))
+PLOT_FILES = tuple(f"{name}.{ext}" for name in ("latency_vs_vmas", "per_vma_cost", "attribution", "functions_per_vma") for ext in ("png", "svg"))
 
 
 def write_plots(att: Attribution, outdir: Path | str | Directory) -> list[Path]:
-    """Latency vs VMAs per phase (with the fit), per-VMA cost vs VMAs, attribution bars.
+    """Latency vs VMAs per phase (with the fit), per-VMA cost vs VMAs, attribution bars,
+    and ns per VMA by kernel function when the recordings sampled stacks.
 
     Into a directory made (or checked) and written through analysis.files: each
     file appears whole or not at all, and no name there is followed.
@@ -116,7 +118,48 @@ def _draw(att: Attribution, groups, outdir: Directory, plt) -> list[Path]:
     ax.set_title("attribution per component (" + ", ".join(sorted({g.estimate or "none" for g in groups})) + ")")
     ax.legend(loc="upper left", bbox_to_anchor=(1, 1))
     save(fig, "attribution")
+
+    sampled = [(g, v) for g, v in zip(groups, vmas) if g.sample_est is not None]
+    if sampled:
+        import matplotlib.ticker
+
+        fig, ax = plt.subplots(figsize=(8, 5))
+        for i, name in enumerate(_largest_functions([g for g, _ in sampled], FUNCTIONS_PLOTTED)):
+            for layout in layouts:
+                pts = [(v, g.sample_est.functions().get(name), g.sample_est.vmas) for g, v in sampled
+                       if g.key.layout == layout]
+                pts = [(v, a, n) for v, a, n in pts if a is not None and n]
+                if not pts:
+                    continue
+                xs = np.array([v for v, _, _ in pts])
+                ys = np.array([a.ns_per_fork / n for _, a, n in pts])
+                err = np.array([[max(y - a.ci95[0] / n, 0.0), max(a.ci95[1] / n - y, 0.0)] for y, (_, a, n) in zip(ys, pts)]).T
+                ax.errorbar(xs, ys, yerr=err, fmt=marks[layout] + ("-" if layout == layouts[0] else ":"), color=f"C{i}",
+                            capsize=2, label=f"\u2009{name}{tag(layout)}")  # matplotlib hides labels that start with "_"
+        ax.set_xscale("log")
+        ax.set_xticks(sorted({float(v) for _, v in sampled}))
+        ax.xaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%d"))
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        ax.set_xlabel("VMAs copied per fork")
+        ax.set_ylabel("ns per VMA (95% CI)")
+        ax.set_title("dup_mmap's time by kernel function, per VMA (samples; flat = linear)")
+        ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1, 1))
+        save(fig, "functions_per_vma")
     return written
+
+
+FUNCTIONS_PLOTTED = 8
+
+
+def _largest_functions(groups, n: int) -> list[str]:
+    """The n sampled functions with the largest share of dup_mmap, summed over the groups."""
+    weight: dict[str, float] = {}
+    for g in groups:
+        est = g.sample_est
+        for name, a in est.functions().items():
+            if name not in MEASURED and est.total_ns:
+                weight[name] = weight.get(name, 0.0) + a.ns_per_fork / est.total_ns
+    return sorted(weight, key=lambda k: -weight[k])[:n]
 
 
 def _interp_counts(groups, vmas: np.ndarray, xs: np.ndarray) -> "object":

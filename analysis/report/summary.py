@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +24,11 @@ from analysis.frame import group_recordings, load_recordings
 from analysis.recording import PHASES, Recording
 from analysis.recording.algorithm import PHASE_LABELS
 from analysis.recording.exact import EXACT_PHASE_COLUMNS
-from analysis.report.attribution import fit_doc, group_doc, render_fit, render_group, render_prediction, render_sweep, sweep_doc
+from analysis.recording.stacks import sampled_stacks, stack_frames
+from analysis.report.answer import answer_doc, render_answer
+from analysis.report.attribution import (
+    _clean, fit_doc, group_doc, render_fit, render_group, render_prediction, render_sweep, render_sweep_functions, sweep_doc,
+)
 from analysis.report.stats import Log2Histogram, choose_unit, format_log2_histogram, log2_histogram, percentiles
 from analysis.errors import TracerError
 
@@ -97,6 +100,7 @@ def summarize(rec: Recording) -> dict[str, Any]:
         "leaves": _spread(copied["leaves"]),
         "no_stores": int((usable["stores"] == 0).sum()),
         "null_stores": int(usable["null_stores"].sum()),
+        "dontcopy_vmas": _spread(usable["dontcopy_vmas"].dropna()) if "dontcopy_vmas" in usable else None,
         "mt_dup_clamped": int(usable["mt_dup_clamped"].sum()),
         "phases": phases,
         "histograms": histograms,
@@ -128,22 +132,16 @@ def _spread(column: Any) -> dict[str, float | int | None]:
     }
 
 
-_OFFSET = re.compile(r"\+0x[0-9a-f]+(/0x[0-9a-f]+)?$")
-
-
 def _top_functions(rec: Recording) -> dict[str, Any] | None:
     """Self samples per kernel function and phase, from folded stacks (root first, leaf last)."""
-    sample = rec.meta.get("sample")
-    if not isinstance(sample, dict):
+    stacks = sampled_stacks(rec.meta, str(rec.path))
+    if stacks is None:
         return None
+    sample = rec.meta["sample"]
     per_phase: dict[str, Counter[str]] = defaultdict(Counter)
-    for i, entry in enumerate(sample.get("stacks") or []):
-        try:
-            frames, phase, count = str(entry["stack"]).split(";"), str(entry["phase"]), int(entry["count"])
-        except (KeyError, TypeError, ValueError):
-            raise TracerError(f"{rec.path}: sampled stack entry {i} lacks stack, phase or count") from None
-        leaf = _OFFSET.sub("", frames[-1].strip()) or "[unknown]"
-        per_phase[phase][leaf] += count
+    for (stack, phase), count in stacks.items():
+        frames = stack_frames(stack)
+        per_phase[phase][frames[-1] if frames else "[unknown]"] += count
     names = [p.name for p in PHASES]
     order = [p for p in names if p in per_phase] + sorted(p for p in per_phase if p not in names)
     top = {}
@@ -301,6 +299,12 @@ def _phase_table(s: Mapping[str, Any]) -> list[str]:
         out.append(f"  mt_dup clamped to 0 in {s['mt_dup_clamped']} forks (first VMA cost more than the mean step)")
     if s["no_stores"]:
         out.append(f"  {s['no_stores']} forks stored no VMA: no store-based phases for them")
+    dontcopy = s.get("dontcopy_vmas") or {}
+    if dontcopy.get("max"):
+        out.append(
+            f"  VM_DONTCOPY (MADV_DONTFORK) VMAs not copied: {dontcopy['median']:g} per fork (median; max {dontcopy['max']:g});"
+            " their clearing is inside the VMA steps"
+        )
     if small:
         out.append(f"  * fewer than {SMALL_N} values: p99 is interpolated between the largest ones")
     return out
@@ -411,7 +415,7 @@ def report_doc(inp: ReportInput) -> dict[str, Any]:
         if doc["samples"] is not None and g["samples_by_component"]:
             doc["samples"]["components"] = g["samples_by_component"]["components"]
         for key in ("attribution", "attribution_estimate", "attribution_notes", "disagreements", "estimates_missing",
-                    "model_check", "cycle", "cycle_note"):
+                    "model_check", "cycle", "cycle_note", "functions"):
             doc[key] = g[key]
         doc["fit"] = fit
     else:
@@ -425,14 +429,17 @@ def report_doc(inp: ReportInput) -> dict[str, Any]:
             "fit": fit,
         }
     doc["prediction"] = inp.prediction
+    doc["answer"] = _clean(answer_doc(inp.attribution, [r.meta for r in inp.recordings]))
     return doc
 
 
 def render_doc(inp: ReportInput, doc: Mapping[str, Any], fmt: str) -> str:
     if fmt == "json":
         return render_json(doc)
+    answer = render_answer(doc["answer"], fmt) + [""] if doc.get("answer") else []
     if inp.single and fmt == "text":
-        lines = [render_text(doc)]
+        title, _, rest = render_text(doc).partition("\n")
+        lines = [title, "", *answer, rest] if doc["usable"] else [title, rest]
         if doc["usable"]:
             lines += render_group({**doc, "group": inp.attribution.groups[0].key.label(),
                                    "samples_by_component": group_doc(inp.attribution.groups[0], None)["samples_by_component"]})
@@ -442,8 +449,10 @@ def render_doc(inp: ReportInput, doc: Mapping[str, Any], fmt: str) -> str:
         rows = doc["table"] if not inp.single else sweep_doc(inp.attribution)
         kernels = ", ".join(doc.get("kernels") or [str(doc.get("kernel"))])
         head = f"forktrace report: {len(inp.recordings)} recordings in {len(groups)} groups (kernel {kernels})"
-        lines = [("# " if fmt == "markdown" else "") + head]
+        lines = [("# " if fmt == "markdown" else "") + head, "", *answer]
+        lines += ["## The evidence" if fmt == "markdown" else "the evidence"]
         lines += render_sweep(rows, groups, fmt)
+        lines += render_sweep_functions(groups, fmt)
         lines += render_fit(doc["fit"], fmt)
         for g in groups:
             lines += render_group(g, fmt)

@@ -5,7 +5,7 @@
 #
 #   guest.sh CHECKOUT RESULTS PYTHON [STEPS]
 #
-# STEPS: which of doctor-json, record, report, sweep, tests, tests-bpf to run, in order
+# STEPS: which of doctor-json, record, report, sweep, record-fork, tests, tests-bpf, exact-split to run, in order
 # (default: doctor-json record report tests).
 #
 # The guest sees the host's file system read-only (writable overlays on /tmp, /etc,

@@ -26,7 +26,7 @@ SWEEP = ["sweep", "--vmas", "100,400,1600", "--layout", "gapped", "--forks", "40
 # The files about host facts (kallsyms, tracefs, lockdown, BTF, headers, doctor, raw
 # tracepoint prototypes), BPF tests included: they fit the CI's time under emulation.
 FACT_FILES = ["tests/test_host.py", "tests/test_doctor.py", "tests/test_btf.py", "tests/test_headers.py", "tests/test_rawtp.py",
-              "tests/test_typed.py"]
+              "tests/test_typed.py", "tests/test_exact_split.py"]
 PYTEST = ["-p", "no:cacheprovider", "-p", "pytest_stream", "-v", "-ra", "--tb=short", "--durations=20"]
 
 
@@ -54,6 +54,18 @@ def _pytest(results: Path, name: str, args: list[str]) -> int:
     return int(pytest.main([*PYTEST, f"--junitxml={results / name}.xml", *args]))
 
 
+def _exact_split(results: Path) -> int:
+    """scripts/exact_split.py, its JSON in RESULTS; a kernel that refuses the probes is a result, not a failure."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("exact_split", Path(__file__).resolve().parent.parent / "exact_split.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["exact_split"] = module
+    spec.loader.exec_module(module)
+    rc = module.main(["--json", str(results / "exact-split.json")])
+    return 0 if rc == module.SKIPPED else rc
+
+
 def steps(results: Path) -> dict:
     """Step name -> (stdout file or None, the call)."""
     return {
@@ -64,6 +76,8 @@ def steps(results: Path) -> dict:
         # The A/B's dup_mmap without any per-VMA program (whose cost differs between the kernels).
         "record-fork": (None, lambda: _tracer(*RECORD_FORK, "-o", str(results / "fork-1600.parquet"))),
         "tests": (None, lambda: _pytest(results, "tests", FACT_FILES)),
+        # The sampled split against exact timings of the same run (not in the default steps).
+        "exact-split": (None, lambda: _exact_split(results)),
         # Every other BPF test (each records in a subprocess: minutes per test under emulation).
         "tests-bpf": (None, lambda: _pytest(results, "tests-bpf", ["-m", "bpf", *[f"--ignore={f}" for f in FACT_FILES], "tests"])),
     }

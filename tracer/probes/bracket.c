@@ -40,12 +40,23 @@
  * This runs per switch, not per VMA: it is on at every level.
  *
  * Stores are timed where a column needs it, not all of them: the first, the
- * next MIN_STEP_STORES (for min_step), and the last, known in advance
- * because since v6.8 the replace loop calls mas_store() once per parent VMA
- * (a NULL store for VM_DONTCOPY; mm->map_count, read at the child lock;
- * parent write-locked, so stable). Only mas_store() calls count: before v6.8
- * the bulk build also emits ma_write from mas_wr_bnode() on most stores, and
- * skips VM_DONTCOPY VMAs, so the loader times every store there
+ * next MIN_STEP_STORES (for min_step), and the last, known in advance within
+ * a few. Since v6.8 the replace loop visits every parent VMA (mm->map_count,
+ * read at the child lock; parent write-locked, so stable) and calls
+ * mas_store() for each one it copies. A VM_DONTCOPY VMA (MADV_DONTFORK) is
+ * cleared with vma_iter_clear_gfp() -> mas_store_gfp() instead, whose
+ * ma_write names "mas_store_gfp" (v6.8-v6.11), or from v6.12 the write
+ * path's own function (mas_wr_node_store, ...), or nothing at all (an
+ * exact-fit store writes the slot without a tracepoint). So the last
+ * mas_store() is call number map_count - (VM_DONTCOPY VMAs). Each write of
+ * NULL by another function lowers the expected number (a clear that shows as
+ * several writes lowers it too far, which only times more stores), and every
+ * store from UNSEEN_STORES calls before the expected last one on is timed,
+ * for the clears that show nothing: the last store is timed unless more than
+ * UNSEEN_STORES VM_DONTCOPY VMAs are cleared unseen, at UNSEEN_STORES extra
+ * timestamps per fork. Only mas_store() calls count: before v6.8 the bulk
+ * build also emits ma_write from mas_wr_bnode() on most stores, and skips
+ * VM_DONTCOPY VMAs, so the loader times every store there
  * (TIME_EVERY_STORE). A last store that was not timed is counted
  * (C_LAST_STORE_MISSED) and its time left 0: no phase is made of a wrong one.
  *
@@ -88,6 +99,9 @@
 /* Stores after the first that are timed for min_step (all with TIME_EVERY_STORE). */
 #define MIN_STEP_STORES 16
 
+/* Stores before the expected last one that are timed too: VM_DONTCOPY VMAs call no mas_store(). */
+#define UNSEEN_STORES 32
+
 #if MM_MAP_COUNT_OFF < 0 && !defined(TIME_EVERY_STORE)
 #define TIME_EVERY_STORE	/* no map_count: the last store is not known in advance */
 #endif
@@ -116,7 +130,7 @@ struct vma_agg {
 	u64 ts_prev_store;	/* last timed store, for min_step */
 	u64 min_step;
 	u32 last_timed;		/* mas_store() call number of the last timed store */
-	u32 expected_stores;	/* parent map_count: one mas_store() per VMA (0: unknown) */
+	u32 expected_stores;	/* parent map_count: at most one mas_store() per VMA (0: unknown) */
 	u32 stores;
 	u32 null_stores;
 	u32 zero_stores;
@@ -260,7 +274,7 @@ static __always_inline struct vma_agg *agg_of(struct thread_state *s)
 	return a ? a : &s->agg;
 }
 
-/* mas_store() calls seen so far: stores of a VMA, of NULL (VM_DONTCOPY), of the failure mark. */
+/* mas_store() calls seen so far: stores of a VMA, of NULL, of the failure mark. */
 static __always_inline u32 store_calls(struct vma_agg *a)
 {
 	return a->stores + a->null_stores + a->zero_stores;
@@ -499,7 +513,7 @@ static __always_inline int store_is_timed(struct vma_agg *a, u32 call, u64 val)
 #elif defined(TIME_EVERY_STORE)
 	return 1;
 #else
-	return a->stores <= MIN_STEP_STORES || call == a->expected_stores ||
+	return a->stores <= MIN_STEP_STORES || call + UNSEEN_STORES >= a->expected_stores ||
 	       val == DUP_FAILED_MARK || !a->expected_stores;
 #endif
 }
@@ -541,6 +555,8 @@ static __always_inline void on_ma_write(struct vma_agg *a, u64 fn, u64 leaf, u64
 #ifndef ABLATE_FN_CHECK
 	if (!is_mas_store(a, fn)) {
 		a->other_writes++;
+		if (!val && a->expected_stores > 1)
+			a->expected_stores--;	/* a VM_DONTCOPY clear: see the top of this file */
 		return;
 	}
 #endif

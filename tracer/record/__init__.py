@@ -176,6 +176,9 @@ def _one_run(opts, path, session, probes, facts, plan, hdrs, backend, entry, sto
     stop.writing = False
     lost = meta["lost"]["ringbuf"] + ((meta.get("exact") or {}).get("counters") or {}).get("lost_ringbuf", 0)
     log(f"wrote {forks.num_rows} forks to {path}" + (f" (LOST {lost} records)" if lost else " (no events lost)"))
+    missed = session.counters.get("last_store_missed", 0)
+    if missed:  # bracket.c: more VM_DONTCOPY clears than it can see, or a store it did not expect
+        log(f"note: {missed} forks' last mas_store was not timed: mt_dup, vma_loop and tail are not split for them")
     return Recorded(path, session.exit_status or 0)
 
 
