@@ -72,11 +72,28 @@ def group_key(rec: Recording) -> GroupKey:
     """The group a recording belongs to, from its metadata (and its forks where it says nothing)."""
     workload = rec.meta.get("workload") if isinstance(rec.meta.get("workload"), dict) else {}
     if workload.get("kind") == "spawn" and isinstance(workload.get("extra_vmas"), int):
-        return GroupKey("spawn", str(workload.get("layout") or "gapped"), int(workload["extra_vmas"]))
+        return GroupKey("spawn", spawn_variant(workload), int(workload["extra_vmas"]))
     df = rec.forks[rec.forks["usable"]]
     if df.empty:
         return GroupKey(_main_comm(rec.forks), "", 0)
     return GroupKey(_main_comm(df), "", int(np.median(df["stores"].to_numpy())))
+
+
+def spawn_variant(workload: dict) -> str:
+    """The spawn layout and any designed-experiment option that changes what a fork copies: 'gapped+scatter+cold'.
+
+    Runs that differ in these are different experiments and never one group.
+    """
+    parts = [str(workload.get("layout") or "gapped")]
+    if workload.get("order") not in (None, "ascending"):
+        parts.append(str(workload["order"]))
+    if workload.get("touch"):
+        parts.append("touch")
+    if workload.get("weight") not in (None, "none"):
+        parts.append(str(workload["weight"]))
+    if workload.get("evict_mb"):
+        parts.append(f"evict{workload['evict_mb']}M" + ("-cold" if workload.get("cold") else "-warm"))
+    return "+".join(parts)
 
 
 def _main_comm(df: pd.DataFrame) -> str:

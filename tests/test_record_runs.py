@@ -21,7 +21,7 @@ def test_arms_from_the_one_option_given_a_list():
     assert [a.label for a in arms_of(RecordOptions(spawn_vmas=1, inject_store_ns=(0, 0, 9)))] == ["inject0.1", "inject0.2", "inject9"]
     single = RecordOptions(spawn_vmas=5, runs=3)
     (arm,) = arms_of(single)
-    assert arm.label == "" and arm.opts is not single  # validate() may change an arm, never the options
+    assert arm.label == "" and arm.opts is not single  # resolving may change an arm, never the options
     with pytest.raises(UsageError, match="one thing at a time"):
         arms_of(RecordOptions(spawn_vmas=100, spawn_list=[100, 400], layout="gapped,adjacent"))
     with pytest.raises(UsageError, match="empty command"):

@@ -1,4 +1,4 @@
-"""Command line: tracer doctor | record | report | model | compare | calibrate | bench.
+"""Command line: tracer doctor | record | report | sweep | fit | model | compare | calibrate | bench.
 
 Thin: parses flags in the style of bcc's tools, calls into tracer/ (side
 effects) and analysis/ (pure), and turns TracerError into one line on stderr.
@@ -127,21 +127,41 @@ def report(
 @app.command()
 def sweep(
     output: Path = typer.Option(..., "-o", "--output", help="Directory for the recordings, index.json and the report."),
-    vmas: str = typer.Option(SEED_VMAS_TEXT, "--vmas", metavar="LIST", help="Extra VMA counts, comma-separated."),
-    layout: str = typer.Option("adjacent,gapped", "--layout", metavar="LIST", help="Layouts: adjacent, gapped, or both."),
-    forks: int = typer.Option(1000, "--forks", "-n", help="Forks per recording."),
+    vmas: Optional[str] = typer.Option(None, "--vmas", metavar="LIST", help=f"Extra VMA counts, comma-separated (default {SEED_VMAS_TEXT}; with --vary 100,400,1600,6400)."),
+    layout: Optional[str] = typer.Option(None, "--layout", metavar="LIST", help="Layouts: adjacent, gapped, or both (default both)."),
+    forks: Optional[int] = typer.Option(None, "--forks", "-n", help="Forks per recording (default 1000; with --vary 200)."),
     sample: int = typer.Option(999, "--sample", metavar="HZ", help="Sample kernel stacks at HZ inside dup_mmap (0: off)."),
     cpu: Optional[int] = typer.Option(None, "--cpu", help="Pin the workload to this CPU."),
     force: bool = typer.Option(False, "--force", help="Replace the sweep's files in a non-empty directory."),
     quiet: bool = typer.Option(False, "-q", "--quiet", help="Only one line per recording."),
+    vary: Optional[str] = typer.Option(None, "--vary", metavar="FACTORS", help="A designed experiment instead: shape, cache, weight (comma-separated), one factor at a time at the same VMA counts."),
+    runs: int = typer.Option(3, "--runs", "-r", help="With --vary: runs (processes) per cell, the unit of replication."),
+    seed: int = typer.Option(0, "--seed", help="With --vary: the seed of the run order within each block."),
 ) -> None:
-    """Record the built-in workload at each VMA count in each layout, into one directory."""
-    from tracer.sweep import SweepOptions, parse_list
+    """Record the built-in workload at each VMA count in each layout, into one directory (--vary: a designed experiment)."""
+    from tracer.sweep import DEFAULT_VMAS, SweepOptions, parse_list
     from tracer.sweep import sweep as run_sweep
 
+    if vary is not None:
+        from tracer.experiment import DEFAULT_VMAS as DESIGN_VMAS
+        from tracer.experiment import ExperimentOptions, parse_factors, run_experiment
+
+        if layout is not None:
+            raise UsageError("--layout is one of --vary shape's levels; give one or the other")
+        run_experiment(
+            ExperimentOptions(
+                output=output, factors=parse_factors(vary),
+                vmas=parse_list(vmas, "--vmas", int) if vmas is not None else DESIGN_VMAS,
+                runs=runs, forks=forks if forks is not None else 200, sample_hz=sample, cpu=cpu, force=force, seed=seed, quiet=quiet,
+            ),
+            log=lambda msg: typer.echo(msg, err=True),
+        )
+        typer.echo(str(output))
+        return
     opts = SweepOptions(
-        output=output, vmas=parse_list(vmas, "--vmas", int), layouts=parse_list(layout, "--layout"),
-        forks=forks, sample_hz=sample, cpu=cpu, force=force, quiet=quiet,
+        output=output, vmas=parse_list(vmas, "--vmas", int) if vmas is not None else DEFAULT_VMAS,
+        layouts=parse_list(layout or "adjacent,gapped", "--layout"),
+        forks=forks if forks is not None else 1000, sample_hz=sample, cpu=cpu, force=force, quiet=quiet,
     )
     run_sweep(opts, log=lambda msg: typer.echo(msg, err=True))
     typer.echo(str(output))
@@ -160,6 +180,28 @@ def calibrate(
 
     path = run_calibrate(output, _ints(vmas, "--vmas"), runs, forks, cpu, log=lambda msg: typer.echo(msg, err=True))
     typer.echo(str(path))
+
+
+@app.command()
+def fit(
+    directory: Path = typer.Argument(..., help="A directory written by tracer sweep --vary."),
+    fmt: str = typer.Option("text", "--format", help="text or json."),
+    predict: Optional[List[str]] = typer.Option(None, "--predict", metavar="LEVEL", help="Fit without this shape level and predict it (repeatable; default every shape level but the default one)."),
+) -> None:
+    """The cost model fitted across a designed experiment: unit costs, R², residuals, predictions."""
+    import json
+
+    from analysis.attribution.design import design_fit, load_design_runs, render_design
+
+    if fmt not in ("text", "json"):
+        raise UsageError(f"--format must be text or json, not {fmt!r}")
+    runs = load_design_runs(directory)
+    known = set(runs.loc[runs["factor"] == "shape", "level"])
+    for level in predict or []:
+        if level not in known:
+            raise UsageError(f"--predict {level}: not a shape level of this design (it has: {', '.join(sorted(known)) or 'none'})")
+    doc = design_fit(runs, predict=predict or None, directory=directory)
+    typer.echo(json.dumps(doc, indent=2, default=float) if fmt == "json" else render_design(doc))
 
 
 @app.command()

@@ -35,6 +35,13 @@ make_extra_vmas()): for nr extra VMAs it takes span = 2*nr + 1 pages,
 4. munmap() of pages 2, 4, ..., 2*nr - 2, in ascending order: each one cuts
    the last, still unsplit, part of that VMA in three (the stores above).
 
+spawn.c's --order descending cuts the holes of step 4 top-down instead, and
+--order scatter in bit-reversed order (hole_order()): each cut then splits
+whichever piece of the region holds its page, so the same final VMAs are
+reached through other node splits (another node count, fill and height).
+--weight file maps the region from a memfd instead of anonymous memory: the
+same stores, the extra VMAs file-backed.
+
 With --layout adjacent (make_adjacent_vmas()) the span is nr + 2 pages:
 steps 1-2 as above, 3: mmap of the middle nr pages as one VMA, 4: mprotect()
 of pages 1, 3, 5, ... ascending (mprotect_fixup() -> vma_modify(): no merge
@@ -56,6 +63,7 @@ layout; TEMPORARY marks a VMA that does not survive into the final layout
 
 from __future__ import annotations
 
+import bisect
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -75,7 +83,9 @@ __all__ = [
     "base_history",
     "history_mmap_order",
     "history_with_churn",
+    "hole_order",
     "spawn_history",
+    "SPAWN_ORDERS",
 ]
 
 PAGE_SIZE = 4096
@@ -85,6 +95,9 @@ TEMPORARY = -1
 
 # spawn.c's --layout values: holes between the extra VMAs, or none.
 SPAWN_LAYOUTS = ("gapped", "adjacent")
+
+# spawn.c's --order values: the order the gapped layout's holes are cut in.
+SPAWN_ORDERS = ("ascending", "descending", "scatter")
 
 
 @dataclass(frozen=True)
@@ -113,9 +126,13 @@ class SpawnRegion:
         return self.base + self.pages * PAGE_SIZE
 
 
-def _is_extra(v: Vma, page: int) -> bool:
-    """A VMA spawn.c could have made: one anonymous private read-write page."""
-    return v.end - v.start == page and v.perms == "rw-p" and v.inode == 0 and not v.path
+def _is_extra(v: Vma, page: int, backing: str = "anon") -> bool:
+    """A VMA spawn.c could have made: one private read-write page, anonymous (or of its memfd, --weight file)."""
+    if v.end - v.start != page or v.perms != "rw-p":
+        return False
+    if backing == "file":
+        return v.inode != 0 and v.path.startswith("/memfd:forktrace-spawn")
+    return v.inode == 0 and not v.path
 
 
 def _adjacent_runs(layout: Sequence[Vma], page: int) -> list[tuple[int, int]]:
@@ -142,7 +159,8 @@ def _adjacent_runs(layout: Sequence[Vma], page: int) -> list[tuple[int, int]]:
 
 
 def find_spawn_region(
-    layout: Sequence[Vma], extra_vmas: int, page: int = PAGE_SIZE, spawn_layout: str = "gapped"
+    layout: Sequence[Vma], extra_vmas: int, page: int = PAGE_SIZE, spawn_layout: str = "gapped",
+    backing: str = "anon",
 ) -> SpawnRegion | None:
     """The run of `extra_vmas` one-page anonymous VMAs spawn.c made.
 
@@ -170,7 +188,7 @@ def find_spawn_region(
     # A run longer than asked for cannot be cut apart (each extra VMA has a hole on
     # both sides, so a neighbour that looks alike would be one page away only by chance).
     first, count, base = _the_one_run(
-        layout, _gapped_runs(layout, page), extra_vmas, page,
+        layout, _gapped_runs(layout, page, backing), extra_vmas, page,
         vmas="one-page rw-p anonymous VMAs a page apart",
         several="one-page anonymous VMAs",
         layout_name="the layout",
@@ -178,16 +196,17 @@ def find_spawn_region(
     return SpawnRegion(first=first, count=count, base=base, pages=2 * count + 1)
 
 
-def _gapped_runs(layout: Sequence[Vma], page: int) -> list[tuple[int, int]]:
-    """Maximal runs of one-page rw-p anonymous VMAs, each one page after the last."""
+def _gapped_runs(layout: Sequence[Vma], page: int, backing: str = "anon") -> list[tuple[int, int]]:
+    """Maximal runs of one-page rw-p anonymous (or memfd) VMAs, each one page after the last."""
     runs: list[tuple[int, int]] = []
     i = 0
     while i < len(layout):
-        if not _is_extra(layout[i], page):
+        if not _is_extra(layout[i], page, backing):
             i += 1
             continue
         j = i
-        while j + 1 < len(layout) and _is_extra(layout[j + 1], page) and layout[j + 1].start == layout[j].end + page:
+        while (j + 1 < len(layout) and _is_extra(layout[j + 1], page, backing)
+               and layout[j + 1].start == layout[j].end + page):
             j += 1
         runs.append((i, j - i + 1))
         i = j + 1
@@ -335,20 +354,22 @@ def spawn_history(
     seed: int = 0,
     munmap_order: str = "ascending",
     spawn_layout: str = "gapped",
+    backing: str = "anon",
 ) -> list[Store]:
     """The stores that gave spawn.c's process its tree: the base VMAs, then make_extra_vmas().
 
     layout: the process's final layout (its /proc/PID/maps without [vsyscall]);
     extra_vmas: spawn.c's --vmas. Replaying the result with
     build_from_history() ends with exactly `layout` in the tree.
-    munmap_order: "ascending" is what spawn.c does; "descending" (cut the
-    holes from the top down) is a what-if, to show how much the order matters.
+    munmap_order: spawn.c's --order ("ascending" by default; "descending"
+    cuts the holes top-down, "scatter" in hole_order()'s bit-reversed order).
+    backing: "file" for --weight file (the extra VMAs map spawn.c's memfd).
     Raises ValueError if the layout is not one spawn.c can have made.
     """
     check_layout(layout)
-    if munmap_order not in ("ascending", "descending"):
-        raise ValueError(f"munmap_order must be ascending or descending, not {munmap_order!r}")
-    region = find_spawn_region(layout, extra_vmas, spawn_layout=spawn_layout)
+    if munmap_order not in SPAWN_ORDERS:
+        raise ValueError(f"munmap_order must be one of {', '.join(SPAWN_ORDERS)}, not {munmap_order!r}")
+    region = find_spawn_region(layout, extra_vmas, spawn_layout=spawn_layout, backing=backing)
     skip = region.indexes if region else range(0)
     stores = base_history(layout, skip, base_order, seed)
     if region is None:
@@ -366,6 +387,8 @@ def spawn_history(
     # remainder [vm_start, vm_end); each cut leaves one extra VMA on the side
     # it moves away from, and the remainder is one VMA until the last cut.
     holes = list(range(2, region.pages - 2, 2))
+    if munmap_order == "scatter":
+        return stores + cut_holes(region, hole_order(len(holes), munmap_order))
     if munmap_order == "ascending":
         for n, hole in enumerate(holes):
             start = region.base + hole * page
@@ -380,6 +403,54 @@ def spawn_history(
             low = k - 1 if n == len(holes) - 1 else TEMPORARY
             stores += munmap_stores(vm_start, vm_end, start, start + page, low=low, high=k)
             vm_end = start
+    return stores
+
+
+def hole_order(k: int, order: str) -> list[int]:
+    """The holes of the gapped region (0 = the lowest) in the order spawn.c cuts them (its hole_at()).
+
+    >>> hole_order(5, "scatter")
+    [0, 4, 2, 1, 3]
+    """
+    if order == "ascending":
+        return list(range(k))
+    if order == "descending":
+        return list(range(k - 1, -1, -1))
+    if order != "scatter":
+        raise ValueError(f"order must be one of {', '.join(SPAWN_ORDERS)}, not {order!r}")
+    bits = max(0, (k - 1).bit_length()) if k > 1 else 0
+    out = []
+    for v in range(1 << bits):
+        r = int(format(v, f"0{bits}b")[::-1], 2) if bits else 0
+        if r < k:
+            out.append(r)
+    return out
+
+
+def cut_holes(region: SpawnRegion, order: Sequence[int]) -> list[Store]:
+    """make_extra_vmas() step 4 in any order: munmap each hole from whichever piece holds it.
+
+    The region starts as one VMA over its middle (step 3, already stored);
+    each munmap splits the piece around its page (munmap_stores()). A piece
+    that is one extra VMA of the final layout is stored with that VMA's entry,
+    any larger piece as TEMPORARY. For the ascending and descending orders
+    this gives exactly spawn_history()'s stores.
+    """
+    page = PAGE_SIZE
+    pieces = [(region.base + page, region.end - page)]
+
+    def entry(lo: int, hi: int) -> int:
+        if hi - lo == page:
+            return region.first + (lo - region.base - page) // (2 * page)
+        return TEMPORARY
+
+    stores: list[Store] = []
+    for h in order:
+        start = region.base + (2 + 2 * h) * page
+        j = bisect.bisect_right([p[0] for p in pieces], start) - 1
+        lo, hi = pieces[j]
+        stores += munmap_stores(lo, hi, start, start + page, low=entry(lo, start), high=entry(start + page, hi))
+        pieces[j:j + 1] = [p for p in ((lo, start), (start + page, hi)) if p[1] > p[0]]
     return stores
 
 

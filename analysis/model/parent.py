@@ -125,7 +125,7 @@ def choose_parent_build(target: RecordedTarget) -> tuple[str, str, int | None]:
         return fallback, f"spawn workload without a valid extra_vmas ({extra!r}): {assumed}", None
     spawn_layout = w.get("layout") or "gapped"
     try:
-        find_spawn_region(target.layout, extra, spawn_layout=spawn_layout)
+        find_spawn_region(target.layout, extra, spawn_layout=spawn_layout, backing=spawn_backing(w))
     except ValueError as err:
         return fallback, f"spawn workload, but {err}; {assumed}", None
     base = "the other VMAs (exec's, ld.so's) mapped top-down"
@@ -137,11 +137,25 @@ def choose_parent_build(target: RecordedTarget) -> tuple[str, str, int | None]:
             "region and mprotect of every other page, ascending, as mm/vma.c stores them (analysis.model.history)"
         )
     else:
+        order = spawn_order(w)
         why = (
-            f"the recording's workload is spawn --vmas {extra}: {base}, then spawn.c's mmap of one region "
-            "and munmap of every other page, ascending, as mm/vma.c stores them (analysis.model.history)"
+            f"the recording's workload is spawn --vmas {extra}"
+            + (f" --order {order}" if order != "ascending" else "")
+            + (" --weight file" if spawn_backing(w) == "file" else "")
+            + f": {base}, then spawn.c's mmap of one region "
+            f"and munmap of every other page, {order}, as mm/vma.c stores them (analysis.model.history)"
         )
     return "spawn_history", why, extra
+
+
+def spawn_order(workload: dict[str, Any] | None) -> str:
+    """The order spawn.c cut its holes in (--order; recordings before it existed: ascending)."""
+    return str((workload or {}).get("order") or "ascending")
+
+
+def spawn_backing(workload: dict[str, Any] | None) -> str:
+    """'file' where spawn.c mapped its extra VMAs from its memfd (--weight file), else 'anon'."""
+    return "file" if (workload or {}).get("weight") == "file" else "anon"
 
 
 def observed_parent(
@@ -210,7 +224,10 @@ def _build_parent_tree(target: RecordedTarget) -> ParentTree:
     build, why, extra = choose_parent_build(target)
     spawn_layout = str((target.workload or {}).get("layout") or "gapped")
     if build == "spawn_history":
-        tree = build_from_history(spawn_history(target.layout, extra, spawn_layout=spawn_layout))
+        tree = build_from_history(spawn_history(
+            target.layout, extra, spawn_layout=spawn_layout, munmap_order=spawn_order(target.workload),
+            backing=spawn_backing(target.workload),
+        ))
         return ParentTree(tree, build, why, extra, spawn_layout)
     top_down = build_from_history(history_mmap_order(target.layout, "descending"))
     assumed = top_down.shape().leaves

@@ -23,6 +23,26 @@
  *
  * Exit status: 0 after the JSON line, 2 for bad arguments, 1 for anything
  * else (mmap/munmap failure, /proc unreadable, stdin closed before "go").
+ *
+ * Options for designed experiments (tracer/experiment.py), each changing one
+ * thing about what every fork copies; without them the program does exactly
+ * what it did before they existed:
+ *
+ *   --order descending|scatter  gapped layout: cut the holes top-down, or in
+ *                               bit-reversed order (a spread-out insertion
+ *                               order): the same VMAs, a tree of other node
+ *                               count, fill and height (analysis/model/history.py)
+ *   --weight touch|touch-each|file
+ *                               touch: as --touch (one page each, one shared
+ *                               anon_vma); touch-each: one page each written
+ *                               after the cuts, so every VMA has its own
+ *                               anon_vma; file: the extra VMAs are private
+ *                               mappings of a memfd (file-backed, untouched)
+ *   --evict-mb M [--cold]       map an M MiB shared anonymous buffer (fork
+ *                               copies no page table of it); with --cold, read
+ *                               one byte per cache line of it right before
+ *                               every fork, evicting the caches the fork would
+ *                               otherwise find warm
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -41,7 +61,8 @@
 #include <time.h>
 #include <unistd.h>
 
-#define USAGE "usage: spawn [--vmas N] [--layout gapped|adjacent] [--forks N] [--seconds S] [--cpu C] [--touch]"
+#define USAGE "usage: spawn [--vmas N] [--layout gapped|adjacent] [--forks N] [--seconds S] [--cpu C] [--touch] " \
+	"[--order ascending|descending|scatter] [--weight none|touch|touch-each|file] [--evict-mb M [--cold]]"
 
 /* Give up after this many fork() failures in a row (e.g. EAGAIN at RLIMIT_NPROC). */
 #define MAX_CONSECUTIVE_FAILURES 1000
@@ -209,10 +230,11 @@ static long read_max_map_count(void)
 /*
  * Find a free range of span pages for nr extra VMAs (map it PROT_NONE, unmap
  * it) and map its middle span - 2 pages read-write in one go, with
- * MAP_FIXED_NOREPLACE, keeping a hole at each end.  Returns the first mapped
- * page, one page above the range's start.
+ * MAP_FIXED_NOREPLACE, keeping a hole at each end: anonymous memory, or the
+ * file fd (>= 0) from offset 0.  Returns the first mapped page, one page
+ * above the range's start.
  */
-static char *reserve_range(long nr, size_t span, size_t page)
+static char *reserve_range(long nr, size_t span, size_t page, int fd)
 {
 	char *base, *region;
 
@@ -222,7 +244,7 @@ static char *reserve_range(long nr, size_t span, size_t page)
 		die(1, "cannot find %zu free pages of address space for %ld extra VMAs: %s",
 		    span, nr, strerror(errno));
 	region = mmap(base + page, (span - 2) * page, PROT_READ | PROT_WRITE,
-		      MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0);
+		      MAP_PRIVATE | MAP_FIXED_NOREPLACE | (fd < 0 ? MAP_ANONYMOUS : 0), fd, 0);
 	if (region == MAP_FAILED)
 		die(1, "cannot map %zu pages for %ld extra VMAs: %s", span - 2, nr, strerror(errno));
 	if (region != base + page)
@@ -252,27 +274,77 @@ static char *reserve_range(long nr, size_t span, size_t page)
  * fork then has anon_vma_fork() and copy_page_range() work per VMA.  Without
  * it (unixbench's case) they have no anon_vma and copy_page_range() skips them.
  */
-static void make_extra_vmas(long nr, int touch)
+enum order { ORDER_ASCENDING, ORDER_DESCENDING, ORDER_SCATTER };
+enum weight { WEIGHT_NONE, WEIGHT_TOUCH, WEIGHT_TOUCH_EACH, WEIGHT_FILE };
+
+/*
+ * Which hole to cut at step v of an order over k holes, or k (none: skip this
+ * step): ascending v; descending k-1-v; scatter v's bits reversed over the
+ * bits k - 1 needs, so successive cuts land far apart (0, k/2, k/4, 3k/4, ...).
+ * Steps run from 0 to 2^bits - 1.  No memory is allocated (the layout at
+ * "ready" must be the extra VMAs and nothing else new).  Written as
+ * analysis/model/history.py's hole_order() is, which replays it.
+ */
+static size_t hole_at(size_t v, size_t k, int bits, enum order order)
+{
+	size_t r = 0;
+
+	if (order == ORDER_ASCENDING)
+		return v < k ? v : k;
+	if (order == ORDER_DESCENDING)
+		return v < k ? k - 1 - v : k;
+	for (int b = 0; b < bits; b++)
+		r |= ((v >> b) & 1) << (bits - 1 - b);
+	return r < k ? r : k;
+}
+
+/* A memfd of `pages` pages (sparse) to map the extra VMAs from, for --weight file. */
+static int extra_file(size_t pages, size_t page)
+{
+	int fd = memfd_create("forktrace-spawn", MFD_CLOEXEC);
+
+	if (fd < 0 || ftruncate(fd, (off_t)(pages * page)))
+		die(1, "cannot make a memfd for file-backed extra VMAs: %s", strerror(errno));
+	return fd;
+}
+
+static void make_extra_vmas(long nr, int touch, enum order order, enum weight weight)
 {
 	size_t page = (size_t)sysconf(_SC_PAGESIZE);
 	size_t span = 2 * (size_t)nr + 1;	/* pages, both end holes included */
+	size_t holes = (size_t)nr - 1, cut = 0;
+	int bits = 0;
 	char *base;
 
 	if (nr == 0)
 		return;
-	base = reserve_range(nr, span, page) - page;
+	int fd = weight == WEIGHT_FILE ? extra_file(span, page) : -1;
+
+	base = reserve_range(nr, span, page, fd) - page;
+	if (fd >= 0)
+		close(fd);	/* the mapping holds the file */
 	if (touch)
 		for (size_t i = 1; i < span; i += 2)
 			base[i * page] = 1;
-	for (size_t i = 2; i + 1 < span; i += 2) {
+	while (((size_t)1 << bits) < holes)
+		bits++;
+	for (size_t v = 0; v < ((size_t)1 << bits); v++) {
+		size_t h = hole_at(v, holes, bits, order), i = 2 + 2 * h;
+
+		if (h == holes)
+			continue;
+		cut++;
 		if (munmap(base + i * page, page) == 0)
 			continue;
 		if (errno == ENOMEM)
 			die(1, "cannot create %ld extra VMAs: the kernel refused a new VMA "
 			    "after %zu (ENOMEM); vm.max_map_count is %ld, counting the VMAs "
-			    "the process already had", nr, i / 2, read_max_map_count());
+			    "the process already had", nr, cut - 1, read_max_map_count());
 		die(1, "munmap of page %zu of the extra-VMA range failed: %s", i, strerror(errno));
 	}
+	if (weight == WEIGHT_TOUCH_EACH)
+		for (size_t i = 1; i < span; i += 2)
+			base[i * page] = 1;
 }
 
 /*
@@ -297,7 +369,7 @@ static void make_adjacent_vmas(long nr, int touch)
 
 	if (nr == 0)
 		return;
-	region = reserve_range(nr, span, page);
+	region = reserve_range(nr, span, page, -1);
 	if (touch)
 		for (long i = 0; i < nr; i++)
 			region[(size_t)i * page] = 1;
@@ -356,13 +428,22 @@ int main(int argc, char **argv)
 		{ "cpu", required_argument, NULL, 'c' },
 		{ "touch", no_argument, NULL, 't' },
 		{ "layout", required_argument, NULL, 'l' },
+		{ "order", required_argument, NULL, 'o' },
+		{ "weight", required_argument, NULL, 'w' },
+		{ "evict-mb", required_argument, NULL, 'e' },
+		{ "cold", no_argument, NULL, 'C' },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
 	long vmas = 0, cpu = -1;
 	long long max_forks = 0, forks = 0, failed = 0, consecutive_failures = 0;
 	double seconds = 0;
-	int touch = 0, adjacent = 0, fork_errno = 0, opt;
+	int touch = 0, adjacent = 0, fork_errno = 0, opt, cold = 0;
+	enum order order = ORDER_ASCENDING;
+	enum weight weight = WEIGHT_NONE;
+	long evict_mb = 0;
+	volatile char *evict = NULL;
+	size_t evict_bytes = 0;
 	const char *stop = "forks";
 	uint64_t start, deadline, elapsed, cpu_start, cpu_used;
 	long vmas_total;
@@ -401,6 +482,34 @@ int main(int argc, char **argv)
 			else if (strcmp(optarg, "gapped"))
 				bad_args("--layout must be gapped or adjacent, got \"%s\"", quoted(optarg));
 			break;
+		case 'o':
+			if (!strcmp(optarg, "ascending"))
+				order = ORDER_ASCENDING;
+			else if (!strcmp(optarg, "descending"))
+				order = ORDER_DESCENDING;
+			else if (!strcmp(optarg, "scatter"))
+				order = ORDER_SCATTER;
+			else
+				bad_args("--order must be ascending, descending or scatter, got \"%s\"", quoted(optarg));
+			break;
+		case 'w':
+			if (!strcmp(optarg, "none"))
+				weight = WEIGHT_NONE;
+			else if (!strcmp(optarg, "touch"))
+				weight = WEIGHT_TOUCH;
+			else if (!strcmp(optarg, "touch-each"))
+				weight = WEIGHT_TOUCH_EACH;
+			else if (!strcmp(optarg, "file"))
+				weight = WEIGHT_FILE;
+			else
+				bad_args("--weight must be none, touch, touch-each or file, got \"%s\"", quoted(optarg));
+			break;
+		case 'e':
+			evict_mb = (long)parse_count("evict-mb", optarg, 1, 1L << 20);
+			break;
+		case 'C':
+			cold = 1;
+			break;
 		case 'h':
 			printf("%s\n", USAGE);
 			return 0;
@@ -414,6 +523,14 @@ int main(int argc, char **argv)
 		bad_args("unexpected argument \"%s\"", quoted(argv[optind]));
 	if (!max_forks && !seconds)
 		bad_args("give --forks, --seconds or both");
+	if (weight == WEIGHT_TOUCH)
+		touch = 1;
+	if (touch && weight != WEIGHT_NONE && weight != WEIGHT_TOUCH)
+		bad_args("--touch is --weight touch; it cannot be combined with another --weight");
+	if (adjacent && (order != ORDER_ASCENDING || weight == WEIGHT_TOUCH_EACH || weight == WEIGHT_FILE))
+		bad_args("--order, --weight touch-each and --weight file apply to the gapped layout");
+	if (cold && !evict_mb)
+		bad_args("--cold sweeps the --evict-mb buffer: give --evict-mb too");
 
 	if (cpu >= 0) {
 		cpu_set_t set;
@@ -425,10 +542,23 @@ int main(int argc, char **argv)
 			    cpu, strerror(errno));
 	}
 
+	if (evict_mb) {
+		/*
+		 * Shared anonymous: fork copies no page table of it (vma_needs_copy()),
+		 * so warm and cold runs copy the same VMAs and only the sweep differs.
+		 * Mapped before the extra VMAs, as the model's history assumes of the
+		 * process's own VMAs; every page written once here.
+		 */
+		evict_bytes = (size_t)evict_mb << 20;
+		evict = mmap(NULL, evict_bytes, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+		if (evict == MAP_FAILED)
+			die(1, "cannot map the %ld MiB eviction buffer: %s", evict_mb, strerror(errno));
+		memset((char *)evict, 1, evict_bytes);
+	}
 	if (adjacent)
 		make_adjacent_vmas(vmas, touch);
 	else
-		make_extra_vmas(vmas, touch);
+		make_extra_vmas(vmas, touch, order, weight);
 	vmas_total = count_tree_vmas();
 	if (vmas_total < 0)
 		die(1, "cannot read /proc/self/maps: %s", strerror(errno));
@@ -460,6 +590,13 @@ int main(int argc, char **argv)
 		if (now_ns() >= deadline) {
 			stop = "seconds";
 			break;
+		}
+		if (cold) {
+			unsigned sum = 0;
+
+			for (size_t i = 0; i < evict_bytes; i += 64)
+				sum += evict[i];
+			(void)sum;
 		}
 		child = fork();
 		if (child == 0)

@@ -36,7 +36,9 @@ from analysis.errors import TracerError, UsageError
 __all__ = [
     "SEED_VMAS",
     "LAYOUTS",
+    "ORDERS",
     "SOURCE",
+    "WEIGHTS",
     "SpawnReady",
     "SpawnResult",
     "SpawnWorkload",
@@ -55,6 +57,11 @@ LAYOUTS = ("gapped", "adjacent")
 # The extra VMA counts of the review thread's spawn benchmark: what sweep and
 # bench run unless told otherwise.
 SEED_VMAS = (0, 100, 200, 400, 800, 1600, 3200, 6400)
+
+# Designed-experiment options (spawn.c's --order, --weight): the first of each is the default.
+ORDERS = ("ascending", "descending", "scatter")
+WEIGHTS = ("none", "touch", "touch-each", "file")
+MAX_EVICT_MB = 1 << 20
 CFLAGS = ("-O2", "-Wall")
 
 # Seconds allowed between launch and the "ready" line. Making 65,000 VMAs
@@ -180,10 +187,23 @@ class SpawnResult:
         return os.strerror(self.fork_errno) if self.fork_errno else None
 
 
-def check_args(vmas: int, forks: int | None, seconds: float | None, cpu: int | None, layout: str = "gapped") -> None:
+def check_args(
+    vmas: int, forks: int | None, seconds: float | None, cpu: int | None, layout: str = "gapped",
+    order: str = "ascending", weight: str = "none", evict_mb: int = 0, cold: bool = False,
+) -> None:
     """Refuse bad arguments with a UsageError before compiling or launching (or loading BPF)."""
     if layout not in LAYOUTS:
         raise UsageError(f"--layout must be one of {', '.join(LAYOUTS)}, not {layout!r}")
+    if order not in ORDERS:
+        raise UsageError(f"--order must be one of {', '.join(ORDERS)}, not {order!r}")
+    if weight not in WEIGHTS:
+        raise UsageError(f"--weight must be one of {', '.join(WEIGHTS)}, not {weight!r}")
+    if layout == "adjacent" and (order != "ascending" or weight in ("touch-each", "file")):
+        raise UsageError("--order, --weight touch-each and --weight file apply to the gapped layout")
+    if isinstance(evict_mb, bool) or not isinstance(evict_mb, int) or not 0 <= evict_mb <= MAX_EVICT_MB:
+        raise UsageError(f"--evict-mb must be a whole number of MiB from 0 to {MAX_EVICT_MB}, not {evict_mb!r}")
+    if cold and not evict_mb:
+        raise UsageError("--cold sweeps the eviction buffer: give --evict-mb too")
 
     def whole(value: Any) -> bool:
         return isinstance(value, int) and not isinstance(value, bool)
@@ -241,10 +261,22 @@ class SpawnWorkload:
         cpu: int | None = None,
         touch: bool = False,
         layout: str = "gapped",
+        order: str = "ascending",
+        weight: str = "none",
+        evict_mb: int = 0,
+        cold: bool = False,
     ) -> None:
-        check_args(vmas, forks, seconds, cpu, layout)
+        if weight == "touch":
+            touch, weight = True, "none"  # one option, one spelling: --touch
+        if touch and weight != "none":
+            raise UsageError(f"--touch cannot be combined with --weight {weight}")
+        check_args(vmas, forks, seconds, cpu, layout, order, weight, evict_mb, cold)
         self.vmas = vmas
         self.layout = layout
+        self.order = order
+        self.weight = weight
+        self.evict_mb = evict_mb
+        self.cold = cold
         self.forks = forks
         self.seconds = seconds
         self.cpu = cpu
@@ -265,6 +297,15 @@ class SpawnWorkload:
             args += ["--cpu", str(self.cpu)]
         if self.touch:
             args.append("--touch")
+        # Only what differs from the defaults: a default run's command line is what it always was.
+        if self.order != "ascending":
+            args += ["--order", self.order]
+        if self.weight != "none":
+            args += ["--weight", self.weight]
+        if self.evict_mb:
+            args += ["--evict-mb", str(self.evict_mb)]
+        if self.cold:
+            args.append("--cold")
         return args
 
     @property
@@ -387,6 +428,11 @@ class SpawnWorkload:
             "touch": self.touch,
             "vmas_total": self.ready.vmas_total if self.ready else None,
         }
+        # The designed-experiment factors, where they differ from the defaults (the model replays `order`).
+        for key, value, default in (("order", self.order, "ascending"), ("weight", self.weight, "none"),
+                                    ("evict_mb", self.evict_mb, 0), ("cold", self.cold, False)):
+            if value != default:
+                meta[key] = value
         if self.result is not None:
             meta.update(
                 forks=self.result.forks,

@@ -1,0 +1,518 @@
+"""A cost model fitted across a designed experiment (tracer sweep --vary), runs as the unit.
+
+Each run (one workload process) gives one observation: its mean on-CPU
+dup_mmap time per fork, beside the replay model's counts for its parent tree
+and what its level put in each extra VMA. Runs of one (factor, level, VMA
+count) form a cell; the noise of a cell is the spread of its runs' means
+(the run is the unit of replication, not the fork).
+
+The models are declared here, before any data, from least to most allowed:
+
+constant     fixed + per VMA + per node copied + per traversal step, and the
+             per-VMA weights where the design has them (a touched page with a
+             shared anon_vma, its own anon_vma, a file-backed VMA)
+warm-cold    constant, plus a cold increment of the fixed and the per-VMA
+             cost in the runs whose caches were evicted right before each
+             fork (at one shape nodes and steps move with the VMAs, so the
+             per-VMA increment holds theirs too)
+working-set  warm-cold, plus a per-VMA cost on the part of the fork's working
+             set that does not fit the CPU's L2 (VMAs and tree nodes, read in
+             the parent and written in the child: WS_BYTES_PER_VMA and
+             WS_BYTES_PER_NODE), for the bend of warm runs at large counts
+
+Each is fitted by non-negative least squares of cell means (weights: runs /
+variance of the runs' means), with intervals from a parametric bootstrap of
+the cell means (normal, each cell's run-to-run variance, taken as at least
+the median relative variance of all cells: three runs estimate a variance
+poorly). A model is refused where a cell's mean is missed beyond its noise
+(analysis.attribution.fit's rule: 3 standard errors and 5%); the summary
+says which model is the simplest one the data do not refuse, or that all are.
+Predictions to a shape level are made by a fit that never saw that level.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+
+from analysis.attribution.fit import COND_MAX, MISFIT_REL, MISFIT_SIGMAS
+from analysis.attribution.nnls import nnls
+
+__all__ = [
+    "MODELS",
+    "WS_BYTES_PER_VMA",
+    "WS_BYTES_PER_NODE",
+    "design_fit",
+    "fit_model",
+    "load_design_runs",
+    "predict_level",
+    "render_design",
+    "run_row",
+]
+
+# The working set of the copy, per unit: a VMA is read in the parent and a
+# copy written for the child (vm_area_struct, ~200 bytes on x86-64 6.x, in
+# 256-byte slab objects), a tree node is read and written (256 bytes each).
+WS_BYTES_PER_VMA = 2 * 256
+WS_BYTES_PER_NODE = 2 * 256
+
+BASE_TERMS = ("fixed", "vmas", "nodes_copied", "traversal_steps", "touched_vmas", "own_anon_vmas", "file_vmas")
+# The cache factor varies warm/cold at one shape, where nodes and steps move with the VMAs:
+# a cold increment per VMA stands for all of them (it cannot be split further by that design).
+COLD_TERMS = ("cold_fixed", "cold_vmas")
+MODELS: dict[str, tuple[str, ...]] = {
+    "constant": BASE_TERMS,
+    "warm-cold": BASE_TERMS + COLD_TERMS,
+    "working-set": BASE_TERMS + COLD_TERMS + ("vmas_beyond_l2",),
+}
+UNITS = {
+    "fixed": "fork",
+    "vmas": "VMA (its copy: vm_area_dup, the loop's mas_store, the rest of the per-VMA work)",
+    "nodes_copied": "tree node copied by __mt_dup",
+    "traversal_steps": "slot or edge step (mas_find, __mt_dup's walk)",
+    "touched_vmas": "extra VMA with a resident page (copy_page_range, anon_vma_fork)",
+    "own_anon_vmas": "extra VMA with its own anon_vma (beyond a shared one)",
+    "file_vmas": "file-backed extra VMA (get_file, i_mmap insert)",
+    "cold_fixed": "fork, extra when cold",
+    "cold_vmas": "VMA, extra when cold",
+    "vmas_beyond_l2": "VMA times the share of the working set beyond L2",
+}
+BOOT = 400
+
+
+# -- from recordings ---------------------------------------------------------------
+
+
+def run_row(rec, entry: dict[str, Any]) -> dict[str, Any]:
+    """One run's observation: mean on-CPU dup_mmap per fork, its model counts and its weights."""
+    from analysis.attribution.counts import recording_counts
+
+    counts = recording_counts(rec)
+    forks = rec.forks.join(counts.per_fork.add_prefix("model_"))
+    forks = forks[forks["usable"] & (forks["stores"] > 0) & forks["model_vmas"].notna()]
+    col = "dup_mmap_oncpu_ns" if "dup_mmap_oncpu_ns" in forks else "dup_mmap_ns"
+    y = forks[col].to_numpy(dtype="float64")
+    w = rec.meta.get("workload") or {}
+    extra = int(w.get("extra_vmas") or 0)
+    weight = "touch" if w.get("touch") else str(w.get("weight") or "none")
+    row = {
+        "file": entry.get("file"),
+        "factor": entry.get("factor"),
+        "level": entry.get("level"),
+        "extra_vmas": extra,
+        "rep": entry.get("rep"),
+        "forks": int(len(y)),
+        "mean_ns": float(y.mean()) if len(y) else float("nan"),
+        "median_ns": float(np.median(y)) if len(y) else float("nan"),
+        "cold": bool(w.get("cold")),
+        "touched_vmas": extra if weight in ("touch", "touch-each") else 0,
+        "own_anon_vmas": extra if weight == "touch-each" else 0,
+        "file_vmas": extra if weight == "file" else 0,
+        "observed_leaves": float(forks["leaves"].median()) if len(forks) else None,
+    }
+    for c in ("vmas", "stores", "nodes_copied", "traversal_steps", "predicted_leaves"):
+        row[c] = float(forks[f"model_{c}"].median()) if len(forks) else float("nan")
+    stacks = ((rec.meta.get("sample") or {}).get("stacks")) or []
+    row["samples"] = int(sum(s.get("count", 0) for s in stacks))
+    return row
+
+
+def load_design_runs(directory: Path) -> pd.DataFrame:
+    """The runs a design directory recorded (design.json), one row each."""
+    from analysis.errors import TracerError
+    from analysis.recording import load_recording
+
+    path = Path(directory) / "design.json"
+    try:
+        design = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise TracerError(f"{path}: not a design written by tracer sweep --vary ({err})") from None
+    rows = [run_row(load_recording(Path(directory) / e["file"]), e) for e in design.get("recorded", [])]
+    if not rows:
+        raise TracerError(f"{path} lists no recorded run")
+    runs = pd.DataFrame(rows)
+    runs.attrs["l2_bytes"] = (design.get("caches") or {}).get("L2")
+    runs.attrs["design"] = {k: v for k, v in design.items() if k != "recorded"}
+    return runs
+
+
+# -- the terms -----------------------------------------------------------------------
+
+
+def _terms(runs: pd.DataFrame, l2_bytes: int | None) -> pd.DataFrame:
+    cold = runs["cold"].astype(float)
+    t = pd.DataFrame(index=runs.index)
+    t["fixed"] = 1.0
+    for c in ("vmas", "nodes_copied", "traversal_steps", "touched_vmas", "own_anon_vmas", "file_vmas"):
+        t[c] = runs[c].astype(float)
+    t["cold_fixed"] = cold
+    t["cold_vmas"] = cold * runs["vmas"].astype(float)
+    ws = runs["vmas"] * WS_BYTES_PER_VMA + runs["nodes_copied"] * WS_BYTES_PER_NODE
+    spill = (1 - float(l2_bytes) / ws).clip(lower=0) if l2_bytes else ws * 0
+    t["vmas_beyond_l2"] = runs["vmas"] * spill
+    return t
+
+
+def _cells(runs: pd.DataFrame) -> pd.Series:
+    return runs["factor"].astype(str) + "/" + runs["level"].astype(str) + "/" + runs["extra_vmas"].astype(str)
+
+
+# -- fitting ---------------------------------------------------------------------------
+
+
+def fit_model(runs: pd.DataFrame, model: str, l2_bytes: int | None = None, boot: int = BOOT, seed: int = 0,
+              response: str = "mean_ns") -> dict[str, Any]:
+    """One declared model fitted to the runs: costs with intervals, R², residual per cell.
+
+    response: each run's mean_ns (the primary: components of a mean add up to
+    it) or median_ns (a robustness check against forks a loaded host slowed).
+    """
+    l2_bytes = l2_bytes if l2_bytes is not None else runs.attrs.get("l2_bytes")
+    terms_all = _terms(runs, l2_bytes)
+    out: dict[str, Any] = {"model": model, "response": response, "terms": [], "dropped": [], "costs": {}, "cells": []}
+    names = []
+    for name in MODELS[model]:
+        col = terms_all[name]
+        if name != "fixed" and not (col != 0).any():
+            out["dropped"].append({"term": name, "why": "zero in every run: the design does not vary it"})
+        else:
+            names.append(name)
+    if model == "working-set" and not l2_bytes:
+        out["missing"] = "the design does not say this host's L2 size"
+        return out
+    cell_id = _cells(runs)
+    order = list(dict.fromkeys(cell_id))
+    groups = [np.flatnonzero(cell_id.to_numpy() == c) for c in order]
+    y = runs[response].to_numpy(dtype="float64")
+    x_runs = terms_all[names].to_numpy(dtype="float64")
+    x = np.array([x_runs[g[0]] for g in groups])
+    # Terms that never change between cells, or that move with others, cannot be told apart.
+    scaled = x / np.where(np.abs(x).max(axis=0) > 0, np.abs(x).max(axis=0), 1.0)
+    sv = np.linalg.svd(scaled, compute_uv=False)
+    cond = float(sv[0] / sv[-1]) if sv[-1] > 0 else float("inf")
+    out["condition"] = cond
+    if len(groups) <= len(names) or cond > COND_MAX:
+        out["missing"] = (f"{len(groups)} cells cannot separate {len(names)} terms (condition number {cond:.3g}): "
+                          "the design does not vary them independently")
+        return out
+    means = np.array([y[g].mean() for g in groups])
+    sizes = np.array([len(g) for g in groups], dtype="float64")
+    var = np.array([y[g].var(ddof=1) if len(g) > 1 else np.nan for g in groups])
+    # A few runs per cell estimate a variance poorly: each cell's is taken as at
+    # least the median relative run-to-run variance of all cells (and a floor).
+    floor = (1e-3 * np.abs(means)) ** 2 + 1.0
+    pooled = np.nanmedian(var / np.maximum(means, 1) ** 2) * means**2 if np.isfinite(var).any() else floor
+    var = np.maximum(np.where(np.isfinite(var), var, pooled), np.maximum(pooled, floor))
+    weights = np.sqrt(sizes / var)
+    scale = np.abs(x).max(axis=0)
+    scale[scale == 0] = 1.0
+
+    def solve(mu: np.ndarray) -> np.ndarray:
+        beta, _ = nnls((x / scale) * weights[:, None], mu * weights)
+        return beta / scale
+
+    beta = solve(means)
+    # Parametric bootstrap of the cell means from the runs' variance (resampling
+    # 3 runs gives only 10 distinct means, and intervals too narrow by (n-1)/n).
+    rng = np.random.default_rng(seed)
+    se_cells = np.sqrt(var / sizes)
+    draws = np.array([solve(means + se_cells * rng.standard_normal(len(means))) for _ in range(boot)])
+    lo, hi = np.percentile(draws, [2.5, 97.5], axis=0)
+    out["terms"] = names
+    out["costs"] = {
+        n: {"ns_per_unit": float(v), "ci95": [float(a), float(c)], "unit": UNITS[n]}
+        for n, v, a, c in zip(names, beta, lo, hi)
+    }
+    fitted = x @ beta
+    pred_draws = draws @ x.T
+    plo, phi = np.percentile(pred_draws, [2.5, 97.5], axis=0)
+    ss_tot = float(((means - means.mean()) ** 2).sum())
+    out["r2_cells"] = 1 - float(((means - fitted) ** 2).sum()) / ss_tot if ss_tot > 0 else None
+    ss_tot_runs = float(((y - y.mean()) ** 2).sum())
+    fitted_runs = x_runs @ beta
+    out["r2_runs"] = 1 - float(((y - fitted_runs) ** 2).sum()) / ss_tot_runs if ss_tot_runs > 0 else None
+    for i, (c, g, m, f, v, n, a, b) in enumerate(zip(order, groups, means, fitted, var, sizes, plo, phi)):
+        se = float(np.sqrt(v / n))
+        resid = float(m - f)
+        first = runs.iloc[g[0]]
+        out["cells"].append({
+            "cell": c, "factor": first["factor"], "level": first["level"], "extra_vmas": int(first["extra_vmas"]),
+            "vmas": float(first["vmas"]), "runs": int(n), "measured_ns": float(m), "fitted_ns": float(f),
+            # ns per fork per term: they sum to fitted_ns; the residual is what they leave of the measured mean.
+            "components": {t: float(beta[j] * x[i, j]) for j, t in enumerate(names)},
+            "fitted_ci95": [float(a), float(b)], "residual_pct": 100 * resid / m if m else None, "se_ns": se,
+            "misfit": bool(abs(resid) > MISFIT_SIGMAS * se and abs(resid) > MISFIT_REL * abs(m)),
+        })
+    out["misfits"] = [c["cell"] for c in out["cells"] if c["misfit"]]
+    out["_draws"] = draws
+    out["_x"] = x
+    return out
+
+
+# Which fitted terms and which sampled components hold the same work.
+AGREEMENT_PAIRS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "fixed": (("fixed", "cold_fixed"), ("fixed",)),
+    "copy": (("nodes_copied",), ("copy",)),
+    "traversal": (("traversal_steps",), ("traversal",)),
+    "per-VMA": (("vmas", "touched_vmas", "own_anon_vmas", "file_vmas", "cold_vmas", "vmas_beyond_l2"),
+                ("replace", "other", "tracer")),
+}
+
+
+def sample_agreement(directory: Path, runs: pd.DataFrame, fit: dict[str, Any]) -> dict[str, Any]:
+    """Per cell: do the fit's components and the samples' split of the same work overlap in their 95% intervals?
+
+    The samples of a cell's runs are pooled (analysis.attribution.samples);
+    their off-CPU part is left out, as the fit's response is on-CPU time.
+    """
+    from analysis.attribution.components import COMPONENTS
+    from analysis.attribution.samples import sample_counts, sample_estimate
+    from analysis.recording import load_recording
+
+    if fit.get("missing") or "_draws" not in fit:
+        return {"missing": fit.get("missing") or "no fit"}
+    draws, x, names = fit["_draws"], fit["_x"], fit["terms"]
+    cell_id = _cells(runs)
+    rows, agree = [], 0
+    for i, cell in enumerate(fit["cells"]):
+        files = runs.loc[cell_id == cell["cell"], "file"]
+        recs = [load_recording(Path(directory) / f) for f in files]
+        sc = sample_counts([r.meta for r in recs], where=cell["cell"])
+        if sc is None or sc.total == 0:
+            rows.append({"cell": cell["cell"], "missing": "not sampled"})
+            continue
+        forks = pd.concat([r.forks[r.forks["usable"] & (r.forks["stores"] > 0)] for r in recs], ignore_index=True)
+        est = sample_estimate(forks, sc, boot=BOOT)
+        parts, ok = {}, True
+        for what, (terms, comps) in AGREEMENT_PAIRS.items():
+            idx = [names.index(t) for t in terms if t in names]
+            f_draws = draws[:, idx] @ x[i, idx] if idx else np.zeros(len(draws))
+            f_point = float(sum(fit["costs"][names[j]]["ns_per_unit"] * x[i, j] for j in idx))
+            ci = [COMPONENTS.index(c) for c in comps]
+            s_draws = est.draws[:, ci].sum(axis=1)
+            s_point = float(sum(est.ns_per_fork[c] for c in comps))
+            f_lo, f_hi = np.percentile(f_draws, [2.5, 97.5])
+            s_lo, s_hi = np.percentile(s_draws, [2.5, 97.5])
+            overlap = not (f_hi < s_lo or s_hi < f_lo)
+            ok &= overlap
+            parts[what] = {"fit_ns": f_point, "fit_ci95": [float(f_lo), float(f_hi)], "samples_ns": s_point,
+                           "samples_ci95": [float(s_lo), float(s_hi)], "agree": bool(overlap)}
+        agree += ok
+        rows.append({"cell": cell["cell"], "samples": int(est.samples), "agree": bool(ok), "parts": parts})
+    compared = [r for r in rows if "agree" in r]
+    return {"model": fit["model"], "cells": rows, "compared": len(compared), "agree": agree,
+            "share": agree / len(compared) if compared else None,
+            "min_samples": min((r["samples"] for r in compared), default=0)}
+
+
+def cold_vs_warm(fit: dict[str, Any]) -> dict[str, Any]:
+    """Per unit: the warm cost and the cold one (warm + its cold increment), with intervals."""
+    if "_draws" not in fit or "cold_vmas" not in fit["terms"]:
+        return {}
+    draws, names = fit["_draws"], fit["terms"]
+    out = {}
+    for unit in ("fixed", "vmas"):
+        if unit not in names or f"cold_{unit}" not in names:
+            continue
+        w = draws[:, names.index(unit)]
+        c = w + draws[:, names.index(f"cold_{unit}")]
+        d = draws[:, names.index(f"cold_{unit}")]
+        out[unit] = {
+            "warm": fit["costs"][unit]["ns_per_unit"],
+            "warm_ci95": [float(v) for v in np.percentile(w, [2.5, 97.5])],
+            "cold": fit["costs"][unit]["ns_per_unit"] + fit["costs"][f"cold_{unit}"]["ns_per_unit"],
+            "cold_ci95": [float(v) for v in np.percentile(c, [2.5, 97.5])],
+            "increment_ci95": [float(v) for v in np.percentile(d, [2.5, 97.5])],
+        }
+    return out
+
+
+def predict_level(runs: pd.DataFrame, level: str, model: str, l2_bytes: int | None = None,
+                  factor: str = "shape") -> dict[str, Any]:
+    """Fit without one level's runs, predict that level's cells: the fit's reach to a shape it never saw."""
+    held = (runs["factor"] == factor) & (runs["level"] == level)
+    if not held.any():
+        return {"level": level, "missing": f"no runs of {factor}={level}"}
+    train = runs[~held].copy()
+    train.attrs = runs.attrs
+    fit = fit_model(train, model, l2_bytes)
+    if fit.get("missing"):
+        return {"level": level, "model": model, "missing": fit["missing"]}
+    terms = _terms(runs[held], l2_bytes if l2_bytes is not None else runs.attrs.get("l2_bytes"))
+    beta = np.array([fit["costs"][n]["ns_per_unit"] for n in fit["terms"]])
+    x = terms[fit["terms"]].to_numpy(dtype="float64")
+    sims = fit["_draws"] @ x.T
+    rows = []
+    test = runs[held].assign(_pred=x @ beta, _lo=np.percentile(sims, 2.5, axis=0), _hi=np.percentile(sims, 97.5, axis=0))
+    for extra, g in test.groupby("extra_vmas"):
+        m, p = float(g["mean_ns"].mean()), float(g["_pred"].mean())
+        se_pct = float(100 * g["mean_ns"].std(ddof=1) / np.sqrt(len(g)) / m) if len(g) > 1 else None
+        err = 100 * (p - m) / m
+        rows.append({"extra_vmas": int(extra), "measured_ns": m, "predicted_ns": p,
+                     "ci95": [float(g["_lo"].mean()), float(g["_hi"].mean())], "error_pct": err,
+                     "measured_se_pct": se_pct,
+                     # as a misfit is judged: off by more than 3 standard errors of the measured mean
+                     "within_noise": se_pct is not None and abs(err) <= MISFIT_SIGMAS * se_pct})
+    worst = max(abs(r["error_pct"]) for r in rows)
+    return {"level": level, "model": model, "trained_on": int(len(train)), "cells": rows, "worst_error_pct": worst,
+            "within_10pct": worst <= 10.0, "within_noise": all(r["within_noise"] for r in rows)}
+
+
+def per_vma_by_count(runs: pd.DataFrame) -> list[dict[str, Any]]:
+    """Measured ns per VMA per (factor, level, count): the curve the bend is seen in, with the runs' spread."""
+    out = []
+    for (f, lv, extra), g in runs.groupby(["factor", "level", "extra_vmas"], sort=True):
+        per = g["mean_ns"] / g["vmas"]
+        out.append({"factor": f, "level": lv, "extra_vmas": int(extra), "runs": int(len(g)),
+                    "ns_per_vma": float(per.mean()), "sd": float(per.std(ddof=1)) if len(g) > 1 else None,
+                    "observed_leaves": float(g["observed_leaves"].median()),
+                    "predicted_leaves": float(g["predicted_leaves"].median())})
+    return out
+
+
+def design_fit(runs: pd.DataFrame, l2_bytes: int | None = None, predict: Sequence[str] | None = None,
+               directory: Path | None = None) -> dict[str, Any]:
+    """Every declared model, the simplest one the data do not refuse, cold vs warm, and predictions."""
+    l2 = l2_bytes if l2_bytes is not None else runs.attrs.get("l2_bytes")
+    fits = {m: fit_model(runs, m, l2) for m in MODELS}
+    chosen, refused = None, []
+    for m, f in fits.items():
+        if f.get("missing"):
+            refused.append({"model": m, "why": f["missing"]})
+        elif f["misfits"]:
+            refused.append({"model": m, "why": f"misses {len(f['misfits'])} of {len(f['cells'])} cells beyond their "
+                            f"noise: {', '.join(f['misfits'][:6])}" + (" ..." if len(f["misfits"]) > 6 else "")})
+        elif chosen is None:
+            chosen = m
+    best = chosen or min((m for m in fits if not fits[m].get("missing")),
+                         key=lambda m: len(fits[m]["misfits"]), default=None)
+    levels = list(predict) if predict else [lv for lv in runs.loc[runs["factor"] == "shape", "level"].unique()
+                                             if lv != "gapped-ascending"]
+    predictions = [predict_level(runs, lv, best, l2) for lv in levels] if best else []
+    leaves = runs.dropna(subset=["observed_leaves"])
+    model_check = {
+        "runs": int(len(leaves)),
+        "exact": int((leaves["observed_leaves"] == leaves["predicted_leaves"]).sum()),
+        "worst": [r for r in leaves.assign(off=(leaves["observed_leaves"] - leaves["predicted_leaves"]).abs())
+                  .sort_values("off", ascending=False).head(3)[["file", "observed_leaves", "predicted_leaves"]]
+                  .to_dict("records") if r["observed_leaves"] != r["predicted_leaves"]],
+    }
+    robust = {}
+    for m in MODELS:
+        f = fit_model(runs, m, l2, response="median_ns")
+        robust[m] = {k: f.get(k) for k in ("r2_cells", "r2_runs", "misfits", "missing")}
+        robust[m]["costs"] = {k: v for k, v in f.get("costs", {}).items()}
+        if m == "warm-cold" and not f.get("missing"):
+            robust["cold_vs_warm"] = cold_vs_warm(f)
+    doc = {
+        "runs": int(len(runs)),
+        "cells": int(_cells(runs).nunique()),
+        "response": "mean on-CPU dup_mmap per fork of each run (ns)",
+        "l2_bytes": l2,
+        "models": {m: {k: v for k, v in f.items() if not k.startswith("_")} for m, f in fits.items()},
+        "supported": chosen,
+        "refused": refused,
+        "best": best,
+        "cold_vs_warm": cold_vs_warm(fits["warm-cold"]) if not fits["warm-cold"].get("missing") else {},
+        "per_vma": per_vma_by_count(runs),
+        "predictions": predictions,
+        "robustness_median": robust,
+        "model_check": model_check,
+        "design": runs.attrs.get("design"),
+        "samples_vs_fit": (sample_agreement(directory, runs, fits[best])
+                           if directory is not None and best and int(runs["samples"].sum()) else None),
+    }
+    return doc
+
+
+# -- text -------------------------------------------------------------------------------
+
+
+def _ci(v: Sequence[float]) -> str:
+    return f"[{v[0]:.1f}, {v[1]:.1f}]"
+
+
+def render_design(doc: dict[str, Any]) -> str:
+    lines = [f"designed experiment: {doc['runs']} runs in {doc['cells']} cells; response: {doc['response']}"]
+    mc = doc["model_check"]
+    lines.append(f"model check: the replayed history predicts the leaves the kernel wrote in {mc['exact']} of {mc['runs']} runs")
+    lines.append("")
+    lines.append("measured ns per VMA (mean of runs, sd across runs) and leaves (observed / model):")
+    for r in doc["per_vma"]:
+        sd = f" sd {r['sd']:.1f}" if r["sd"] is not None else ""
+        lines.append(f"  {r['factor']:6} {r['level']:18} {r['extra_vmas']:6}: {r['ns_per_vma']:7.1f}{sd}  "
+                     f"leaves {r['observed_leaves']:.0f}/{r['predicted_leaves']:.0f}")
+    lines.append("")
+    for m, f in doc["models"].items():
+        if f.get("missing"):
+            lines.append(f"model {m}: not fitted: {f['missing']}")
+            continue
+        r2 = f"R² {f['r2_cells']:.4f} over cell means, {f['r2_runs']:.4f} over runs"
+        lines.append(f"model {m}: {r2}; {len(f['misfits'])} of {len(f['cells'])} cells missed beyond their noise")
+        for n, c in f["costs"].items():
+            lines.append(f"  {n:22} {c['ns_per_unit']:10.2f} ns  95% {_ci(c['ci95'])}  per {c['unit']}")
+        for d in f["dropped"]:
+            lines.append(f"  ({d['term']}: {d['why']})")
+    lines.append("")
+    if doc["supported"]:
+        lines.append(f"supported: {doc['supported']} (the simplest declared model no cell refuses)")
+    else:
+        lines.append("no declared model fits every cell within its noise")
+    for r in doc["refused"]:
+        lines.append(f"refused: {r['model']}: {r['why']}")
+    cw = doc.get("cold_vs_warm") or {}
+    if cw:
+        lines.append("")
+        lines.append("warm vs cold cost per unit (warm-cold model):")
+        for unit, v in cw.items():
+            lines.append(f"  {unit:16} warm {v['warm']:8.2f} {_ci(v['warm_ci95'])}  cold {v['cold']:8.2f} "
+                         f"{_ci(v['cold_ci95'])}  increment 95% {_ci(v['increment_ci95'])}")
+    worst_misfit = [c for c in (doc["models"].get(doc["best"] or "", {}).get("cells") or []) if c["misfit"]]
+    if worst_misfit:
+        lines.append("")
+        lines.append(f"cells the {doc['best']} model misses beyond their noise:")
+        for c in worst_misfit:
+            lines.append(f"  {c['cell']:34} measured {c['measured_ns'] / 1e3:8.1f} us  fitted {c['fitted_ns'] / 1e3:8.1f} us "
+                         f"({c['residual_pct']:+.1f}%, se {c['se_ns'] / 1e3:.2f} us)")
+    rb = doc.get("robustness_median") or {}
+    if rb:
+        lines.append("")
+        lines.append("robustness: the same models fitted to each run's median fork instead of its mean:")
+        for m in MODELS:
+            f = rb.get(m) or {}
+            if f.get("missing"):
+                lines.append(f"  {m}: not fitted: {f['missing']}")
+            else:
+                lines.append(f"  {m}: R² {f['r2_cells']:.4f} over cell means; {len(f['misfits'])} cells missed beyond their noise"
+                             + (f" ({', '.join(f['misfits'][:4])}{' ...' if len(f['misfits']) > 4 else ''})" if f["misfits"] else ""))
+        for unit, v in (rb.get("cold_vs_warm") or {}).items():
+            lines.append(f"  {unit:16} warm {v['warm']:8.2f} {_ci(v['warm_ci95'])}  cold {v['cold']:8.2f} {_ci(v['cold_ci95'])}")
+    sa = doc.get("samples_vs_fit")
+    if sa and not sa.get("missing"):
+        lines.append("")
+        lines.append(f"fit ({sa['model']}) and samples agree within their 95% intervals in {sa['agree']} of "
+                     f"{sa['compared']} cells (every part: fixed, copy, traversal, per-VMA; fewest samples in a cell: "
+                     f"{sa['min_samples']})")
+        for r in sa["cells"]:
+            if r.get("agree") is False:
+                bad = [f"{k} fit {v['fit_ns'] / 1e3:.1f} {_ci([v['fit_ci95'][0] / 1e3, v['fit_ci95'][1] / 1e3])} us, "
+                       f"samples {v['samples_ns'] / 1e3:.1f} {_ci([v['samples_ci95'][0] / 1e3, v['samples_ci95'][1] / 1e3])} us"
+                       for k, v in r["parts"].items() if not v["agree"]]
+                lines.append(f"  {r['cell']}: " + "; ".join(bad))
+    if doc["predictions"]:
+        lines.append("")
+        lines.append(f"predictions to a shape the fit never saw ({doc['best']} model, fitted without that level):")
+        for p in doc["predictions"]:
+            if p.get("missing"):
+                lines.append(f"  {p['level']}: {p['missing']}")
+                continue
+            cells = ", ".join(f"{c['extra_vmas']}: {c['error_pct']:+.1f}% (se {c['measured_se_pct']:.1f}%)"
+                              for c in p["cells"])
+            verdict = "within 10%" if p["within_10pct"] else "NOT within 10%"
+            noise = "every cell within 3 se of its measured mean" if p["within_noise"] else "some cell beyond 3 se"
+            lines.append(f"  {p['level']:18} worst {p['worst_error_pct']:.1f}% ({verdict}; {noise}); {cells}")
+    return "\n".join(lines)
