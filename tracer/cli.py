@@ -90,12 +90,23 @@ def report(
     fmt: str = typer.Option("text", "--format", "-f", help="text, json, markdown, or folded (sampled stacks for flamegraph.pl)."),
     plot: Optional[Path] = typer.Option(None, "--plot", metavar="DIR", help="Also write plots (PNG and SVG) into DIR."),
     predict: List[Path] = typer.Option([], "--predict", metavar="B", help="Predict B's dup_mmap times from these recordings' costs (repeatable)."),
+    by: List[str] = typer.Option([], "--by", metavar="KEY", help="Group runs by a metadata key too: kernel, host, cpu_model, level, or a path like kernel.release (repeatable; summary report)."),
+    engine: Optional[str] = typer.Option(None, "--engine", metavar="ENGINE", help="Where summaries are computed: local[:N] (processes, default) or dask://HOST:PORT (summary report)."),
+    summary: Optional[bool] = typer.Option(None, "--summary/--detailed", help="Per-run summaries (many files, fast) or the detailed report (attribution). Default: summary above 20 files or 200,000 forks."),
 ) -> None:
     """Summarise recordings: per-phase latencies, histograms, and where the time goes (attribution).
 
     Several recordings (or a directory) are grouped by workload and VMA count;
     the fit of phase times on the model's counts runs across the groups.
+    Many recordings (a fleet) are reduced to per-run summaries first.
     """
+    from tracer.fleet import fleet_report, wants_summary
+
+    if wants_summary(recordings, False if (plot or predict or fmt == "folded") and summary is None else summary, engine, by):
+        if plot or predict:
+            raise UsageError("--plot and --predict need the detailed report (--detailed)")
+        typer.echo(fleet_report(recordings, fmt, by, engine))
+        return
     from analysis.report.summary import FORMATS, build_report, render_doc, render_report, report_doc
 
     if fmt not in FORMATS:
@@ -228,6 +239,10 @@ def compare(
     fail_on_regression: Optional[float] = typer.Option(None, "--fail-on-regression", metavar="PCT", help="Exit 1 if a significant regression beyond PCT percent is found."),
     per_run: str = typer.Option("median", "--per-run", help="What each run is reduced to per phase: median, or p10 (10th percentile: steadier on a loaded host, blind to changes of slow forks only)."),
     calibration: Optional[Path] = typer.Option(None, "--calibration", metavar="FILE", help="The host's run-to-run spread (tracer calibrate) for single-run sides (default: calibration.json beside the inputs)."),
+    by: Optional[str] = typer.Option(None, "--by", metavar="KEY", help="Compare two values of a metadata key (kernel, host, ...) across all the recordings given, each run a unit."),
+    by_base: Optional[str] = typer.Option(None, "--by-base", metavar="VALUE", help="With --by: the base side's value (default: the lower of two)."),
+    by_new: Optional[str] = typer.Option(None, "--by-new", metavar="VALUE", help="With --by: the new side's value."),
+    engine: Optional[str] = typer.Option(None, "--engine", metavar="ENGINE", help="With --by: local[:N] or dask://HOST:PORT."),
 ) -> None:
     """Did it get slower? Per phase and VMA group, the run as the unit: delta with 95% CI, Welch t across runs, "~" if not significant.
 
@@ -235,9 +250,17 @@ def compare(
     beyond PCT is found; 2 on bad input.
     """
     from tracer.compare import run_compare
+    from tracer.fleet import fleet_compare
 
     try:
-        text, failed = run_compare(paths or [], base, new, fmt, plot, fail_on_regression, calibration, per_run)
+        if by is None and (by_base or by_new or engine):
+            raise UsageError("--by-base, --by-new and --engine go with --by KEY")
+        if by is not None and (base or new or plot):
+            raise UsageError("compare --by takes the recordings as FILE|DIR..., without -b/-n or --plot")
+        if by is not None:
+            text, failed = fleet_compare(paths or [], by, fmt, engine, by_base, by_new, fail_on_regression)
+        else:
+            text, failed = run_compare(paths or [], base, new, fmt, plot, fail_on_regression, calibration, per_run)
     except TracerError as err:
         err.exit_code = 2  # bad input, as opposed to 1: a regression found (for CI gating)
         raise

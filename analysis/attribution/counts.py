@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from analysis.model.build import build_bulk
-from analysis.model.parent import GATE_AREAS, RecordedTarget, parent_tree
+from analysis.model.parent import GATE_AREAS, RecordedTarget, parent_tree, workload_key
 from analysis.model.dup import dup_mmap_replace, mt_dup
 from analysis.model.tree import MapleTree
 from analysis.recording.layout import Vma
@@ -94,10 +94,22 @@ def counts_for_layout(
 ) -> tuple[ModelCounts, CountSource]:
     """The model's counts for one fork of a process with `layout` (its tree cached by parent_tree)."""
     layout = [v for v in layout if v.path not in GATE_AREAS]
-    chosen = parent_tree(RecordedTarget(layout, observed_leaves, "", None, workload))
-    source = {"observed_leaves": "observed_partition"}.get(chosen.build, chosen.build)
-    counts = _count(chosen.tree, layout)
-    return counts, CountSource(source, chosen.why, observed_leaves, counts.predicted_leaves, chosen.assumed_leaves)
+    # Keyed by the layout's content: many recordings of one setup (a fleet, a sweep's repeats) count once.
+    key = (tuple(layout), observed_leaves, workload_key(workload))
+    hit = _COUNTED.get(key)
+    if hit is None:
+        chosen = parent_tree(RecordedTarget(layout, observed_leaves, "", None, workload))
+        source = {"observed_leaves": "observed_partition"}.get(chosen.build, chosen.build)
+        counts = _count(chosen.tree, layout)
+        hit = counts, CountSource(source, chosen.why, observed_leaves, counts.predicted_leaves, chosen.assumed_leaves)
+        if len(_COUNTED) >= _COUNTED_MAX:
+            _COUNTED.pop(next(iter(_COUNTED)))
+        _COUNTED[key] = hit
+    return hit
+
+
+_COUNTED: dict[tuple[Any, ...], tuple[ModelCounts, CountSource]] = {}
+_COUNTED_MAX = 64
 
 
 def _count(tree: MapleTree, layout: Sequence[Vma]) -> ModelCounts:

@@ -36,6 +36,7 @@ __all__ = [
     "parent_tree",
     "recording_target",
     "saved_parent",
+    "workload_key",
 ]
 
 # Not user VMAs in mm->mm_mt although /proc/PID/maps shows them (x86-64 [vsyscall] is a gate area).
@@ -209,8 +210,9 @@ _BUILT_MAX = 64
 
 def parent_tree(target: RecordedTarget) -> ParentTree:
     """Build the parent's tree the way choose_parent_build() decides (cached)."""
-    # choose_parent_build and the builds read the layout, the observation and the workload only.
-    key = (tuple(target.layout), target.observed, repr(target.workload))
+    # choose_parent_build and the builds read the layout, the observation and the workload's
+    # kind, extra_vmas and layout only: not its pid or timings, so runs of one setup share a tree.
+    key = (tuple(target.layout), target.observed, workload_key(target.workload))
     hit = _BUILT.get(key)
     if hit is None:
         hit = _build_parent_tree(target)
@@ -218,6 +220,12 @@ def parent_tree(target: RecordedTarget) -> ParentTree:
             _BUILT.pop(next(iter(_BUILT)))
         _BUILT[key] = hit
     return hit
+
+
+def workload_key(workload: dict[str, Any] | None) -> tuple[Any, ...]:
+    """What of a workload choose_parent_build reads: two runs equal here get the same tree."""
+    w = workload or {}
+    return (w.get("kind"), repr(w.get("extra_vmas")), w.get("layout"))
 
 
 def _build_parent_tree(target: RecordedTarget) -> ParentTree:

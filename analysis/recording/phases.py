@@ -67,12 +67,13 @@ in order), so excluded rows are counted rather than silently lost.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Mapping
 
 if TYPE_CHECKING:  # imported where used: the phase list is needed without pandas
+    import numpy as np
     import pandas as pd
 
-__all__ = ["Phase", "PHASES", "PHASE_NAMES", "TIMESTAMPS", "WINDOWS", "derive_phases"]
+__all__ = ["Phase", "PHASES", "PHASE_NAMES", "TIMESTAMPS", "WINDOWS", "derive_phases", "phase_arrays"]
 
 
 @dataclass(frozen=True)
@@ -116,20 +117,38 @@ TIMESTAMPS = (
 )
 
 
+# Raw columns the phases use where a recording has them (older ones may not).
+OPTIONAL_INPUTS = ("partial", "min_step_ns", "offcpu_ns", "parent_map_count", "null_stores", "zero_stores")
+
+
 def derive_phases(forks: pd.DataFrame) -> pd.DataFrame:
     """Return a copy of `forks` with the phase columns of the module docstring added.
 
     Pure: the input is not modified. Needs the ts_* columns and `stores`,
     `failed`; extra columns pass through.
     """
+    df = forks.copy()
+    optional = {name: df[name].to_numpy() for name in OPTIONAL_INPUTS if name in df}
+    columns = {name: df[name].to_numpy() for name in (*TIMESTAMPS, "stores", "failed")}
+    for name, values in phase_arrays({**columns, **optional}, len(df)).items():
+        df[name] = values
+    return df
+
+
+def phase_arrays(columns: Mapping[str, np.ndarray], rows: int) -> dict[str, np.ndarray]:
+    """The phase columns of the module docstring, from raw column arrays (the one place they are computed).
+
+    `columns` holds the ts_* columns, `stores` and `failed`; `partial`,
+    `min_step_ns` and `offcpu_ns` where the recording has them (absent: false, 0, 0);
+    `dontcopy_vmas` is computed where `parent_map_count` is given.
+    """
     import numpy as np
 
-    df = forks.copy()
     # int64 before subtracting: uint64 differences would wrap instead of going negative.
-    ts = {name: df[name].astype("int64").to_numpy() for name in TIMESTAMPS}
-    stores = df["stores"].astype("int64").to_numpy()
-    failed = df["failed"].astype(bool).to_numpy()
-    partial = df["partial"].astype(bool).to_numpy() if "partial" in df else np.zeros(len(df), dtype=bool)
+    ts = {name: np.asarray(columns[name]).astype("int64") for name in TIMESTAMPS}
+    stores = np.asarray(columns["stores"]).astype("int64")
+    failed = np.asarray(columns["failed"]).astype(bool)
+    partial = np.asarray(columns["partial"]).astype(bool) if "partial" in columns else np.zeros(rows, dtype=bool)
 
     def span(end: str, start: str, valid: np.ndarray) -> np.ndarray:
         out = (ts[end] - ts[start]).astype("float64")
@@ -144,7 +163,7 @@ def derive_phases(forks: pd.DataFrame) -> pd.DataFrame:
     vma_loop = span("ts_last_store", "ts_first_store", stored)
     with np.errstate(divide="ignore", invalid="ignore"):
         vma_step = np.where(stored & (stores >= 2), vma_loop / (stores - 1), np.nan)
-    min_step = df["min_step_ns"].astype("float64").to_numpy() if "min_step_ns" in df else np.zeros(len(df))
+    min_step = np.asarray(columns["min_step_ns"]).astype("float64") if "min_step_ns" in columns else np.zeros(rows)
     mt_dup_step = np.where(stored & (stores >= 2) & (min_step > 0), min_step, vma_step)
     corrected = mt_dup_raw - mt_dup_step
     clamped = corrected < 0  # False where NaN
@@ -152,27 +171,29 @@ def derive_phases(forks: pd.DataFrame) -> pd.DataFrame:
     tail = span("ts_parent_unlock", "ts_last_store", stored & seen["ts_parent_unlock"])
 
     # Seen timestamps must not run backwards along the bracket.
-    ordered = np.ones(len(df), dtype=bool)
-    last_seen = np.zeros(len(df), dtype="int64")
+    ordered = np.ones(rows, dtype=bool)
+    last_seen = np.zeros(rows, dtype="int64")
     for name in TIMESTAMPS:
         here = ts[name]
         ordered &= ~seen[name] | (here >= last_seen)
         last_seen = np.where(seen[name], here, last_seen)
 
-    df["dup_mmap_ns"] = dup_mmap
-    df["mt_dup_raw_ns"] = mt_dup_raw
-    df["vma_loop_ns"] = vma_loop
-    df["vma_step_ns"] = vma_step
-    df["mt_dup_step_ns"] = mt_dup_step
-    df["mt_dup_ns"] = mt_dup
-    df["mt_dup_clamped"] = clamped
-    df["tail_ns"] = tail
-    offcpu = df["offcpu_ns"].astype("float64").to_numpy() if "offcpu_ns" in df else np.zeros(len(df))
-    df["dup_mmap_oncpu_ns"] = dup_mmap - offcpu
-    if "parent_map_count" in df:
-        visited = df["parent_map_count"].astype("int64").to_numpy()
-        stored = sum(df[c].astype("int64").to_numpy() for c in ("stores", "null_stores", "zero_stores") if c in df)
-        df["dontcopy_vmas"] = np.where((visited >= 0) & ~failed & bracket, visited - stored, np.nan)
-    df["bracket_ok"] = ordered & bracket
-    df["usable"] = ordered & bracket & ~failed & ~partial
-    return df
+    offcpu = np.asarray(columns["offcpu_ns"]).astype("float64") if "offcpu_ns" in columns else np.zeros(rows)
+    out = {
+        "dup_mmap_ns": dup_mmap,
+        "mt_dup_raw_ns": mt_dup_raw,
+        "vma_loop_ns": vma_loop,
+        "vma_step_ns": vma_step,
+        "mt_dup_step_ns": mt_dup_step,
+        "mt_dup_ns": mt_dup,
+        "mt_dup_clamped": clamped,
+        "tail_ns": tail,
+        "dup_mmap_oncpu_ns": dup_mmap - offcpu,
+        "bracket_ok": ordered & bracket,
+        "usable": ordered & bracket & ~failed & ~partial,
+    }
+    if "parent_map_count" in columns:
+        visited = np.asarray(columns["parent_map_count"]).astype("int64")
+        called = stores + sum(np.asarray(columns[c]).astype("int64") for c in ("null_stores", "zero_stores") if c in columns)
+        out["dontcopy_vmas"] = np.where((visited >= 0) & ~failed & bracket, visited - called, np.nan)
+    return out

@@ -10,11 +10,10 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-import pandas as pd
 
 from analysis.errors import InputError, TracerError
 from analysis.files import open_input
@@ -22,6 +21,9 @@ from analysis.recording.layout import Vma, parse_maps
 from analysis.recording.phases import derive_phases
 from analysis.recording.schema import (FORK_SCHEMA, FORMAT_VERSION, MAX_METADATA_DEPTH, METADATA_KEY, REQUIRED_COLUMNS,
                                        metadata_problem, with_defaults)
+
+if TYPE_CHECKING:  # table.to_pandas() imports it where a recording is loaded; summaries never need it
+    import pandas as pd
 
 __all__ = ["Recording", "load_recording"]
 
