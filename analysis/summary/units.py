@@ -3,14 +3,11 @@
 Each run contributes one value per phase, its own median (from its sketch,
 within the sketch's relative error), so a host that forked a million times
 weighs as much as one that forked a thousand: the run is the unit of
-replication, not the fork. Per group and phase: the median of the runs'
-medians on each side, its change in percent with a bootstrap 95% interval
-over runs, a two-sided Mann-Whitney U test on the runs' medians, Holm over
+replication, not the fork. Per group and phase the test is compare's own
+(analysis.compare.across.run_test): the change of the geometric mean of the
+runs' medians, Welch's t on their logs with its 95% interval, Holm over
 every row, and benchstat's verdicts ("~": not significant; "?": fewer than
-MIN_UNITS runs on a side).
-
-A small stand-in for the run-level statistics of compare proper: the same
-tests (analysis.compare.stats), with per-run medians as its input.
+MIN_UNITS runs on a side, whose spread is then unknown).
 """
 
 from __future__ import annotations
@@ -18,11 +15,12 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
-from analysis.compare.stats import SAME, UNDECIDED, bootstrap_delta_ci, decide, mann_whitney
+from analysis.compare.across import MIN_RUNS, run_test
+from analysis.compare.stats import SAME, UNDECIDED, decide
 from analysis.errors import UsageError
 from analysis.summary.fleet import LATENCIES, format_ns, group_label, table_lines
 from analysis.summary.group import FleetSummary
@@ -30,7 +28,7 @@ from analysis.summary.run import GROUP_KEYS
 
 __all__ = ["MIN_UNITS", "UnitRow", "UnitComparison", "compare_units", "render_units", "natural_key"]
 
-MIN_UNITS = 4  # runs a side: below, no verdict (with 3 a side the smallest two-sided U-test p is 0.1)
+MIN_UNITS = MIN_RUNS  # runs a side: below, the between-run spread is unknown and there is no verdict
 
 
 @dataclass
@@ -39,11 +37,11 @@ class UnitRow:
     phase: str
     base_runs: int
     new_runs: int
-    base: float | None  # median of the runs' medians, ns
+    base: float | None  # geometric mean of the runs' medians, ns
     new: float | None
     delta_pct: float | None
     ci: tuple[float, float] | None
-    p: float | None  # Mann-Whitney, before Holm
+    p: float | None  # Welch t on log per-run medians, before Holm
     p_holm: float | None
     change: str
 
@@ -99,14 +97,13 @@ def compare_units(summary: FleetSummary, key: str, base_value: str | None = None
             b = _medians(new[gkey], phase)
             if not a and not b:
                 continue
-            row = UnitRow(label, phase, len(a), len(b), _median(a), _median(b), None, None, None, None, UNDECIDED)
+            t = run_test(a, b)
+            base_ns, new_ns = _finite(t.base_value), _finite(t.new_value)
+            row = UnitRow(label, phase, len(a), len(b), base_ns, new_ns, _finite(t.delta_pct), None, None, None, UNDECIDED)
             test = None
-            if a and b and row.base:
-                row.delta_pct = 100.0 * (row.new / row.base - 1.0)
-            if len(a) >= MIN_UNITS and len(b) >= MIN_UNITS:
-                row.p = mann_whitney(a, b).p
-                ci = bootstrap_delta_ci(a, b)
-                row.ci = None if math.isnan(ci[0]) else ci
+            if t.spread == "runs":
+                row.p = t.p
+                row.ci = t.ci95_pct
                 test = (row.p, row.base, row.new)
             rows.append(row)
             tests.append(test)
@@ -120,8 +117,8 @@ def _medians(g: Any, phase: str) -> list[float]:
     return [u.medians[phase] for _, u in sorted(g.units.items()) if u.medians.get(phase) is not None]
 
 
-def _median(values: Sequence[float]) -> float | None:
-    return float(np.median(values)) if values else None
+def _finite(value: float) -> float | None:
+    return None if value is None or math.isnan(value) else float(value)
 
 
 def render_units(cmp: UnitComparison, fmt: str = "text") -> str:
@@ -140,7 +137,7 @@ def render_units(cmp: UnitComparison, fmt: str = "text") -> str:
     out = [
         ("# " if md else "") + f"forktrace compare by {cmp.key}: {cmp.base_value} (base) -> {cmp.new_value} (new), each run a unit",
         "",
-        f"per run: its median; per side: the median of the runs' medians; Mann-Whitney U over runs, Holm over rows; "
+        f"per run: its median; per side: their geometric mean; Welch t on log medians over runs, Holm over rows; "
         f"\"~\" not significant, \"?\" fewer than {MIN_UNITS} runs a side",
     ]
     for column, n in sorted(cmp.lacks.items()):
