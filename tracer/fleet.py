@@ -42,10 +42,13 @@ def wants_summary(args: Sequence[Path], summary: bool | None, engine: str | None
         return True
     import pyarrow.parquet as pq
 
+    from analysis.files import open_input
+
     forks = 0
     for path in paths:
         try:
-            forks += pq.read_metadata(path).num_rows
+            with open_input(path, "recording") as f:  # regular files only: a FIFO would wait for a writer
+                forks += pq.read_metadata(f).num_rows
         except Exception:  # the detailed reader names an unreadable file itself
             continue
     return forks > FLEET_FORKS

@@ -20,6 +20,7 @@ import pyarrow.parquet as pq
 
 from analysis.errors import TracerError
 from analysis.recording.phases import TIMESTAMPS, phase_arrays
+from analysis.files import open_input
 from analysis.recording.reader import _READ_ERRORS, _first_line, _read_metadata
 from analysis.recording.schema import FORK_SCHEMA, REQUIRED_COLUMNS
 from analysis.summary.column import ColumnSummary
@@ -67,12 +68,17 @@ def summarize_file(path: str | Path, by: Sequence[str] = (), batch_rows: int = B
 
 
 def _summarize(path: Path, by: tuple[str, ...], batch_rows: int) -> FleetSummary:
-    if not path.exists():
-        raise TracerError(f"recording {path} does not exist")
-    if not path.is_file():
-        raise TracerError(f"recording {path} is not a regular file")
+    # Regular files only, opened once (a FIFO or device is refused, not waited on).
+    f = open_input(path, "recording")
     try:
-        parquet = pq.ParquetFile(path, page_checksum_verification=True)
+        return _summarize_open(path, f, by, batch_rows)
+    finally:
+        f.close()
+
+
+def _summarize_open(path: Path, f, by: tuple[str, ...], batch_rows: int) -> FleetSummary:
+    try:
+        parquet = pq.ParquetFile(f, page_checksum_verification=True)
         # The file's key/value metadata: the forktrace document whether or not the Arrow schema repeats it.
         kv = parquet.metadata.metadata or {}
         names = parquet.schema_arrow.names
