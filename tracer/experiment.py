@@ -24,6 +24,15 @@ events, samples and counters (differences from before the run).
 
 design.json lists the runs; the fit across them (analysis.attribution.design)
 is written beside it as design-fit.json and design-fit.txt.
+
+The directory follows the sweep's rules (docs/safety.md): opened and checked
+once (analysis.files.Directory), locked for the whole experiment with the
+sweep's lock (a second sweep into it is refused), refused if not empty
+without --force, and every name the experiment will write checked before BPF
+is loaded; everything is then written through that descriptor, atomically. A
+stop signal ends the run under way (written, marked `cut_by`) and the
+experiment: design.json and the fit cover the runs recorded, and the exit
+status is 128 + the signal.
 """
 
 from __future__ import annotations
@@ -31,18 +40,22 @@ from __future__ import annotations
 import json
 import os
 import random
+import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 from analysis.errors import TracerError, UsageError
+from analysis.files import Directory
+from tracer.sweep import LOCK, _opened
 
 __all__ = ["FACTORS", "DEFAULT_VMAS", "ExperimentOptions", "Level", "Run", "cache_sizes", "evict_mb", "parse_factors",
            "plan_runs", "run_experiment"]
 
 DEFAULT_VMAS = (100, 400, 1600, 6400)
 DESIGN = "design.json"
+FIT_FILES = ("design-fit.json", "design-fit.txt")
 
 
 @dataclass(frozen=True)
@@ -171,12 +184,36 @@ def check(opts: ExperimentOptions) -> None:
     for f in opts.factors:
         for level in FACTORS[f]:
             for v in opts.vmas:
-                SpawnWorkload(v, forks=opts.forks, cpu=opts.cpu, **level.options(evict))  # checks only
+                try:
+                    SpawnWorkload(v, forks=opts.forks, cpu=opts.cpu, **level.options(evict))  # checks only
+                except UsageError:
+                    raise
+                except TracerError as err:  # vm.max_map_count: still refused before any work
+                    raise UsageError(f"--vmas {v}: {err}") from None
     out = opts.output
-    if out.exists() and not out.is_dir():
-        raise TracerError(f"output {out} exists and is not a directory")
-    if out.is_dir() and any(out.iterdir()) and not opts.force:
-        raise TracerError(f"output directory {out} is not empty; give --force to replace the experiment's files in it")
+    if os.path.lexists(out) and not out.is_dir():
+        raise UsageError(f"output {out} exists and is not a directory")
+    if out.is_dir():
+        _check_empty(out, os.listdir(out), opts.force)
+
+
+def _check_empty(out: Path, names: list[str], force: bool) -> None:
+    if not force and [n for n in names if n != LOCK]:
+        raise UsageError(f"output directory {out} is not empty; give --force to replace the experiment's files in it")
+
+
+def _check_names(directory: Directory, plan: list[Run]) -> None:
+    """Every name the experiment will write, and a test file, before BPF is loaded (UsageError)."""
+    for run in plan:
+        directory.check_target(run.file, keep_old=True)
+    for name in (DESIGN, *FIT_FILES):
+        directory.check_target(name)
+    try:  # the only sure test of a directory is to create a file in it (EROFS, quota, inodes)
+        name, fd = directory.temp_file()
+        os.close(fd)
+        os.unlink(name, dir_fd=directory.fd)
+    except OSError as err:
+        raise UsageError(f"cannot write into {directory.path}: {err.strerror}") from None
 
 
 class _Router:
@@ -206,25 +243,73 @@ def _stack_diff(after: list[dict], before: list[dict]) -> list[dict]:
 
 
 def run_experiment(opts: ExperimentOptions, log: Callable[[str], None] | None = None) -> Path:
-    """Record the design, then write design.json and the fit; returns the directory."""
+    """Record the design, then write design.json and the fit; returns the directory.
+
+    As `tracer sweep`: the directory is locked for the whole experiment, and a
+    stop signal (SIGINT, SIGTERM, SIGHUP) ends the run under way, which is
+    written and marked as cut, and the experiment: design.json and the fit
+    cover what was recorded, and the exit status is 128 + the signal.
+    """
     from tracer.record.stopping import StopRequests
 
     log = log or (lambda msg: None)
     check(opts)
     if os.geteuid() != 0:
         raise TracerError("tracer sweep loads BPF programs and needs root: run it with sudo")
-    opts.output.mkdir(parents=True, exist_ok=True)
     evict = opts.evict_mb if opts.evict_mb is not None else evict_mb()
     plan = plan_runs(opts.factors, opts.vmas, opts.runs, opts.seed)
-    with StopRequests() as stop:
-        _record_plan(opts, plan, evict, stop, log)
-    write_design(opts, evict)
-    write_fit(opts.output, log)
+    with Directory.open(opts.output, create=True) as directory, directory.lock(LOCK, "sweep"):
+        _check_empty(opts.output, directory.names(), opts.force)  # again, now that no other sweep can add files
+        _check_names(directory, plan)
+        with StopRequests() as stop:  # one for the whole experiment: a stop ends it, not only one run
+            _record_plan(opts, plan, evict, stop, log, directory)
+            stop.writing = True
+            stopped = None
+            if stop.requested:
+                cut = [e["file"] for e in opts.recorded if "cut_by" in e]
+                stopped = {"signal": signal.Signals(stop.signum).name, "recorded": len(opts.recorded),
+                           "planned": len(plan), "cut": cut[0] if cut else None}
+            fitted = None
+            if opts.recorded:
+                write_design(opts, evict, directory, stopped)
+                fitted = write_fit(opts.output, log, directory, stopped)
+    if stopped is not None:
+        what = f"{len(opts.recorded)} of {len(plan)} runs" + (f", {stopped['cut']} cut short" if stopped["cut"] else "")
+        if not opts.recorded:
+            done = "nothing recorded"
+        else:
+            done = f"{DESIGN} and the fit written" if fitted else f"{DESIGN} written, no fit"
+        err = TracerError(f"{stopped['signal']}: sweep --vary stopped ({what}); {done} in {opts.output}")
+        err.exit_code = 128 + stop.signum
+        raise err
     return opts.output
 
 
-def _record_plan(opts: ExperimentOptions, plan: list[Run], evict: int, stop, log: Callable[[str], None]) -> None:
-    """One BPF load, one recording per run."""
+def _record_plan(opts: ExperimentOptions, plan: list[Run], evict: int, stop, log: Callable[[str], None],
+                 directory: Directory) -> None:
+    """One BPF load, one recording per run (written through `directory`)."""
+    base, probes, router, facts, plan_m, hdrs = _load_probes(opts, plan, log)
+    cpus = os.sched_getaffinity(0)
+    try:
+        for run in plan:
+            if stop.requested:
+                log(f"stopped before run {run.order + 1}/{len(plan)}: the runs recorded so far are kept")
+                break
+            os.sched_setaffinity(0, cpus)
+            log(f"[{run.order + 1}/{len(plan)}] {run.level.factor}={run.level.name}, {run.vmas} extra VMAs, run {run.rep}")
+            cut = _record_run(opts, run, evict, base, probes, router, facts, plan_m, hdrs, stop, directory, log)
+            entry = {"file": run.file, "factor": run.level.factor, "level": run.level.name,
+                     "extra_vmas": run.vmas, "rep": run.rep, "order": run.order}
+            if cut:
+                entry["cut_by"] = signal.Signals(stop.signum).name
+            opts.recorded.append(entry)
+    finally:
+        os.sched_setaffinity(0, cpus)
+        probes.close()
+
+
+def _load_probes(opts: ExperimentOptions, plan: list[Run], log: Callable[[str], None]) -> tuple:
+    """The bracket probe, compiled and loaded once for every run: (base options, probes, router, facts, methods, headers)."""
     from tracer.host import headers, kernel
     from tracer.host.methods import choose_methods
     from tracer.host.survey import survey_host
@@ -232,7 +317,6 @@ def _record_plan(opts: ExperimentOptions, plan: list[Run], evict: int, stop, log
     from tracer.probes.program import BCC_MISSING
     from tracer.record import _bracket_config
     from tracer.record.options import RecordOptions, level_and_rate
-    from tracer.record.output import prepare_output
     from tracer.record.attached import ProbeSet
 
     base = RecordOptions(spawn_vmas=0, forks=opts.forks, cpu=opts.cpu, sample_hz=opts.sample_hz, quiet=True,
@@ -254,25 +338,12 @@ def _record_plan(opts: ExperimentOptions, plan: list[Run], evict: int, stop, log
     log(f"loading BPF once for {len(plan)} runs ({plan_m.backend}, level {base.level}"
         + (f", sampling {opts.sample_hz} Hz" if opts.sample_hz else "") + ") ...")
     probes.load()
-    cpus = os.sched_getaffinity(0)
-    try:
-        for run in plan:
-            if stop.requested:
-                log(f"stopped before run {run.order + 1}/{len(plan)}: the runs recorded so far are kept")
-                break
-            os.sched_setaffinity(0, cpus)
-            path = prepare_output(opts.output / run.file)
-            log(f"[{run.order + 1}/{len(plan)}] {run.level.factor}={run.level.name}, {run.vmas} extra VMAs, run {run.rep}")
-            _record_run(opts, run, evict, base, probes, router, facts, plan_m, hdrs, stop, path, log)
-            opts.recorded.append({"file": run.file, "factor": run.level.factor, "level": run.level.name,
-                                  "extra_vmas": run.vmas, "rep": run.rep, "order": run.order})
-    finally:
-        os.sched_setaffinity(0, cpus)
-        probes.close()
+    return base, probes, router, facts, plan_m, hdrs
 
 
-def _record_run(opts, run: Run, evict: int, base, probes, router, facts, plan_m, hdrs, stop, path: Path,
-                log: Callable[[str], None]) -> None:
+def _record_run(opts, run: Run, evict: int, base, probes, router, facts, plan_m, hdrs, stop, directory: Directory,
+                log: Callable[[str], None]) -> bool:
+    """Record one run and write it; True if a stop cut its workload short."""
     from dataclasses import replace
 
     from tracer.host import kernel
@@ -281,12 +352,14 @@ def _record_run(opts, run: Run, evict: int, base, probes, router, facts, plan_m,
     from tracer.record.session import Session
     from tracer.workload.spawn import SpawnWorkload
 
+    path = opts.output / run.file
     ropts = replace(base, spawn_vmas=run.vmas, output=path, layout=dict(run.level.options(evict)).get("layout", "gapped"))
     session = Session(ropts, lambda msg: None, stop)
     before_counters = probes.counters()
     before_stacks = probes.sampled_stacks()
     tracer_cpus = keep_off_cpu(opts.cpu)
     router.session = session
+    cut = False
     try:
         with SpawnWorkload(run.vmas, forks=opts.forks, cpu=opts.cpu, **run.level.options(evict)) as work:
             pid, _ = work.start()
@@ -297,6 +370,7 @@ def _record_run(opts, run: Run, evict: int, base, probes, router, facts, plan_m,
             while not work.finished():
                 if stop.requested:
                     work.stop()
+                    cut = True
                 probes.poll(100)
             work.wait(timeout=120)
         session.end = wall_mono()
@@ -314,10 +388,23 @@ def _record_run(opts, run: Run, evict: int, base, probes, router, facts, plan_m,
     meta["cycle"] = None
     meta["experiment"] = {"factor": run.level.factor, "level": run.level.name, "rep": run.rep, "order": run.order,
                           "seed": opts.seed}
-    save_recording(path, forks, meta, lambda msg: None)
+    if cut:
+        meta["experiment"]["cut_by"] = signal.Signals(stop.signum).name
+    stop.writing = True
+    save_recording(_output(directory, path), forks, meta, lambda msg: None)
+    stop.writing = False
+    return cut
 
 
-def write_design(opts: ExperimentOptions, evict: int) -> Path:
+def _output(directory: Directory, path: Path):
+    """The run's recording, written through the experiment's directory (save_recording closes its own copy)."""
+    from tracer.record.output import Output
+
+    return Output(path, Directory(directory.path, os.dup(directory.fd), directory.shared))
+
+
+def write_design(opts: ExperimentOptions, evict: int, directory: Directory | None = None,
+                 stopped: dict | None = None) -> Path:
     """design.json: the factors, their levels' workload options, and every run recorded."""
     doc = {
         "factors": {f: {lv.name: lv.options(evict) for lv in FACTORS[f]} for f in opts.factors},
@@ -330,24 +417,47 @@ def write_design(opts: ExperimentOptions, evict: int) -> Path:
         "evict_mb": evict,
         "caches": cache_sizes(),
         "recorded": opts.recorded,
+        "stopped": stopped,
         "written": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    path = opts.output / DESIGN
-    tmp = path.with_name(f".{DESIGN}.tmp")
-    tmp.write_text(json.dumps(doc, indent=2) + "\n")
-    os.replace(tmp, path)
-    return path
+    with _opened(opts.output, directory) as d:
+        d.write(DESIGN, (json.dumps(doc, indent=2) + "\n").encode())
+    return opts.output / DESIGN
 
 
-def write_fit(directory: Path, log: Callable[[str], None]) -> None:
-    """design-fit.json and design-fit.txt: the cost model fitted across the design's runs."""
+def write_fit(path: Path, log: Callable[[str], None], directory: Directory | None = None,
+              stopped: dict | None = None) -> bool:
+    """design-fit.json and design-fit.txt: the cost model fitted across the design's runs; False if none could be.
+
+    After a stop the runs recorded may be too few for any model: the files
+    then say why (no stale fit of an earlier experiment is left beside the new
+    design.json), and so does one line of the log.
+    """
     from analysis.attribution.design import design_fit, load_design_runs, render_design
 
-    runs = load_design_runs(directory)
-    result = design_fit(runs, directory=directory)
-    for name, text in (("design-fit.json", json.dumps(result, indent=2, default=float)),
-                       ("design-fit.txt", render_design(result))):
-        tmp = directory / f".{name}.tmp"
-        tmp.write_text(text + "\n")
-        os.replace(tmp, directory / name)
-    log(f"fit: {directory / 'design-fit.txt'}, {directory / 'design-fit.json'}")
+    note = ""
+    if stopped is not None:
+        note = (f"stopped by {stopped['signal']} after {stopped['recorded']} of {stopped['planned']} runs"
+                + (f"; {stopped['cut']} was cut short" if stopped["cut"] else ""))
+    try:
+        result = design_fit(load_design_runs(path), directory=path)
+    except (TracerError, ArithmeticError, ValueError, LookupError) as err:
+        if stopped is None:
+            raise
+        why = str(err).splitlines()[0] if str(err) else type(err).__name__
+        doc, text = {"fit": None, "why": why, "design_stopped": stopped}, f"no fit ({note}): {why}"
+        fitted = False
+        log(f"no fit over the {stopped['recorded']} runs recorded: {why}")
+    else:
+        doc, text = result, render_design(result)
+        if stopped is not None:
+            doc = {**result, "design_stopped": stopped}
+            head, _, rest = text.partition("\n")
+            text = f"{head}\n{note[0].upper()}{note[1:]}.\n{rest}"
+        fitted = True
+    with _opened(path, directory) as d:
+        d.write(FIT_FILES[0], (json.dumps(doc, indent=2, default=float) + "\n").encode())
+        d.write(FIT_FILES[1], (text + "\n").encode())
+    if fitted:
+        log(f"fit: {path / FIT_FILES[1]}, {path / FIT_FILES[0]}")
+    return fitted
