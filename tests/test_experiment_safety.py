@@ -1,11 +1,11 @@
-"""`tracer sweep --vary` follows the sweep's safety rules (docs/safety.md), without loading BPF.
+"""`tracer sweep --vary` follows the sweep's safety rules (docs/safety.md), mostly without loading BPF.
 
 Refusals before any work are exit 2 in one line; the directory is walked and
 checked (an attacker's directory, or a link an attacker planted in a sticky
 one, is refused), locked with the sweep's lock, and written through its
 descriptor, atomically. The stop path runs the real recording loop with the
 BPF load and each run's tracing replaced by synthetic recordings written the
-way the real run writes them.
+way the real run writes them; one short BPF test stops a real run.
 """
 
 from __future__ import annotations

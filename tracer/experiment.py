@@ -309,7 +309,10 @@ def _record_plan(opts: ExperimentOptions, plan: list[Run], evict: int, stop, log
 
 
 def _load_probes(opts: ExperimentOptions, plan: list[Run], log: Callable[[str], None]) -> tuple:
-    """The bracket probe, compiled and loaded once for every run: (base options, probes, router, facts, methods, headers)."""
+    """The bracket probe, compiled and loaded once for all runs.
+
+    Returns (base options, probes, router, host facts, methods, headers).
+    """
     from tracer.host import headers, kernel
     from tracer.host.methods import choose_methods
     from tracer.host.survey import survey_host
