@@ -153,3 +153,47 @@ def test_calibration_round_trip_and_lookup(tmp_path):
     (tmp_path / "bad.json").write_text("{}")
     with pytest.raises(TracerError, match="not a forktrace calibration"):
         load_calibration(tmp_path / "bad.json")
+
+
+@pytest.mark.parametrize("paired", [False, True])
+def test_the_detectable_change_is_detected_80_percent_of_the_time(paired):
+    """At the change detectable_pct() names, the test (unadjusted) rejects in about 80% of
+    simulated comparisons of runs with a known between-run spread; at half of it, far less."""
+    from analysis.compare.across import detectable_pct
+
+    rng = np.random.default_rng(7)
+    sd, n, sims = 0.08, 6, 1500
+    mde = detectable_pct(sd, n, n, paired=paired)
+    assert 5.0 < mde < 40.0
+
+    def power(pct: float) -> float:
+        hits = 0
+        for _ in range(sims):
+            if paired:  # per-round log ratios with SD sd, as paired_test sees them
+                base = np.exp(rng.normal(0.0, 0.3, n))
+                new = base * np.exp(rng.normal(math.log1p(pct / 100), sd, n))
+                t = paired_test(base, new)
+            else:
+                base = np.exp(rng.normal(0.0, sd, n))
+                new = np.exp(rng.normal(math.log1p(pct / 100), sd, n))
+                t = run_test(base, new)
+            hits += t.p < 0.05 and t.delta_pct > 0
+        return hits / sims
+
+    assert 0.74 <= power(mde) <= 0.86
+    assert power(mde / 2) < 0.45
+    assert run_test(np.exp(rng.normal(0, sd, n)), np.exp(rng.normal(0, sd, n))).detectable_pct > 0
+
+
+def test_runs_needed_is_the_first_count_that_detects_the_target():
+    from analysis.compare.across import MIN_RUNS, detectable_pct, runs_needed
+
+    for sd in (0.01, 0.05, 0.15):
+        n = runs_needed(sd, 10.0)
+        assert n is not None and n >= MIN_RUNS
+        assert detectable_pct(sd, n, n) <= 10.0
+        assert n == MIN_RUNS or detectable_pct(sd, n - 1, n - 1) > 10.0
+    assert runs_needed(0.15, 10.0) > runs_needed(0.05, 10.0)
+    assert runs_needed(0.05, 10.0, paired=True) < runs_needed(0.05, 10.0)  # the same SD of round ratios
+    assert runs_needed(5.0, 1.0) is None  # beyond any sensible series
+    assert runs_needed(float("nan"), 10.0) is None

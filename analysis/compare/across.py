@@ -47,7 +47,8 @@ from analysis.compare.samples import UNDECIDED, SampleRow
 from analysis.compare.stats import ALPHA, decide
 from analysis.compare.tdist import t_quantile, t_two_sided_p
 
-__all__ = ["MIN_RUNS", "MIN_FORKS", "Spread", "RunTest", "run_test", "paired_test", "RunPair", "compare_runs", "aa_range_pct"]
+__all__ = ["MIN_RUNS", "MIN_FORKS", "TARGET_PCT", "Spread", "RunTest", "run_test", "paired_test", "RunPair", "compare_runs",
+           "aa_range_pct", "detectable_pct", "runs_needed"]
 
 # Runs a side for the data's own between-run spread (Welch needs a variance on each side).
 MIN_RUNS = 2
@@ -73,6 +74,8 @@ class RunTest:
     p: float
     spread: str  # 'runs', 'calibration', or '' (undecided)
     reason: str  # why undecided, else ''
+    detectable_pct: float = math.nan  # the change these runs detect (see detectable_pct())
+    runs_for_10: int | None = None  # runs a side that would detect a 10% change at this spread
 
 
 def _welch(base: np.ndarray, new: np.ndarray, confidence: float) -> tuple[float, float, float]:
@@ -110,7 +113,9 @@ def paired_test(base: Sequence[float], new: Sequence[float], confidence: float =
     if len(b) < MIN_RUNS:
         return run_test(np.exp(b), np.exp(n), None, confidence)
     p, lo, hi = _paired(n - b, confidence)
-    return RunTest(math.exp(b.mean()), math.exp(n.mean()), _pct(float((n - b).mean())), (_pct(lo), _pct(hi)), p, "paired", "")
+    sd = float((n - b).std(ddof=1))
+    return RunTest(math.exp(b.mean()), math.exp(n.mean()), _pct(float((n - b).mean())), (_pct(lo), _pct(hi)), p, "paired", "",
+                   detectable_pct(sd, len(b), len(b), paired=True), runs_needed(sd, TARGET_PCT, paired=True))
 
 
 def _calibrated(base: np.ndarray, new: np.ndarray, spread: Spread, confidence: float) -> tuple[float, float, float]:
@@ -140,16 +145,65 @@ def run_test(
     if len(b) >= MIN_RUNS and len(n) >= MIN_RUNS:
         p, lo, hi = _welch(b, n, confidence)
         spread = "runs"
+        sd = math.sqrt(((len(b) - 1) * b.var(ddof=1) + (len(n) - 1) * n.var(ddof=1)) / (len(b) + len(n) - 2))
     elif calibrated is not None:
         p, lo, hi = _calibrated(b, n, calibrated, confidence)
         spread = "calibration"
+        sd = calibrated.sigma
     else:
         reason = (
             f"{len(b)} base and {len(n)} new run{'s' if len(n) != 1 else ''}: the between-run spread is unknown "
             f"with fewer than {MIN_RUNS} runs a side (record --runs N, or tracer calibrate)"
         )
         return RunTest(bv, nv, delta, (math.nan, math.nan), math.nan, "", reason)
-    return RunTest(bv, nv, delta, (_pct(lo), _pct(hi)), p, spread, "")
+    return RunTest(bv, nv, delta, (_pct(lo), _pct(hi)), p, spread, "",
+                   detectable_pct(sd, len(b), len(n)), runs_needed(sd, TARGET_PCT))
+
+
+# The change the runs-needed figure is for (the issue's "a real +10% in one phase").
+TARGET_PCT = 10.0
+POWER = 0.8
+MAX_RUNS_NEEDED = 1000
+
+
+def detectable_pct(sd_log: float, n_base: int, n_new: int, paired: bool = False,
+                   alpha: float = ALPHA, power: float = POWER) -> float:
+    """The smallest change (in %) these runs detect with `power` at two-sided `alpha`, at this spread.
+
+    sd_log: the between-run SD of the log per-run values (paired: of each
+    round's log ratio). The usual normal-theory bound with t quantiles,
+    (t(1-alpha/2) + t(power)) * standard error, before Holm's adjustment over
+    the phases: a reviewer's "could these runs have seen it at all".
+    """
+    if not math.isfinite(sd_log) or n_base < MIN_RUNS or n_new < MIN_RUNS:
+        return math.nan
+    if paired:
+        se, df = sd_log / math.sqrt(n_base), n_base - 1
+    else:
+        se, df = sd_log * math.sqrt(1.0 / n_base + 1.0 / n_new), n_base + n_new - 2
+    return _pct((t_quantile(1.0 - alpha / 2.0, df) + t_quantile(power, df)) * se)
+
+
+def runs_needed(sd_log: float, target_pct: float, paired: bool = False,
+                alpha: float = ALPHA, power: float = POWER) -> int | None:
+    """Runs a side that detect `target_pct` at this spread (None: more than MAX_RUNS_NEEDED, or unknown)."""
+    if not math.isfinite(sd_log):
+        return None
+    if sd_log == 0.0:
+        return MIN_RUNS
+    def enough(n: int) -> bool:
+        return detectable_pct(sd_log, n, n, paired, alpha, power) <= target_pct
+
+    if not enough(MAX_RUNS_NEEDED):
+        return None
+    lo, hi = MIN_RUNS - 1, MAX_RUNS_NEEDED  # enough(hi); not enough(lo) (or lo below MIN_RUNS)
+    while hi - lo > 1:  # the detectable change falls as runs are added: bisect
+        mid = (lo + hi) // 2
+        if enough(mid):
+            hi = mid
+        else:
+            lo = mid
+    return hi
 
 
 def aa_range_pct(spread: Spread, confidence: float = 0.95) -> float:
@@ -212,6 +266,7 @@ def compare_runs(pairs: Sequence[RunPair], *, alpha: float = ALPHA, confidence: 
             SampleRow(
                 pair.group, pair.metric, base_forks, new_forks, t.base_value, t.new_value, t.delta_pct, t.ci95_pct,
                 t.p, math.nan, bool(t.spread), UNDECIDED, len(base), len(new), t.spread, t.reason,
+                detectable_pct=t.detectable_pct, runs_for_10=t.runs_for_10,
             )
         )
     verdicts = decide([(r.p, r.base_median, r.new_median) if r.decided else None for r in rows], alpha)

@@ -120,6 +120,9 @@ def render_text(c: Comparison) -> str:
         out.append(f"  {label:<{name_width}} {'base':>8} {'new':>8} {'delta':>8}  {'95% CI':<16} {'p-adj':>6}")
         for r in rows:
             out.append(_row_text(r, c.unit, name_width))
+        sensitivity = _sensitivity(c, rows)
+        if sensitivity:
+            out += _wrap("  " + sensitivity, "    ")
         for s in c.shapes:
             if s.group == group:
                 out += _wrap("  tree " + _shape_text(s), "    ")
@@ -154,6 +157,18 @@ def _counts(c: Comparison, rows: list[SampleRow]) -> str:
     runs_n = max((r.new_runs for r in rows), default=0)
     paired = ", paired by round" if any(r.spread == "paired" for r in rows) else ""
     return f"runs: base {runs_b} ({n_base} forks), new {runs_n} ({n_new} forks){paired}"
+
+
+def _sensitivity(c: Comparison, rows: list[SampleRow]) -> str:
+    """What these runs could have detected (80% power, before Holm), and the runs a 10% change needs."""
+    if c.kind != "recordings":
+        return ""
+    known = [r for r in rows if not math.isnan(r.detectable_pct) and r.metric != "vma_step"]
+    if not known:
+        return ""
+    seen = ", ".join(f"{r.metric} {r.detectable_pct:.0f}%" for r in known)
+    need = ", ".join(f"{r.metric} {r.runs_for_10 if r.runs_for_10 is not None else '>1000'}" for r in known)
+    return f"detectable at 80% power: {seen}; runs a side for 10%: {need}"
 
 
 def _footer(c: Comparison) -> str:
@@ -246,6 +261,9 @@ def render_markdown(c: Comparison) -> str:
             out.append("|---|---:|---:|---:|---:|---:|---|---:|---|")
             for r in rows:
                 out.append(_md_row(r.metric, str(r.base_runs), str(r.new_runs), *_cells(r, c.unit)))
+            sensitivity = _sensitivity(c, rows)
+            if sensitivity:
+                out += ["", sensitivity]
         else:
             out.append(f"| {label} | n base | n new | base | new | delta | 95% CI | p-adj | |")
             out.append("|---|---:|---:|---:|---:|---:|---|---:|---|")

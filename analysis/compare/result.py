@@ -131,6 +131,10 @@ def _verdict(c: Comparison) -> Verdict:
             text += "; " + ", ".join(runs)
         if undecided:
             text += f"; {len(undecided)} row{'s' if len(undecided) != 1 else ''} undecided"
+        blind = _sensitivity(c)
+        if blind:  # "no change" is only as good as what the runs could have seen
+            text += "; these runs could miss changes below " + ", ".join(
+                f"{r.metric} {r.detectable_pct:.0f}%" for r in blind) + " (80% power)"
         return Verdict("~", text)
     named = _named(c, group)
     changes = {r.change for r in named}
@@ -163,6 +167,17 @@ def _verdict(c: Comparison) -> Verdict:
     if others > 0:
         text += f"; {others} more significant in other groups"
     return Verdict(change, text, group, main.metric, component)
+
+
+def _sensitivity(c: Comparison) -> list[SampleRow]:
+    """The decided rows of dup_mmap's parts whose detectable change is known, least sensitive first
+    (with several groups, each part's least sensitive group)."""
+    worst: dict[str, SampleRow] = {}
+    for r in c.rows:
+        if r.metric in PARTS and r.change != UNDECIDED and not math.isnan(r.detectable_pct):
+            if r.metric not in worst or r.detectable_pct > worst[r.metric].detectable_pct:
+                worst[r.metric] = r
+    return sorted(worst.values(), key=lambda r: -r.detectable_pct)
 
 
 def regressions_beyond(c: Comparison, pct: float) -> list[SampleRow]:

@@ -8,6 +8,7 @@ runs meets (1 to a few hundred).
 
 from __future__ import annotations
 
+import functools
 import math
 
 __all__ = ["t_two_sided_p", "t_quantile"]
@@ -60,8 +61,10 @@ def t_two_sided_p(t: float, df: float) -> float:
     return min(1.0, _betainc(df / 2.0, 0.5, df / (df + t * t)))
 
 
+@functools.lru_cache(maxsize=4096)
 def t_quantile(prob: float, df: float) -> float:
-    """The t with P(T <= t) = prob (0.5 < prob < 1), by bisection on the tail."""
+    """The t with P(T <= t) = prob (0.5 < prob < 1), by bisection on the tail (cached: the same
+    few (prob, df) pairs recur across a comparison's rows and a power search's steps)."""
     if not 0.5 < prob < 1.0 or not df > 0:
         raise ValueError("t_quantile needs 0.5 < prob < 1 and df > 0")
     target = 2.0 * (1.0 - prob)  # two-sided tail at the answer
