@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
+import time
 
 import pytest
 
 from analysis.errors import TracerError, UsageError
 from analysis.recording import load_recording
 from conftest import ROOT, TRACER
-from tracer.sweep import SweepOptions, check, parse_list, recording_name
+from tracer.sweep import SweepOptions, check, parse_list, plan_sweep, recording_name
 
 
 def test_parse_list():
@@ -26,6 +28,36 @@ def test_parse_list():
 def test_recording_names_sort_by_vmas():
     names = [recording_name("gapped", v) for v in (6400, 0, 800)]
     assert sorted(names) == [recording_name("gapped", v) for v in (0, 800, 6400)]
+
+
+def test_one_run_a_cell_keeps_the_names_and_order_of_a_plain_sweep(tmp_path):
+    plans = plan_sweep(SweepOptions(output=tmp_path, vmas=(0, 100), layouts=("adjacent", "gapped")))
+    assert [p.path.name for p in plans] == [recording_name(layout, v) for v in (0, 100) for layout in ("adjacent", "gapped")]
+    assert [(p.order, p.index) for p in plans] == [(1, 1), (2, 1), (3, 1), (4, 1)]
+    assert all(p.path.parent == tmp_path for p in plans)
+
+
+def test_several_runs_go_round_by_round_every_cell_once_a_round_in_rotated_order(tmp_path):
+    opts = SweepOptions(output=tmp_path, vmas=(10, 50, 200), layouts=("gapped",), runs=4, forks=30, sample_hz=0, cpu=0)
+    plans = plan_sweep(opts)
+    assert [p.order for p in plans] == list(range(1, 13))
+    rounds = [plans[i:i + 3] for i in range(0, 12, 3)]
+    for n, round_ in enumerate(rounds, 1):
+        assert {p.index for p in round_} == {n}
+        assert sorted(p.arm.opts.spawn_vmas for p in round_) == [10, 50, 200]
+    assert [r[0].arm.opts.spawn_vmas for r in rounds] == [10, 50, 200, 10]  # no cell always first
+    names = [p.path.name for p in plans]
+    assert len(set(names)) == 12 and all(p.path.parent == tmp_path for p in plans)
+    assert recording_name("gapped", 50, 3, 4) == "spawn-gapped-00050-run03.parquet" in names
+    assert recording_name("gapped", 50, 3, 100) == "spawn-gapped-00050-run003.parquet"
+    first = plans[0].arm.opts
+    assert (first.layout, first.forks, first.sample_hz, first.cpu, first.runs) == ("gapped", 30, 0, 0, 1)
+    assert len({p.arm.label for p in plans}) == 3
+
+
+def test_runs_below_one_are_refused(tmp_path):
+    with pytest.raises(UsageError, match="--runs"):
+        check(SweepOptions(output=tmp_path / "s", runs=0))
 
 
 def test_a_non_empty_directory_is_kept_unless_forced(tmp_path):
@@ -90,3 +122,78 @@ def test_a_tiny_sweep_records_both_layouts_and_the_model_predicts_their_leaves(t
     assert sorted(p.suffix for p in (out / "plots").iterdir()) and all(
         p.suffix in (".png", ".svg") for p in (out / "plots").iterdir()
     )
+
+
+@pytest.mark.bpf
+@pytest.mark.usefixtures("bpf_host")
+def test_sweep_runs_records_each_cell_n_times_as_runs_of_one_series(tmp_path):
+    out = tmp_path / "sweep"
+    proc = subprocess.run(
+        [*TRACER, "sweep", "-o", str(out), "--vmas", "10,400", "--layout", "gapped", "--forks", "20", "--runs", "2",
+         "--sample", "4999", "-q"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    names = {recording_name("gapped", v, i, 2) for v in (10, 400) for i in (1, 2)}
+    assert {p.name for p in out.glob("*.parquet")} == names
+    index = json.loads((out / "index.json").read_text())
+    assert index["runs"] == 2 and index["stopped"] is None
+    assert {(e["file"], e["extra_vmas"], e["run"]) for e in index["recordings"]} == {
+        (recording_name("gapped", v, i, 2), v, i) for v in (10, 400) for i in (1, 2)}
+    runs = {}
+    for entry in index["recordings"]:
+        rec = load_recording(out / entry["file"])
+        assert rec.meta["workload"]["extra_vmas"] == entry["extra_vmas"]
+        assert len(rec.forks[rec.forks.usable]) == 20
+        runs[entry["file"]] = rec.meta["run"]
+    assert len({r["id"] for r in runs.values()}) == 4  # each file its own run
+    assert len({r["series"] for r in runs.values()}) == 1  # one series: compare pairs the cells round by round
+    assert sorted(r["order"] for r in runs.values()) == [1, 2, 3, 4]
+    for v in (10, 400):
+        cell = [runs[recording_name("gapped", v, i, 2)] for i in (1, 2)]
+        assert [r["index"] for r in cell] == [1, 2] and {r["of"] for r in cell} == {2}
+        assert {r["arm"] for r in cell} == {f"gapped-{v}"}
+    # The report's intervals over sampled shares bootstrap over the cell's two runs.
+    doc = json.loads((out / "report.json").read_text())
+    group = next(g for g in doc["groups"] if g["vmas"] == 400)
+    assert len(group["recordings"]) == 2
+    assert group["functions"]["runs"] == 2 and group["functions"]["interval"].startswith("bootstrap over 2 runs")
+    # compare across two cells: two runs a side, paired round by round.
+    cmp = subprocess.run(
+        [*TRACER, "compare", "-f", "json", *(a for v in (10, 400) for i in (1, 2) for a in
+                                            ("-b" if v == 10 else "-n", str(out / recording_name("gapped", v, i, 2))))],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )
+    assert cmp.returncode == 0, cmp.stderr
+    rows = [row for g in json.loads(cmp.stdout)["groups"] for row in g["rows"]]
+    assert rows and all((row["base_runs"], row["new_runs"]) == (2, 2) for row in rows)
+
+
+@pytest.mark.bpf
+@pytest.mark.usefixtures("bpf_host")
+def test_a_stop_ends_a_sweep_of_runs_with_the_index_covering_what_was_recorded(tmp_path):
+    out = tmp_path / "s"
+    proc = subprocess.Popen([*TRACER, "sweep", "-o", str(out), "--vmas", "0,100", "--layout", "gapped",
+                             "--forks", "2000000", "--runs", "2", "--sample", "0", "-q"],
+                            cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    try:
+        while "[1/4]" not in (line := proc.stderr.readline()):
+            assert line, "exited before its first run"
+        deadline = time.monotonic() + 120
+        while not subprocess.run(["pgrep", "-P", str(proc.pid), "spawn"], capture_output=True).stdout:
+            assert time.monotonic() < deadline, "the first run's workload never started"
+            time.sleep(0.05)
+        time.sleep(0.3)
+        proc.send_signal(signal.SIGINT)
+        rest = proc.stderr.read()
+        assert proc.wait(timeout=120) == 128 + signal.SIGINT, rest
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    first = recording_name("gapped", 0, 1, 2)
+    assert "[2/4]" not in rest
+    assert rest.strip().splitlines()[-1].startswith(f"tracer: error: SIGINT: sweep stopped (1 of 4 recordings, {first} cut short)")
+    index = json.loads((out / "index.json").read_text())
+    assert [(r["file"], r["cut_by"]) for r in index["recordings"]] == [(first, "SIGINT")]
+    assert {p.name for p in out.glob("*.parquet")} == {first}
+    assert json.loads((out / "report.json").read_text())["sweep_stopped"]["planned"] == 4

@@ -5,6 +5,12 @@ records each count in each layout (holes between the VMAs, as there, and
 none) with the cycle and, by default, sampling, so that one report over the
 directory can explain the curve part by part. The two layouts at one count
 are recorded back to back, so slow drift on a shared host hits both alike.
+
+With --runs N each (count, layout) is recorded N times, each a fresh workload
+process (a run, the unit compare replicates), from one tracer process: the
+BPF programs are loaded once, and the runs go round by round, every cell once
+a round in an order rotated each round (tracer.record.runs.plan_runs), so the
+drift of the host during the sweep is shared by all cells.
 """
 
 from __future__ import annotations
@@ -12,7 +18,7 @@ from __future__ import annotations
 import json
 import os
 import signal
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -20,7 +26,7 @@ from analysis.errors import TracerError, UsageError
 from analysis.files import Directory
 from tracer.workload.spawn import SEED_VMAS
 
-__all__ = ["DEFAULT_VMAS", "SweepOptions", "recording_name", "parse_list", "sweep"]
+__all__ = ["DEFAULT_VMAS", "SweepOptions", "recording_name", "parse_list", "plan_sweep", "sweep"]
 
 DEFAULT_VMAS = SEED_VMAS
 LAYOUTS = ("gapped", "adjacent")
@@ -39,6 +45,7 @@ class SweepOptions:
     cpu: int | None = None
     force: bool = False
     quiet: bool = False
+    runs: int = 1  # --runs: recordings (fresh workload processes) per (count, layout)
     recordings: list[dict] = field(default_factory=list)
 
 
@@ -56,9 +63,30 @@ def parse_list(text: str, what: str, convert=str) -> tuple:
     return values
 
 
-def recording_name(layout: str, vmas: int) -> str:
-    """spawn-<layout>-<vmas>.parquet, zero-padded so a directory listing sorts by VMAs."""
-    return f"spawn-{layout}-{vmas:05d}.parquet"
+def recording_name(layout: str, vmas: int, run: int = 1, runs: int = 1) -> str:
+    """spawn-<layout>-<vmas>.parquet, zero-padded so a directory listing sorts by VMAs;
+    with several runs spawn-<layout>-<vmas>-run<NN>.parquet (one directory: `tracer report DIR` reads them all)."""
+    if runs == 1:
+        return f"spawn-{layout}-{vmas:05d}.parquet"
+    return f"spawn-{layout}-{vmas:05d}-run{run:0{max(2, len(str(runs)))}d}.parquet"
+
+
+def plan_sweep(opts: SweepOptions) -> list:
+    """Every recording of the sweep, in recording order, as tracer.record.runs.RunPlan (arm: one cell).
+
+    One run a cell: the cells in order, counts then layouts. Several: round by
+    round, each cell once a round, the order rotated each round.
+    """
+    from tracer.record import RecordOptions
+    from tracer.record.runs import Arm, plan_runs
+
+    arms = [
+        Arm(f"{layout}-{vmas}", RecordOptions(spawn_vmas=vmas, layout=layout, forks=opts.forks, cpu=opts.cpu,
+                                              sample_hz=opts.sample_hz, quiet=True))
+        for vmas in opts.vmas for layout in opts.layouts
+    ]
+    return [replace(p, path=opts.output / recording_name(p.arm.opts.layout, p.arm.opts.spawn_vmas, p.index, opts.runs))
+            for p in plan_runs(None, arms, opts.runs, opts.output)]
 
 
 def check(opts: SweepOptions) -> None:
@@ -70,6 +98,8 @@ def check(opts: SweepOptions) -> None:
         raise UsageError(f"--layout must name {' or '.join(LAYOUTS)}, not {', '.join(bad)}")
     if opts.forks <= 0:
         raise UsageError("--forks must be positive")
+    if opts.runs < 1:
+        raise UsageError("--runs must be at least 1")
     from tracer.workload.spawn import check_args
 
     for vmas in opts.vmas:  # every count, so a bad one fails before the first recording
@@ -99,16 +129,15 @@ def sweep(opts: SweepOptions, log: Callable[[str], None] | None = None) -> Path:
     exit status is 128 + the signal.
     """
     from analysis.report.plots import PLOT_FILES
-    from tracer.record import RecordOptions, record
     from tracer.record.stopping import StopRequests
 
     log = log or (lambda msg: None)
     check(opts)
-    runs = [(v, layout) for v in opts.vmas for layout in opts.layouts]
+    runs = plan_sweep(opts)
     with Directory.open(opts.output, create=True) as directory, directory.lock(LOCK, "sweep"):
         _check_empty(opts.output, directory.names(), opts.force)  # again, now that no other sweep can add files
-        for vmas, layout in runs:  # every name the sweep will write, before the first recording
-            directory.check_target(recording_name(layout, vmas), keep_old=True)
+        for run in runs:  # every name the sweep will write, before the first recording
+            directory.check_target(run.path.name, keep_old=True)
         for name in (INDEX, "report.md", "report.json"):
             directory.check_target(name)
         with directory.subdirectory("plots") as plots:
@@ -116,30 +145,27 @@ def sweep(opts: SweepOptions, log: Callable[[str], None] | None = None) -> Path:
                 plots.check_target(name)
         # record() moves the tracer off the workload's CPU; every recording starts from the same CPUs.
         cpus = os.sched_getaffinity(0)
+        # One run a cell: one record() each, as ever. Several: one record() for the whole
+        # series, its BPF loaded once, the cells interleaved round by round.
+        batches = [[run] for run in runs] if opts.runs == 1 else [runs]
         with StopRequests() as stop:  # one for the whole sweep: a stop ends it, not only one recording
-            for n, (vmas, layout) in enumerate(runs, 1):
+            for batch in batches:
                 if stop.requested:
                     break
                 os.sched_setaffinity(0, cpus)
-                path = opts.output / recording_name(layout, vmas)
-                log(f"[{n}/{len(runs)}] spawn {vmas} extra VMAs, {layout} ...")
                 try:
-                    record(
-                        RecordOptions(
-                            spawn_vmas=vmas, layout=layout, forks=opts.forks, cpu=opts.cpu, sample_hz=opts.sample_hz,
-                            output=path, quiet=True,
-                        ),
-                        log=lambda msg: None if opts.quiet else log("  " + msg),
-                        stop=stop,
-                    )
+                    written = _record_batch(opts, batch, len(runs), log, stop)
                 except TracerError as err:
                     if stop.requested and err.exit_code == 128 + stop.signum:
                         break  # stopped while BPF was loading: this one has nothing to keep
                     raise
-                entry = {"file": path.name, "layout": layout, "extra_vmas": vmas}
-                if stop.requested:
-                    entry["cut_by"] = signal.Signals(stop.signum).name
-                opts.recordings.append(entry)
+                for run, path in zip(batch, written):
+                    entry = {"file": path.name, "layout": run.arm.opts.layout, "extra_vmas": run.arm.opts.spawn_vmas}
+                    if opts.runs > 1:
+                        entry["run"] = run.index
+                    opts.recordings.append(entry)
+                if stop.requested and written:
+                    opts.recordings[-1]["cut_by"] = signal.Signals(stop.signum).name
             os.sched_setaffinity(0, cpus)
             stop.writing = True
             stopped = None
@@ -157,6 +183,27 @@ def sweep(opts: SweepOptions, log: Callable[[str], None] | None = None) -> Path:
         err.exit_code = 128 + stop.signum
         raise err
     return opts.output
+
+
+def _record_batch(opts: SweepOptions, batch: list, planned: int, log: Callable[[str], None], stop) -> list[Path]:
+    """Record one cell (one run a cell) or the whole interleaved series; the files written, in plan order."""
+    from tracer.record import record
+
+    quiet = (lambda msg: None) if opts.quiet else (lambda msg: log("  " + msg))
+    if len(batch) == 1:
+        run = batch[0]
+        log(f"[{run.order}/{planned}] spawn {run.arm.opts.spawn_vmas} extra VMAs, {run.arm.opts.layout} ...")
+        return [record(replace(run.arm.opts, output=run.path), log=quiet, stop=stop).path]
+    log(f"{len({run.arm.label for run in batch})} cells x {opts.runs} runs, interleaved round by round, BPF loaded once ...")
+
+    def each(msg: str) -> None:  # record's "run K/N (cell) -> FILE": the sweep's one line per recording
+        if msg.startswith("run ") and " -> " in msg:
+            order, _, rest = msg[4:].partition(" ")
+            log(f"[{order}] {rest}")
+        else:
+            quiet(msg)
+
+    return record(replace(batch[0].arm.opts), log=each, stop=stop, plans=batch).paths
 
 
 def write_index(opts: SweepOptions, directory: Directory | None = None, stopped: dict | None = None) -> Path:
@@ -177,8 +224,8 @@ def write_index(opts: SweepOptions, directory: Directory | None = None, stopped:
                 "model_check": model_check(opts.output / entry["file"]),
             }
         )
-    doc = {"vmas": list(opts.vmas), "layouts": list(opts.layouts), "forks": opts.forks, "sample_hz": opts.sample_hz,
-           "cpu": opts.cpu, "stopped": stopped, "recordings": entries}
+    doc = {"vmas": list(opts.vmas), "layouts": list(opts.layouts), "forks": opts.forks, "runs": opts.runs,
+           "sample_hz": opts.sample_hz, "cpu": opts.cpu, "stopped": stopped, "recordings": entries}
     with _opened(opts.output, directory) as d:
         d.write(INDEX, (json.dumps(doc, indent=2) + "\n").encode())
     return opts.output / INDEX

@@ -14,7 +14,7 @@ from __future__ import annotations
 import signal
 import sys
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -45,29 +45,39 @@ class Recorded:
     paths: list[Path] = field(default_factory=list)  # every recording written
 
 
-def record(opts: RecordOptions, log: Callable[[str], None] | None = None, stop: StopRequests | None = None) -> Recorded:
+def record(opts: RecordOptions, log: Callable[[str], None] | None = None, stop: StopRequests | None = None,
+           plans: list[RunPlan] | None = None) -> Recorded:
     """Run one recording to completion and return what was written.
 
     `stop`: the caller's stop requests (a sweep's, held across recordings), instead of this run's own.
+    `plans`: the caller's own series (a sweep's cells, round by round), its files checked by the
+    caller: each arm's options are checked as one run's, `opts` gives what the runs share.
     """
     log = log or (lambda msg: print(msg, file=sys.stderr))
     opts = resolve_options(opts)
+    if plans is not None:
+        arms: dict[str, Arm] = {}
+        for p in plans:
+            if p.arm.label not in arms:
+                arms[p.arm.label] = Arm(p.arm.label, resolve_options(p.arm.opts))
+        plans = [replace(p, arm=arms[p.arm.label]) for p in plans]
     # One run: its file, checked and its directory held open now. Several: the
     # directory resolve_options made, each run's file checked when written.
-    output = None if opts.series else prepare_output(opts.output or default_output(opts))
+    output = None if opts.series or plans is not None else prepare_output(opts.output or default_output(opts))
     if output is not None:
         opts.output = output.path
     try:
         if stop is not None:
-            return _record(opts, output, log, stop)
+            return _record(opts, output, log, stop, plans)
         with StopRequests() as stop:
-            return _record(opts, output, log, stop)
+            return _record(opts, output, log, stop, plans)
     finally:
         if output is not None:
             output.close()
 
 
-def _record(opts: RecordOptions, output: Output | None, log: Callable[[str], None], stop: StopRequests) -> Recorded:
+def _record(opts: RecordOptions, output: Output | None, log: Callable[[str], None], stop: StopRequests,
+            plans: list[RunPlan] | None = None) -> Recorded:
     from tracer.host import headers, kernel
     from tracer.host.methods import choose_methods, exact_kinds
     from tracer.host.survey import survey_host
@@ -112,7 +122,8 @@ def _record(opts: RecordOptions, output: Output | None, log: Callable[[str], Non
     log(f"loading BPF ({', '.join([backend, *extras])}) ...")
     stop.writing = False
     probes.load()
-    runs = _plans(opts)
+    runs = plans or _plans(opts)
+    rounds = max(run.index for run in runs)
     series = str(uuid.uuid4())
     written: list[Recorded] = []
     try:
@@ -132,7 +143,7 @@ def _record(opts: RecordOptions, output: Output | None, log: Callable[[str], Non
                 log(f"run {run.order}/{len(runs)}{label} -> {run.path}")
             inject = (run.arm.opts.inject_store_ns or (0,))[0]
             probes.new_run(inject_store_ns=inject)
-            entry = run_entry(run, series, opts.runs, inject)
+            entry = run_entry(run, series, rounds, inject)
             last = i == len(runs) - 1 or stop.requested
             written.append(_one_run(run.arm.opts, output or run.path, session, probes, facts, plan, hdrs, backend, entry, stop, log, last))
     finally:
