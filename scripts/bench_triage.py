@@ -134,6 +134,9 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=5, help="runs a side per comparison (the default to judge)")
     ap.add_argument("--effect", type=float, default=10.0, help="injected change of vma_loop, in %%")
     ap.add_argument("--cpu", type=int, default=None, help="pin the workload to this CPU")
+    ap.add_argument("--inject-ns", type=int, default=None, help="the spin per store, instead of the pilot's choice for --effect")
+    ap.add_argument("--runs-list", default="2,3,5,8,10", type=lambda t: [int(x) for x in t.split(",")],
+                    help="other runs a side to report the rates at (each needs 5 blocks: rounds >= 5 x runs)")
     ap.add_argument("--keep", type=Path, default=None, help="keep the recordings in this new directory")
     ap.add_argument("--json", type=Path, default=None, help="also write the figures as JSON")
     ap.add_argument("--from", dest="source", type=Path, default=None, help="analyse the series kept by --keep instead of recording")
@@ -149,14 +152,17 @@ def main() -> None:
         root = args.keep or Path(tmp)
         # Pilot: the realized extra per store at two spin targets, to aim at --effect (every arm
         # pays the spin's clock reads; the loop's granularity is one bpf_ktime_get_ns() call).
-        pilot = record_series(root / "pilot", args.vmas, args.forks, 6, (0, 1, 60), args.cpu)
-        base = pilot["inject0"]
-        step = float(np.median([phase_median(r, "vma_step_ns") for r in base]))
-        extra = {ns: float(np.median([phase_median(n, "vma_step_ns") - phase_median(b, "vma_step_ns")
-                                      for b, n in zip(base, pilot[f"inject{ns}"])])) for ns in (1, 60)}
-        slope = max((extra[60] - extra[1]) / 59.0, 0.1)
-        want = step * args.effect / 100.0
-        inject = int(round(min(2000.0, max(1.0, 1 + (want - extra[1]) / slope))))
+        if args.inject_ns is not None or READ_ONLY:  # no pilot: its 6 rounds are noisy where runs are
+            step, extra, inject = float("nan"), {}, args.inject_ns or 0
+        else:
+            pilot = record_series(root / "pilot", args.vmas, args.forks, 6, (0, 1, 60), args.cpu)
+            base = pilot["inject0"]
+            step = float(np.median([phase_median(r, "vma_step_ns") for r in base]))
+            extra = {ns: float(np.median([phase_median(n, "vma_step_ns") - phase_median(b, "vma_step_ns")
+                                          for b, n in zip(base, pilot[f"inject{ns}"])])) for ns in (1, 60)}
+            slope = max((extra[60] - extra[1]) / 59.0, 0.1)
+            want = step * args.effect / 100.0
+            inject = int(round(min(2000.0, max(1.0, 1 + (want - extra[1]) / slope))))
         arms = record_series(root / "main", args.vmas, args.forks, args.rounds, (0, 0, inject), args.cpu)
         if READ_ONLY:
             inject = int(next(a for a in arms if "." not in a)[len("inject"):])
@@ -166,7 +172,7 @@ def main() -> None:
         spread = {p: 100.0 * float(np.std(np.log([phase_median(r, f"{p}_ns") for r in aa1]), ddof=1))
                   for p in ("mt_dup", "vma_loop", "tail")}
         main_rates = rates(aa1, aa2, inj, args.runs)
-        by_runs = [rates(aa1, aa2, inj, k) for k in (2, 3, 5, 8, 10) if k != args.runs and len(aa1) // k >= 5]
+        by_runs = [rates(aa1, aa2, inj, k) for k in args.runs_list if k != args.runs and len(aa1) // k >= 5]
         by_forks = [rates(aa1, aa2, inj, args.runs, f) for f in (25, 50) if f < args.forks]
         old = fork_level(aa1, aa2, inj)
     doc = {
@@ -179,8 +185,11 @@ def main() -> None:
     }
     print(f"bench_triage: spawn {args.vmas} extra VMAs, {args.forks} forks a run, {args.rounds} rounds x 3 arms "
           f"(aa1, aa2, inj), one tracer process, kernel {doc['host_kernel']}, {doc['seconds']} s; per run: {STATISTIC}")
-    print(f"injected: {inject} ns spin per mas_store (pilot: vma_step {step:.0f} ns; 1 ns -> +{extra[1]:.0f} ns, "
-          f"60 ns -> +{extra[60]:.0f} ns a store)")
+    if extra:
+        print(f"injected: {inject} ns spin per mas_store (pilot: vma_step {step:.0f} ns; 1 ns -> +{extra[1]:.0f} ns, "
+              f"60 ns -> +{extra[60]:.0f} ns a store)")
+    else:
+        print(f"injected: {inject} ns spin per mas_store (--inject-ns, no pilot)")
     print("ground truth, median over rounds of inj/aa1 (and aa2/aa1):")
     for p in truth:
         print(f"  {p:<9} {truth[p]:+6.1f}%   (A/A {truth_aa[p]:+5.1f}%)")
