@@ -54,6 +54,10 @@ def test_the_answer_names_what_dominates_and_what_grew(tmp_path):
     assert "vm_area_dup" in fell  # its share fell while the per-VMA total stayed put
     assert seg["cause"]["label"] == "hypothesis" and seg["cause"]["tested_by"] is None
     assert a["sureness"]["runs_per_group"] == [2]
+    ph = a["phases"]  # the phase split, of the group with the most VMAs
+    assert ph["vmas"] == max(p["vmas"] for p in curve["points"]) or ph["vmas"] >= seg["to_vmas"] - 1
+    shares = ph["shares_of_mean"]
+    assert 0.0 < sum(shares.values()) <= 1.0 + 1e-9 and max(shares, key=shares.get) == "vma_loop"
 
 
 def test_the_answer_comes_first_and_fits_a_screen(tmp_path):

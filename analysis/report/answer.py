@@ -54,6 +54,16 @@ def _work_ns(g: GroupAttribution) -> tuple[float, np.ndarray]:
     return point, draws
 
 
+def _phases(g: GroupAttribution) -> dict[str, Any]:
+    """Where dup_mmap's time goes by phase (the bracket's timestamps, no sampling needed): shares of its mean."""
+    f = g.forks
+    total = float(f["dup_mmap_ns"].mean())
+    shares = {p: float(f[f"{p}_ns"].mean()) / total if total > 0 and f"{p}_ns" in f else None
+              for p in ("mt_dup", "vma_loop", "tail")}
+    return {"group": g.key.label(), "vmas": float(f["stores"].median()), "dup_mmap_p50_ns": float(f["dup_mmap_ns"].median()),
+            "shares_of_mean": shares, "vma_step_p50_ns": float(f["vma_step_ns"].median()) if "vma_step_ns" in f else None}
+
+
 def _dominant(g: GroupAttribution) -> dict[str, Any]:
     est = g.sample_est
     vmas = _vmas(g)
@@ -172,6 +182,9 @@ def answer_doc(att: Attribution, metas: Sequence[Mapping[str, Any]]) -> dict[str
     else:
         largest = max(sampled, key=_vmas)
         out["dominant"] = _dominant(largest)
+    timed = [g for g in groups if len(g.forks)]
+    if timed:
+        out["phases"] = _phases(max(timed, key=lambda g: float(g.forks["stores"].mean())))
     with_cycle = [g for g in groups if g.cycle]
     if with_cycle:
         g = max(with_cycle, key=lambda g: _vmas(g) if len(g.forks) else 0)
@@ -260,6 +273,12 @@ def _answer_lines(a: Mapping[str, Any], md: bool) -> list[str]:
     out = ["## The answer" if md else "the answer (details follow)"]
     bullet = "- " if md else "  "
     sub = "  - " if md else "      "
+    ph = a.get("phases")
+    if ph:
+        sh = ph["shares_of_mean"]
+        out.append(bullet + f"dup_mmap at {ph['vmas']:.0f} VMAs ({ph['group']}): p50 {_ns(ph['dup_mmap_p50_ns'])}; of its mean, "
+                   f"vma_loop {_pct(sh['vma_loop'])} ({_ns(ph['vma_step_p50_ns'])} a VMA, p50), "
+                   f"mt_dup {_pct(sh['mt_dup'])}, tail {_pct(sh['tail'])} (phases, from the bracket)")
     d = a.get("dominant")
     if d is None:
         out.append(bullet + str(a.get("missing")))
