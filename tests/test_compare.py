@@ -341,3 +341,23 @@ def test_per_run_statistic_p10():
     assert c.rows[0].base_median < compare_recordings(side(5, seed=1), side(5, seed=2), model=False).rows[0].base_median
     with pytest.raises(TracerError, match="per-run statistic"):
         compare_recordings(side(2, seed=1), side(2, seed=2), model=False, statistic="mean")
+
+
+def test_what_the_runs_could_detect_grows_with_the_spread_and_is_named_in_a_quiet_verdict():
+    """A 'no change' verdict says below what size a change could have gone unseen; more spread
+    between runs, a larger unseen change and more runs needed for 10%."""
+    def quiet(run_sd):
+        return compare_recordings(side(5, seed=11, run_sd=run_sd), side(5, seed=12, run_sd=run_sd),
+                                  model=False, attribute=None)
+
+    tight, loose = quiet(0.02), quiet(0.12)
+    assert tight.verdict.change == "~" and "could miss changes below" in tight.verdict.text
+    rows = {r.metric: r for r in tight.rows}
+    wide = {r.metric: r for r in loose.rows}
+    for part in ("mt_dup", "vma_loop", "tail"):
+        assert 0 < rows[part].detectable_pct < wide[part].detectable_pct
+        assert rows[part].runs_for_10 <= wide[part].runs_for_10
+    from analysis.compare.render import render
+
+    text = render(tight, "text")
+    assert "detectable at 80% power:" in text and "runs a side for 10%:" in text

@@ -182,7 +182,7 @@ def test_the_detectable_change_is_detected_80_percent_of_the_time(paired):
 
     assert 0.74 <= power(mde) <= 0.86
     assert power(mde / 2) < 0.45
-    assert run_test(np.exp(rng.normal(0, sd, n)), np.exp(rng.normal(0, sd, n))).detectable_pct > 0
+    assert run_test(np.exp(rng.normal(0, sd, n)), np.exp(rng.normal(0, sd, n))).sd_log > 0
 
 
 def test_runs_needed_is_the_first_count_that_detects_the_target():

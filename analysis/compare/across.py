@@ -74,8 +74,8 @@ class RunTest:
     p: float
     spread: str  # 'runs', 'calibration', or '' (undecided)
     reason: str  # why undecided, else ''
-    detectable_pct: float = math.nan  # the change these runs detect (see detectable_pct())
-    runs_for_10: int | None = None  # runs a side that would detect a 10% change at this spread
+    sd_log: float = math.nan  # the between-run SD the test used (paired: of the rounds' log ratios)
+    paired: bool = False
 
 
 def _welch(base: np.ndarray, new: np.ndarray, confidence: float) -> tuple[float, float, float]:
@@ -115,7 +115,7 @@ def paired_test(base: Sequence[float], new: Sequence[float], confidence: float =
     p, lo, hi = _paired(n - b, confidence)
     sd = float((n - b).std(ddof=1))
     return RunTest(math.exp(b.mean()), math.exp(n.mean()), _pct(float((n - b).mean())), (_pct(lo), _pct(hi)), p, "paired", "",
-                   detectable_pct(sd, len(b), len(b), paired=True), runs_needed(sd, TARGET_PCT, paired=True))
+                   sd, True)
 
 
 def _calibrated(base: np.ndarray, new: np.ndarray, spread: Spread, confidence: float) -> tuple[float, float, float]:
@@ -156,8 +156,7 @@ def run_test(
             f"with fewer than {MIN_RUNS} runs a side (record --runs N, or tracer calibrate)"
         )
         return RunTest(bv, nv, delta, (math.nan, math.nan), math.nan, "", reason)
-    return RunTest(bv, nv, delta, (_pct(lo), _pct(hi)), p, spread, "",
-                   detectable_pct(sd, len(b), len(n)), runs_needed(sd, TARGET_PCT))
+    return RunTest(bv, nv, delta, (_pct(lo), _pct(hi)), p, spread, "", sd)
 
 
 # The change the runs-needed figure is for (the issue's "a real +10% in one phase").
@@ -254,6 +253,7 @@ def _medians(runs: Sequence[Run], metric: str, statistic: str = "median") -> tup
 def compare_runs(pairs: Sequence[RunPair], *, alpha: float = ALPHA, confidence: float = 0.95) -> list[SampleRow]:
     """Test every row across runs, adjust the p-values together (Holm), decide each row."""
     rows: list[SampleRow] = []
+    tests: list[RunTest] = []
     for pair in pairs:
         if pair.paired:
             base, new, base_forks, new_forks = _rounds(pair)
@@ -266,9 +266,15 @@ def compare_runs(pairs: Sequence[RunPair], *, alpha: float = ALPHA, confidence: 
             SampleRow(
                 pair.group, pair.metric, base_forks, new_forks, t.base_value, t.new_value, t.delta_pct, t.ci95_pct,
                 t.p, math.nan, bool(t.spread), UNDECIDED, len(base), len(new), t.spread, t.reason,
-                detectable_pct=t.detectable_pct, runs_for_10=t.runs_for_10,
             )
         )
+        tests.append(t)
+    # What each row could have detected, at the level Holm's first step holds the smallest p to.
+    level = alpha / max(1, sum(1 for r in rows if r.decided))
+    for row, t in zip(rows, tests):
+        if row.decided:
+            row.detectable_pct = detectable_pct(t.sd_log, row.base_runs, row.new_runs, t.paired, level)
+            row.runs_for_10 = runs_needed(t.sd_log, TARGET_PCT, t.paired, level)
     verdicts = decide([(r.p, r.base_median, r.new_median) if r.decided else None for r in rows], alpha)
     for row, (p_adjusted, change) in zip(rows, verdicts):
         row.p_adjusted, row.change = p_adjusted, change
