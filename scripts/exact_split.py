@@ -155,7 +155,13 @@ def run_check(vmas: int = 400, forks: int = 100, hz: int = 1999, workdir: Path |
     if group.sample_est is None:
         return {**result, "skipped": f"no samples inside dup_mmap: {group.samples_missing}"}
     stores = float(group.forks["stores"].median())
-    return {**result, "recording": str(out), **compare(totals, group.sample_est.functions(), stores)}
+    functions = group.sample_est.functions()
+    # What the samples were attributed to, largest first: says why a function got none (unwinding, the tracer).
+    seen = sorted(((name, a.samples, a.ns_per_fork) for name, a in functions.items()), key=lambda t: -t[1])[:12]
+    stacks = sorted((s for s in (rec.meta.get("sample") or {}).get("stacks") or []), key=lambda s: -s["count"])[:5]
+    return {**result, "recording": str(out), **compare(totals, functions, stores),
+            "sampled_functions": [{"function": n, "samples": int(c), "ns_per_fork": float(v)} for n, c, v in seen],
+            "top_stacks": [{"stack": s["stack"], "phase": s.get("phase"), "count": s["count"]} for s in stacks]}
 
 
 def render(result: Mapping[str, Any]) -> str:
@@ -173,6 +179,10 @@ def render(result: Mapping[str, Any]) -> str:
                      f"{r['sampled_ns_per_fork']:>10.0f} {lo:>10.0f}-{hi:<10.0f} {r['samples']:>8}  {'yes' if r['agree'] else 'NO'}")
     if not result["vm_area_dup_calls_match_stores"]:
         lines.append("  vm_area_dup calls per fork differ from the VMAs copied")
+    if result.get("sampled_functions"):
+        lines.append("  samples by function: " + ", ".join(f"{f['function']} {f['samples']}" for f in result["sampled_functions"]))
+    for st in result.get("top_stacks") or []:
+        lines.append(f"  stack x{st['count']} ({st['phase']}): {st['stack'][-300:]}")
     return "\n".join(lines)
 
 

@@ -211,3 +211,20 @@ def test_the_plot_of_functions_per_vma_is_drawn_for_sampled_groups(tmp_path):
                      sample={"hz": 999, "stacks": known_stacks(), "lost": 0})
     files = write_plots(build_report([src]).attribution, tmp_path / "plots")
     assert {f.name for f in files} >= {"functions_per_vma.png", "functions_per_vma.svg"}
+
+
+# Stacks sampled in Debian's 6.12 guest with fentry probes on copy_process and vm_area_dup:
+# dup_mmap is inlined into copy_process there, and copy_process's trampoline sits above it.
+GUEST_612 = "entry_SYSCALL_64_after_hwframe;do_syscall_64;__do_sys_clone;kernel_clone;copy_process;bpf_trampoline_6442466311;copy_process"
+
+
+def test_an_inlined_dup_mmap_is_read_from_its_caller():
+    assert classify(GUEST_612 + ";vm_area_dup;kmem_cache_alloc", "vma_loop").work == "vm_area_dup"
+    assert classify(GUEST_612 + ";anon_vma_fork", "vma_loop").work == "anon_vma_fork"
+    # dup_mmap's own code (inlined): not the tracer's, although a trampoline sits above it
+    assert classify(GUEST_612, "vma_loop").work == "dup_mmap"
+    # a trampoline inside the work's call is the probe's cost
+    assert classify(GUEST_612 + ";vm_area_dup;bpf_trampoline_6442466360", "vma_loop").work == "tracer"
+    # where dup_mmap has its own frame, it wins over its callers
+    assert classify("copy_process;dup_mmap;copy_process_helper_not_listed", "vma_loop").work.startswith("unlisted")
+    assert classify("vm_area_dup;kmem_cache_alloc", "vma_loop").work == "unwound short"

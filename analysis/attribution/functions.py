@@ -1,7 +1,11 @@
 """Which kernel function a sampled stack inside dup_mmap() is doing work for: the tables.
 
 A stack (root first) is read along its path from the last `dup_mmap` frame
-down, on two axes:
+down, on two axes. Where dup_mmap() is inlined into its callers (static in
+kernel/fork.c before v6.15: Debian's 6.1 and 6.12 builds show
+copy_process;vm_area_dup), the innermost of its callers dup_mm, copy_mm,
+copy_process stands for it (INLINED_INTO): samples are only taken inside
+dup_mmap's bracket, so that frame is dup_mmap's code.
 
 work  what dup_mmap() is doing: the first frame below it that WORK lists (the
       function dup_mmap called, directly or through code inlined into it).
@@ -14,7 +18,8 @@ how   what that code is spending the time on: the innermost frame below the
       where none is listed.
 
 Two kinds of frame override the work when they are inside its call (or
-anywhere, in a stack without a work), the innermost one winning: forktrace's
+below dup_mmap's frame in a stack without a work; anywhere in one without
+dup_mmap's frame), the innermost one winning: forktrace's
 own BPF programs, probes and the tracepoint machinery that runs only because
 they are attached ("tracer"), and interrupts ("interrupts"). A trampoline
 above the work (an fentry probe on vm_area_dup) leaves the work its own.
@@ -271,16 +276,29 @@ def _component(work: str, how: str, window: str) -> str:
     return _BY_NAME[work].component if work in _BY_NAME else "other"
 
 
+# dup_mmap's callers, innermost first: one of them is dup_mmap's frame where it is inlined.
+INLINED_INTO = ("dup_mm", "copy_mm", "copy_process")
+
+
+def _anchor(frames: tuple[str, ...] | list[str]) -> int | None:
+    """The index of dup_mmap's frame: the last `dup_mmap`, else the last of INLINED_INTO present."""
+    for name in ("dup_mmap", *INLINED_INTO):
+        at = max((i for i, f in enumerate(frames) if f == name), default=None)
+        if at is not None:
+            return at
+    return None
+
+
 @lru_cache(maxsize=65536)
 def classify(stack: str, window: str) -> Cell:
     """The Cell of a folded stack ('a;b;c', root first) sampled in `window`; see the module docstring."""
     frames = stack_frames(stack)
-    at = max((i for i, f in enumerate(frames) if f == "dup_mmap"), default=None)
+    at = _anchor(frames)
     below = frames[at + 1 :] if at is not None else ()
     i = next((i for i, f in enumerate(below) if _lookup("work", f)), None)
     # An override counts inside the work's call (a BPF program under mas_store), not above it:
     # an fentry trampoline between dup_mmap and vm_area_dup leaves vm_area_dup's time its own.
-    inside = at + 1 + i if i is not None else -1
+    inside = at + 1 + i if i is not None else (at if at is not None else -1)
     override = next((v for j in range(len(frames) - 1, inside, -1) if (v := _lookup("override", frames[j]))), None)
     if override is not None:
         work, start = override, len(frames)
