@@ -225,6 +225,11 @@ def test_an_inlined_dup_mmap_is_read_from_its_caller():
     assert classify(GUEST_612, "vma_loop").work == "dup_mmap"
     # a trampoline inside the work's call is the probe's cost
     assert classify(GUEST_612 + ";vm_area_dup;bpf_trampoline_6442466360", "vma_loop").work == "tracer"
+    # fexit: the trampoline calls the body, whose time is the function's
+    assert classify(GUEST_612 + ";vm_area_dup;bpf_trampoline_6442466360;vm_area_dup;kmem_cache_alloc_noprof",
+                    "vma_loop") == classify(GUEST_612 + ";vm_area_dup;kmem_cache_alloc_noprof", "vma_loop")
+    assert classify(GUEST_612 + ";vm_area_dup;bpf_trampoline_6442466360;vm_area_dup", "vma_loop").work == "vm_area_dup"
+    assert classify(GUEST_612 + ";vm_area_dup;bpf_trampoline_1;bpf_prog_ab_vm_area_dup", "vma_loop").work == "tracer"
     # where dup_mmap has its own frame, it wins over its callers
     assert classify("copy_process;dup_mmap;copy_process_helper_not_listed", "vma_loop").work.startswith("unlisted")
     assert classify("vm_area_dup;kmem_cache_alloc", "vma_loop").work == "unwound short"

@@ -22,7 +22,10 @@ below dup_mmap's frame in a stack without a work; anywhere in one without
 dup_mmap's frame), the innermost one winning: forktrace's
 own BPF programs, probes and the tracepoint machinery that runs only because
 they are attached ("tracer"), and interrupts ("interrupts"). A trampoline
-above the work (an fentry probe on vm_area_dup) leaves the work its own.
+above the work (an fentry probe on vm_area_dup) leaves the work its own, and
+one that calls the probed function's body (`f;bpf_trampoline_N;f`, fexit)
+is read as `f`: only a sample in the trampoline or its programs is the
+tracer's.
 
 Each work belongs to one component of components.py, so the fit and the
 samples still compare; COMPONENT_BY_HOW and COMPONENT_BY_WINDOW are the
@@ -276,6 +279,21 @@ def _component(work: str, how: str, window: str) -> str:
     return _BY_NAME[work].component if work in _BY_NAME else "other"
 
 
+def _through_trampolines(frames: tuple[str, ...]) -> tuple[str, ...]:
+    """`f;bpf_trampoline_N;f` -> `f`: an fentry/fexit trampoline that calls the probed function's body
+    is a frame on the way, not where the time goes; a sample in the trampoline itself stays the tracer's."""
+    out: list[str] = []
+    i = 0
+    while i < len(frames):
+        f = frames[i]
+        if (f.startswith("bpf_trampoline_") and out and i + 1 < len(frames) and frames[i + 1] == out[-1]):
+            i += 2
+            continue
+        out.append(f)
+        i += 1
+    return tuple(out)
+
+
 # dup_mmap's callers, innermost first: one of them is dup_mmap's frame where it is inlined.
 INLINED_INTO = ("dup_mm", "copy_mm", "copy_process")
 
@@ -292,7 +310,7 @@ def _anchor(frames: tuple[str, ...] | list[str]) -> int | None:
 @lru_cache(maxsize=65536)
 def classify(stack: str, window: str) -> Cell:
     """The Cell of a folded stack ('a;b;c', root first) sampled in `window`; see the module docstring."""
-    frames = stack_frames(stack)
+    frames = _through_trampolines(stack_frames(stack))
     at = _anchor(frames)
     below = frames[at + 1 :] if at is not None else ()
     i = next((i for i, f in enumerate(below) if _lookup("work", f)), None)
