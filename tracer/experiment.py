@@ -48,7 +48,7 @@ from typing import Any, Callable
 
 from analysis.errors import TracerError, UsageError
 from analysis.files import Directory
-from tracer.sweep import LOCK, _opened
+from tracer.sweep import LOCK, _opened, check_empty, check_output_dir
 
 __all__ = ["FACTORS", "DEFAULT_VMAS", "ExperimentOptions", "Level", "Run", "cache_sizes", "evict_mb", "parse_factors",
            "plan_runs", "run_experiment"]
@@ -190,16 +190,7 @@ def check(opts: ExperimentOptions) -> None:
                     raise
                 except TracerError as err:  # vm.max_map_count: still refused before any work
                     raise UsageError(f"--vmas {v}: {err}") from None
-    out = opts.output
-    if os.path.lexists(out) and not out.is_dir():
-        raise UsageError(f"output {out} exists and is not a directory")
-    if out.is_dir():
-        _check_empty(out, os.listdir(out), opts.force)
-
-
-def _check_empty(out: Path, names: list[str], force: bool) -> None:
-    if not force and [n for n in names if n != LOCK]:
-        raise UsageError(f"output directory {out} is not empty; give --force to replace the experiment's files in it")
+    check_output_dir(opts.output, opts.force, "experiment")
 
 
 def _check_names(directory: Directory, plan: list[Run]) -> None:
@@ -259,7 +250,7 @@ def run_experiment(opts: ExperimentOptions, log: Callable[[str], None] | None = 
     evict = opts.evict_mb if opts.evict_mb is not None else evict_mb()
     plan = plan_runs(opts.factors, opts.vmas, opts.runs, opts.seed)
     with Directory.open(opts.output, create=True) as directory, directory.lock(LOCK, "sweep"):
-        _check_empty(opts.output, directory.names(), opts.force)  # again, now that no other sweep can add files
+        check_empty(opts.output, directory.names(), opts.force, "experiment")  # again, now that no other sweep can add files
         _check_names(directory, plan)
         with StopRequests() as stop:  # one for the whole experiment: a stop ends it, not only one run
             _record_plan(opts, plan, evict, stop, log, directory)

@@ -26,7 +26,7 @@ from analysis.errors import TracerError, UsageError
 from analysis.files import Directory
 from tracer.workload.spawn import SEED_VMAS
 
-__all__ = ["DEFAULT_VMAS", "SweepOptions", "recording_name", "parse_list", "plan_sweep", "sweep"]
+__all__ = ["DEFAULT_VMAS", "SweepOptions", "check_empty", "check_output_dir", "recording_name", "parse_list", "plan_sweep", "sweep"]
 
 DEFAULT_VMAS = SEED_VMAS
 LAYOUTS = ("gapped", "adjacent")
@@ -108,16 +108,20 @@ def check(opts: SweepOptions) -> None:
                 check_args(vmas, opts.forks, None, opts.cpu, layout)
             except TracerError as err:
                 raise UsageError(f"--vmas {vmas}: {err}") from None
-    out = opts.output
+    check_output_dir(opts.output, opts.force)
+
+
+def check_output_dir(out: Path, force: bool, what: str = "sweep") -> None:
+    """A directory to be, or one empty but for the lock (else --force): `what` names the command's files."""
     if os.path.lexists(out) and not out.is_dir():
         raise UsageError(f"output {out} exists and is not a directory")
     if out.is_dir():
-        _check_empty(out, os.listdir(out), opts.force)
+        check_empty(out, os.listdir(out), force, what)
 
 
-def _check_empty(out: Path, names: list[str], force: bool) -> None:
+def check_empty(out: Path, names: list[str], force: bool, what: str = "sweep") -> None:
     if not force and [n for n in names if n != LOCK]:
-        raise UsageError(f"output directory {out} is not empty; give --force to replace the sweep's files in it")
+        raise UsageError(f"output directory {out} is not empty; give --force to replace the {what}'s files in it")
 
 
 def sweep(opts: SweepOptions, log: Callable[[str], None] | None = None) -> Path:
@@ -135,7 +139,7 @@ def sweep(opts: SweepOptions, log: Callable[[str], None] | None = None) -> Path:
     check(opts)
     runs = plan_sweep(opts)
     with Directory.open(opts.output, create=True) as directory, directory.lock(LOCK, "sweep"):
-        _check_empty(opts.output, directory.names(), opts.force)  # again, now that no other sweep can add files
+        check_empty(opts.output, directory.names(), opts.force)  # again, now that no other sweep can add files
         for run in runs:  # every name the sweep will write, before the first recording
             directory.check_target(run.path.name, keep_old=True)
         for name in (INDEX, "report.md", "report.json"):
