@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -47,3 +48,24 @@ def bpf_host() -> None:
     if os.environ.get("FORKTRACE_REQUIRE_BPF") == "1":
         pytest.fail(f"BPF tests are required here (FORKTRACE_REQUIRE_BPF=1) but: {reason}")
     pytest.skip(f"needs BPF: {reason}")
+
+
+@pytest.fixture
+def tmpfs(tmp_path):
+    """tmpfs(size): a small tmpfs under tmp_path, unmounted after the test: a disk that can be filled."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to mount a tmpfs")
+    mounted: list[Path] = []
+
+    def mount(size: str) -> Path:
+        mnt = tmp_path / f"tmpfs-{len(mounted)}"
+        mnt.mkdir()
+        subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mnt)], check=True)
+        mounted.append(mnt)
+        return mnt
+
+    try:
+        yield mount
+    finally:
+        for mnt in reversed(mounted):
+            subprocess.run(["umount", str(mnt)], check=True)

@@ -80,17 +80,9 @@ def test_backup_that_is_not_a_file_is_refused_before_tracing(tmp_path):
 
 
 @pytest.fixture
-def small_fs(tmp_path):
-    """A 2 MiB tmpfs: a disk that can be filled."""
-    if os.geteuid() != 0:
-        pytest.skip("needs root to mount a tmpfs")
-    mnt = tmp_path / "small"
-    mnt.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)], check=True)
-    try:
-        yield mnt
-    finally:
-        subprocess.run(["umount", str(mnt)], check=True)
+def small_fs(tmpfs):
+    """A 2m tmpfs: a disk that can be filled."""
+    return tmpfs("2m")
 
 
 def fill(directory) -> None:
