@@ -6,8 +6,6 @@ after and before tracing; the full disk is a real one (a small tmpfs).
 
 from __future__ import annotations
 
-import os
-import subprocess
 import tempfile
 
 import pytest
