@@ -360,4 +360,4 @@ def test_what_the_runs_could_detect_grows_with_the_spread_and_is_named_in_a_quie
     from analysis.compare.render import render
 
     text = render(tight, "text")
-    assert "detectable at 80% power:" in text and "runs a side for 10%:" in text
+    assert "detectable at 80% power:" in text and "runs a side for 10% at 90% power:" in text

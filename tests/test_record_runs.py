@@ -64,3 +64,23 @@ def test_cli_refuses_bad_runs_before_loading_anything(tmp_path):
         proc = subprocess.run([*TRACER, "record", *(["--spawn", "10"] if "--spawn" not in args else []), *args,
                                "-o", str(tmp_path / "o")], cwd=ROOT, capture_output=True, text=True, timeout=60)
         assert proc.returncode != 0 and message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+
+def test_an_ab_defaults_to_the_runs_its_power_needs_and_short_runs(tmp_path):
+    """Arms without --runs: DEFAULT_AB_RUNS a side of SERIES_FORKS forks; one recording stays one run of 1000."""
+    import os
+
+    from tracer.record.options import DEFAULT_AB_RUNS, SERIES_FORKS, resolve_options
+
+    if os.geteuid() != 0:
+        pytest.skip("resolve_options refuses to go on without root (record loads BPF)")
+    ab = resolve_options(RecordOptions(spawn_vmas=10, layout="gapped,adjacent", output=tmp_path / "ab"))
+    assert (ab.runs, ab.forks) == (DEFAULT_AB_RUNS, SERIES_FORKS)
+    one = resolve_options(RecordOptions(spawn_vmas=10, output=tmp_path / "one.parquet"))
+    assert (one.runs, one.forks) == (1, 1000) and not one.series
+    asked = resolve_options(RecordOptions(spawn_vmas=10, layout="gapped,adjacent", runs=4, forks=7, output=tmp_path / "n"))
+    assert (asked.runs, asked.forks) == (4, 7)
+    series = resolve_options(RecordOptions(spawn_vmas=10, runs=3, output=tmp_path / "s"))
+    assert (series.runs, series.forks) == (3, SERIES_FORKS)
+    timed = resolve_options(RecordOptions(spawn_vmas=10, runs=3, duration=1.0, output=tmp_path / "d"))
+    assert timed.forks is None  # -d bounds each run instead

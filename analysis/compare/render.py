@@ -160,7 +160,7 @@ def _counts(c: Comparison, rows: list[SampleRow]) -> str:
 
 
 def _sensitivity(c: Comparison, rows: list[SampleRow]) -> str:
-    """What these runs could have detected (80% power, before Holm), and the runs a 10% change needs."""
+    """What these runs could have detected (80% power, at Holm's first-step level), and the runs a 10% change needs (90%)."""
     if c.kind != "recordings":
         return ""
     known = [r for r in rows if not math.isnan(r.detectable_pct) and r.metric != "vma_step"]
@@ -168,7 +168,7 @@ def _sensitivity(c: Comparison, rows: list[SampleRow]) -> str:
         return ""
     seen = ", ".join(f"{r.metric} {r.detectable_pct:.0f}%" for r in known)
     need = ", ".join(f"{r.metric} {r.runs_for_10 if r.runs_for_10 is not None else '>1000'}" for r in known)
-    return f"detectable at 80% power: {seen}; runs a side for 10%: {need}"
+    return f"detectable at 80% power: {seen}; runs a side for 10% at 90% power: {need}"
 
 
 def _footer(c: Comparison) -> str:

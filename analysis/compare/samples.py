@@ -62,7 +62,7 @@ class SampleRow:
     reason: str = ""
     noise_pct: float = math.nan  # the calibrated 95% range of one run against another, when known
     detectable_pct: float = math.nan  # the change these runs detect at 80% power (analysis.compare.across)
-    runs_for_10: int | None = None  # runs a side that would detect 10% at the spread seen
+    runs_for_10: int | None = None  # runs a side that would detect 10% 90% of the time at the spread seen
 
     @property
     def significant(self) -> bool:

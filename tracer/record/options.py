@@ -24,10 +24,19 @@ from tracer.probes.exact import EXACT_BACKENDS
 # --backend: how the bracket attaches, or which exact probes to add beside it.
 BACKENDS = (*BRACKET_BACKENDS, *EXACT_BACKENDS)
 
-__all__ = ["DEFAULT_SAMPLE_HZ", "RecordOptions", "default_output", "level_and_rate", "resolve_options"]
+__all__ = ["DEFAULT_AB_RUNS", "DEFAULT_SAMPLE_HZ", "SERIES_FORKS", "RecordOptions", "default_output", "level_and_rate",
+           "resolve_options"]
 
 # --level full without --sample: an odd rate, so samples do not beat with timer ticks.
 DEFAULT_SAMPLE_HZ = 4999
+
+# Runs per arm of an A/B (--layout A,B, --spawn A,B, -- CMD_A ::: CMD_B) when --runs is not given: what a
+# +10% change in one phase needs to be flagged 90% of the time on this project's host, where whole runs move
+# by 12-17% (scripts/bench_triage.py; docs/runs.md has the measurement).
+DEFAULT_AB_RUNS = 60
+# --spawn forks per run in a series of runs when --forks is not given: the run is the unit, and a run's
+# median of 25 forks detected as much as one of 100 (docs/runs.md); more runs buy power, more forks do not.
+SERIES_FORKS = 25
 
 
 @dataclass
@@ -46,7 +55,7 @@ class RecordOptions:
     quiet: bool = False
     layout: str = "gapped"  # --spawn: how the extra VMAs are laid out (tracer.workload.spawn.LAYOUTS)
     cycle: bool | None = None  # clone/exit_mmap/wait per fork; None: on for --spawn, off otherwise
-    runs: int = 1  # --runs: fresh workload processes, one recording each (tracer.record.runs)
+    runs: int | None = None  # --runs: fresh workload processes, one recording each (None: 1, A/B: DEFAULT_AB_RUNS)
     spawn_list: list[int] | None = None  # --spawn A,B: one arm per VMA count
     inject_store_ns: tuple[int, ...] = ()  # test only: ns spun per mas_store (bracket.c INJECT_STORE)
 
@@ -55,7 +64,7 @@ class RecordOptions:
         """Several runs or arms: -o is a directory of recordings (tracer.record.runs)."""
         from tracer.record.runs import ARM_SEPARATOR
 
-        return (self.runs > 1 or ARM_SEPARATOR in self.command or "," in (self.layout or "")
+        return ((self.runs or 1) > 1 or ARM_SEPARATOR in self.command or "," in (self.layout or "")
                 or len(self.spawn_list or []) > 1 or len(self.inject_store_ns) > 1)
 
     @property
@@ -95,13 +104,20 @@ def resolve_options(asked: RecordOptions) -> RecordOptions:
     from tracer.record import runs as series
 
     opts = replace(asked, pids=list(asked.pids), command=list(asked.command))
-    if opts.runs < 1:
+    if opts.runs is not None and opts.runs < 1:
         raise UsageError("--runs must be at least 1")
     if any(ns < 0 or ns > 10_000 for ns in opts.inject_store_ns):
         raise UsageError("the injected store cost is 0 to 10000 ns")
     if not opts.series:
+        opts.runs = 1
         return _resolve_one(opts)
     arms = series.arms_of(opts)
+    if opts.runs is None:
+        opts.runs = DEFAULT_AB_RUNS if len(arms) > 1 else 1
+    if opts.runs > 1 and opts.forks is None and opts.duration is None and opts.spawn_vmas is not None:
+        opts.forks = SERIES_FORKS
+        for arm in arms:
+            arm.opts.forks = SERIES_FORKS
     for arm in arms:
         arm.opts.runs = 1
         _resolve_one(arm.opts)
