@@ -361,3 +361,18 @@ def test_what_the_runs_could_detect_grows_with_the_spread_and_is_named_in_a_quie
 
     text = render(tight, "text")
     assert "detectable at 80% power:" in text and "runs a side for 10% at 90% power:" in text
+
+
+def test_separate_series_are_named_as_such_and_arms_of_one_series_are_paired():
+    """Two `record --runs` series compared: the note says the drift between them is untested.
+    The same runs relabelled as the two arms of one interleaved series: tested round by round."""
+    base, new = side(4, seed=3, name="s"), side(4, seed=4, name="s")
+    separate = compare_recordings(base, new, model=False, attribute=None)
+    assert any("not arms of one interleaved series" in n for n in separate.notes)
+    assert {r.spread for r in separate.rows} == {"runs"}
+    for arm, recs in (("A", base), ("B", new)):
+        for r in recs:
+            r.meta["run"] = {**r.meta["run"], "series": "one", "arm": arm, "id": f"{arm}-{r.meta['run']['index']}"}
+    interleaved = compare_recordings(base, new, model=False, attribute=None)
+    assert not any("interleaved series" in n for n in interleaved.notes)
+    assert {r.spread for r in interleaved.rows} == {"paired"}

@@ -177,7 +177,8 @@ def _footer(c: Comparison) -> str:
         return (
             f"base/new: geometric mean of the per-run medians; delta and its 95% CI in % of base; "
             f"p-adj: Welch t on the log per-run medians (spread {spread}; arms of one interleaved "
-            f"series: paired t on each round's log ratio), two-sided, Holm-adjusted "
+            f"series: paired t on each round's log ratio, 20%-trimmed from 20 rounds on, and delta its "
+            f"trimmed mean), two-sided, Holm-adjusted "
             f"over {c.tests} tests; ~: not significant at alpha {c.alpha:g}; ?: undecided (see the notes)."
         )
     return (
