@@ -59,7 +59,7 @@ def record(
     level: Optional[str] = typer.Option(None, "--level", help="fork (dup_mmap only, cheapest), phase (default: phases from per-VMA events) or full (phase plus --sample, default 4999 Hz)."),
     quiet: bool = typer.Option(False, "-q", "--quiet", help="No progress line."),
     cycle: Optional[bool] = typer.Option(None, "--cycle/--no-cycle", help="Also time each fork's clone syscall, the child's exit_mmap and the parent's wait (default: on for --spawn)."),
-    runs: Optional[int] = typer.Option(None, "--runs", "-r", metavar="N", help="Record N runs (a fresh workload process each, BPF loaded once) into the directory -o (default 1); with A/B arms (--layout A,B, --spawn A,B, -- CMD_A ::: CMD_B) N runs per arm, interleaved (default 60, of 25 forks each with --spawn)."),
+    runs: Optional[int] = typer.Option(None, "--runs", "-r", metavar="N", help="Record N runs (a fresh workload process each, BPF loaded once) into the directory -o (default 1); with A/B arms (--layout A,B, --spawn A,B, -- CMD_A ::: CMD_B) N runs per arm, interleaved (default 80, of 25 forks each with --spawn)."),
     inject: Optional[str] = typer.Option(None, "--inject-store-ns", hidden=True, help="Test only: spin NS per mas_store (NS,NS: arms)."),
 ) -> None:
     """Trace dup_mmap per fork (system-wide, -p PID, --spawn VMAS, or -- CMD) into a recording."""

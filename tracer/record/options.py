@@ -30,10 +30,11 @@ __all__ = ["DEFAULT_AB_RUNS", "DEFAULT_SAMPLE_HZ", "SERIES_FORKS", "RecordOption
 # --level full without --sample: an odd rate, so samples do not beat with timer ticks.
 DEFAULT_SAMPLE_HZ = 4999
 
-# Runs per arm of an A/B (--layout A,B, --spawn A,B, -- CMD_A ::: CMD_B) when --runs is not given: what a
-# +10% change in one phase needs to be flagged 90% of the time on this project's host, where whole runs move
-# by 12-17% (scripts/bench_triage.py; docs/runs.md has the measurement).
-DEFAULT_AB_RUNS = 60
+# Runs per arm of an A/B (--layout A,B, --spawn A,B, -- CMD_A ::: CMD_B) when --runs is not given: on this
+# project's host, where a run's vma_loop median moves by 16% between runs, 80 interleaved runs an arm found an
+# injected +8% in vma_loop in 19 of 20 comparisons (a +10% change is found at least as often) with 1 A/A
+# flag in 40 (scripts/bench_triage.py; docs/runs.md). About 30 s of the built-in workload.
+DEFAULT_AB_RUNS = 80
 # --spawn forks per run in a series of runs when --forks is not given: the run is the unit, and a run's
 # median of 25 forks detected as much as one of 100 (docs/runs.md); more runs buy power, more forks do not.
 SERIES_FORKS = 25
