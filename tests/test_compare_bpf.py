@@ -55,6 +55,35 @@ def test_more_vmas_is_found_in_the_vma_loop(tmp_path):
     assert single.verdict.change == "?" and "between-run spread is unknown" in single.verdict.text
 
 
+@pytest.mark.bpf
+@pytest.mark.usefixtures("bpf_host")
+def test_a_known_cost_per_store_is_found_and_an_a_a_pair_is_not(tmp_path):
+    """Ground truth on real recordings: one series of three interleaved arms, two the same (A/A) and
+    one spinning 800 ns in the per-store program (INJECT_STORE), so vma_loop grows by about
+    800 ns x 100 stores and nothing else should. The injected arm is flagged in vma_loop, slower,
+    far beyond anything the A/A pair shows; the A/A pair's change is small beside it."""
+    out = tmp_path / "inj"
+    proc = run("record", "--spawn", "100", "--inject-store-ns", "0,0,800", "--runs", "6", "--forks", "30", "-q",
+               "-o", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["inject0.1", "inject0.2", "inject800"]
+
+    def rows(base, new):
+        proc = run("compare", str(out / base), str(out / new), "--format", "json")
+        assert proc.returncode == 0, proc.stderr
+        (group,) = json.loads(proc.stdout)["groups"]
+        assert {(r["base_runs"], r["new_runs"], r["spread"]) for r in group["rows"]} == {(6, 6, "paired")}
+        return {r["metric"]: r for r in group["rows"]}
+
+    aa, inj = rows("inject0.1", "inject0.2"), rows("inject0.1", "inject800")
+    assert inj["vma_loop"]["change"] == "regression" and inj["vma_loop"]["delta_pct"] > 30.0
+    # Both A/A intervals sit far below the injected change's: the A/A pair did not move like it.
+    assert aa["vma_loop"]["ci95_pct"][1] < inj["vma_loop"]["ci95_pct"][0]
+    assert abs(aa["vma_loop"]["delta_pct"]) < inj["vma_loop"]["delta_pct"] / 4
+    # The spin is inside the loop: the tail after the last store does not grow like it.
+    assert inj["tail"]["delta_pct"] < inj["vma_loop"]["delta_pct"] / 4
+
+
 def test_bench_files_open_in_pyperf(tmp_path):
     """A quick `tracer bench` twice; pyperf stats and compare_to read its files unchanged."""
     dirs = [tmp_path / "a", tmp_path / "b"]
