@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -69,3 +70,10 @@ def tmpfs(tmp_path):
     finally:
         for mnt in reversed(mounted):
             subprocess.run(["umount", str(mnt)], check=True)
+
+
+def hangup_default() -> None:
+    """Popen preexec_fn for a tracer a test sends SIGHUP: a suite started under nohup passes SIGHUP on
+    ignored, and the tracer rightly keeps it ignored (tracer/record/stopping.py), so the test would wait
+    forever for an exit that never comes."""
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)

@@ -17,14 +17,15 @@ from pathlib import Path
 import pytest
 
 from analysis.recording import load_recording
-from conftest import ROOT, TRACER
+from conftest import ROOT, TRACER, hangup_default
 
 pytestmark = [pytest.mark.bpf, pytest.mark.usefixtures("bpf_host")]
 
 
 def start_tracing(*args: str) -> subprocess.Popen:
     """The CLI, returned once it says it is tracing (BPF attached, targets running)."""
-    proc = subprocess.Popen([*TRACER, "record", *args], cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([*TRACER, "record", *args], cwd=ROOT, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=hangup_default)
     while not (line := proc.stderr.readline()).startswith("tracing"):
         if not line:
             proc.wait(timeout=60)

@@ -21,7 +21,7 @@ import pytest
 
 from analysis.errors import InputError, TracerError, UsageError
 from analysis.files import Directory, open_input, read_input, write_file
-from conftest import ROOT, TRACER
+from conftest import ROOT, TRACER, hangup_default
 from hostile import (arena, attacker_dir, can_attack, plant_dirs, plant_links, shared_dir, symlinks_followed)
 from recordings import default_metadata, fork_rows, write_costed, write_synthetic
 
@@ -419,7 +419,7 @@ def test_readers_refuse_special_files_directly(tmp_path, fifo):
 
 
 def _start(args: list[str], cwd: Path) -> subprocess.Popen:
-    return subprocess.Popen([*TRACER, *args], cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen([*TRACER, *args], cwd=ROOT, stderr=subprocess.PIPE, text=True, preexec_fn=hangup_default)
 
 
 def _wait_for(proc: subprocess.Popen, text: str) -> list[str]:
@@ -452,8 +452,8 @@ def test_9_sighup_ends_the_whole_sweep_with_index_and_report_and_the_cut_recordi
     _wait_for_child(proc.pid, "spawn")  # the workload runs: BPF is attached, tracing
     time.sleep(0.5)
     proc.send_signal(signal.SIGHUP)
-    rest = proc.stderr.read()
-    assert proc.wait(timeout=120) == 128 + signal.SIGHUP, rest
+    _, rest = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGHUP, rest
     assert "[2/2]" not in rest  # the sweep ended, not only the recording
     assert rest.strip().splitlines()[-1].startswith("tracer: error: SIGHUP: sweep stopped (1 of 2 recordings, spawn-gapped-00000.parquet cut short)")
     index = json.loads((out / "index.json").read_text())
