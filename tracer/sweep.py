@@ -82,7 +82,7 @@ def plan_sweep(opts: SweepOptions) -> list:
 
     arms = [
         Arm(f"{layout}-{vmas}", RecordOptions(spawn_vmas=vmas, layout=layout, forks=opts.forks, cpu=opts.cpu,
-                                              sample_hz=opts.sample_hz, quiet=True))
+                                              sample_hz=opts.sample_hz, quiet=True, runs=1))
         for vmas in opts.vmas for layout in opts.layouts
     ]
     return [replace(p, path=opts.output / recording_name(p.arm.opts.layout, p.arm.opts.spawn_vmas, p.index, opts.runs))
