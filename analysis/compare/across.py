@@ -87,17 +87,20 @@ class RunTest:
     paired: bool = False
 
 
-def _welch(base: np.ndarray, new: np.ndarray, confidence: float) -> tuple[float, float, float]:
-    """(p, lower, upper) of mean(new) - mean(base), Welch."""
-    d = float(new.mean() - base.mean())
-    vb, vn = base.var(ddof=1) / len(base), new.var(ddof=1) / len(new)
-    se2 = vb + vn
-    if se2 <= 0.0:  # every run gave the same value on both sides
+def _t_test(d: float, se: float, df: float, confidence: float) -> tuple[float, float, float]:
+    """(p, lower, upper) of an estimate d with standard error se on df degrees of freedom."""
+    if se <= 0.0:  # every run gave the same value
         return (1.0 if d == 0.0 else 0.0), d, d
-    df = se2 * se2 / (vb * vb / (len(base) - 1) + vn * vn / (len(new) - 1))
-    se = math.sqrt(se2)
     half = t_quantile(0.5 + confidence / 2.0, df) * se
     return t_two_sided_p(d / se, df), d - half, d + half
+
+
+def _welch(base: np.ndarray, new: np.ndarray, confidence: float) -> tuple[float, float, float]:
+    """(p, lower, upper) of mean(new) - mean(base), Welch."""
+    vb, vn = base.var(ddof=1) / len(base), new.var(ddof=1) / len(new)
+    se2 = vb + vn
+    df = se2 * se2 / (vb * vb / (len(base) - 1) + vn * vn / (len(new) - 1)) if se2 > 0.0 else math.inf
+    return _t_test(float(new.mean() - base.mean()), math.sqrt(se2), df, confidence)
 
 
 # The share of rounds trimmed from each end of the sorted log ratios (paired arms), from this many
@@ -128,16 +131,6 @@ def trimmed_spread(diffs: np.ndarray) -> tuple[float, float, int]:
     return (float(ordered[k:n - k].mean()), float(winsorized.std(ddof=1)) / (1.0 - 2.0 * k / n), n - 2 * k - 1)
 
 
-def _paired(diffs: np.ndarray, confidence: float) -> tuple[float, float, float]:
-    """(p, lower, upper) of the trimmed mean of per-round log differences."""
-    d, sd, df = trimmed_spread(diffs)
-    se = sd / math.sqrt(len(diffs))
-    if se <= 0.0:
-        return (1.0 if d == 0.0 else 0.0), d, d
-    half = t_quantile(0.5 + confidence / 2.0, df) * se
-    return t_two_sided_p(d / se, df), d - half, d + half
-
-
 def paired_test(base: Sequence[float], new: Sequence[float], confidence: float = 0.95) -> RunTest:
     """Per-round values of two interleaved arms (base[i] and new[i] from round i): the trimmed mean of
     their log ratios, tested (module docstring: why trimmed).
@@ -152,18 +145,14 @@ def paired_test(base: Sequence[float], new: Sequence[float], confidence: float =
     b, n = np.log(b[keep]), np.log(n[keep])
     if len(b) < MIN_RUNS:
         return run_test(np.exp(b), np.exp(n), None, confidence)
-    p, lo, hi = _paired(n - b, confidence)
-    d, sd, _ = trimmed_spread(n - b)
+    d, sd, df = trimmed_spread(n - b)
+    p, lo, hi = _t_test(d, sd / math.sqrt(len(b)), df, confidence)
     return RunTest(math.exp(b.mean()), math.exp(n.mean()), _pct(d), (_pct(lo), _pct(hi)), p, "paired", "", sd, True)
 
 
 def _calibrated(base: np.ndarray, new: np.ndarray, spread: Spread, confidence: float) -> tuple[float, float, float]:
-    d = float(new.mean() - base.mean())
     se = spread.sigma * math.sqrt(1.0 / len(base) + 1.0 / len(new))
-    if se <= 0.0:
-        return (1.0 if d == 0.0 else 0.0), d, d
-    half = t_quantile(0.5 + confidence / 2.0, spread.df) * se
-    return t_two_sided_p(d / se, spread.df), d - half, d + half
+    return _t_test(float(new.mean() - base.mean()), se, spread.df, confidence)
 
 
 def _pct(log_ratio: float) -> float:
