@@ -107,7 +107,7 @@ def compare_recordings(
     shapes = []
     labels = []
     tree_sides = []
-    unpaired: list[str] = []
+    separate_series = False  # a group whose sides have runs but are not arms of one series
     for b, n in pairs:
         label = _label(b, n)
         forks_b, forks_n = b.forks, n.forks  # a frame per access: build each once
@@ -119,8 +119,7 @@ def compare_recordings(
             warnings.append(f"DIFFERENT WORKLOADS PAIRED: base {b.key.label()}, new {n.key.label()}")
         runs_b, runs_n = runs_of(b.recordings), runs_of(n.recordings)
         paired = paired_rounds(runs_b, runs_n)
-        if not paired and min(len(runs_b), len(runs_n)) >= 2:
-            unpaired.append(label)
+        separate_series |= not paired and min(len(runs_b), len(runs_n)) >= 2
         for phase in PHASES:
             spread = calibration.spread(phase.name, b.key.vmas) if calibration is not None else None
             run_pairs.append(RunPair(label, phase.name, runs_b, runs_n, spread, paired, statistic))
@@ -143,7 +142,7 @@ def compare_recordings(
             reasons.setdefault(row.reason, []).append(f"{row.group} {row.metric}" if row.group else row.metric)
     for reason, where in reasons.items():
         notes.append(f"undecided ({', '.join(where) if len(where) <= 3 else f'{len(where)} rows'}): {reason}")
-    if unpaired:
+    if separate_series:
         notes.append(
             "the sides are not arms of one interleaved series: a drift of the host between the two series "
             "counts as a change, which the runs' spread does not cover (docs/runs.md: separate-series A/A); "
