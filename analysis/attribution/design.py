@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -60,27 +60,49 @@ __all__ = [
 WS_BYTES_PER_VMA = 2 * 256
 WS_BYTES_PER_NODE = 2 * 256
 
-BASE_TERMS = ("fixed", "vmas", "nodes_copied", "traversal_steps", "touched_vmas", "own_anon_vmas", "file_vmas")
-# The cache factor varies warm/cold at one shape, where nodes and steps move with the VMAs:
-# a cold increment per VMA stands for all of them (it cannot be split further by that design).
-COLD_TERMS = ("cold_fixed", "cold_vmas")
+# The fit has two responses, both measured exactly per fork by the bracket
+# tracepoints: the tree window (child lock -> first mas_store: __mt_dup's node
+# copy and its walk) and the rest of dup_mmap's on-CPU time (the lock gap, the
+# replace loop, the tail). At one shape the node count moves with the VMA count,
+# so a single response cannot tell per-node from per-VMA cost; the windows can.
+WINDOWS = ("tree", "rest")
+TREE_TERMS = ("tree_fixed", "nodes_copied")
+# In a gapped layout the replace loop's slot steps move with the VMAs (two a VMA,
+# one in the adjacent layout); the gapped layout also differs in how its VMAs
+# were made (holes cut after they were mapped), so a per-step cost fitted from
+# gapped against adjacent would hold all of that. The fit does not claim one:
+# a gapped VMA gets its own per-VMA increment, and the loop's traversal is
+# measured by the samples alone.
+REST_TERMS = ("fixed", "vmas", "gapped_vmas", "touched_vmas", "own_anon_vmas", "file_vmas")
+BASE_TERMS = TREE_TERMS + REST_TERMS
+# The cache factor varies warm/cold at one shape: a cold increment per VMA stands for
+# everything per VMA in the rest, and one per node for the tree window.
+COLD_TERMS = ("cold_tree_fixed", "cold_nodes", "cold_fixed", "cold_vmas")
+SPILL_TERMS = ("nodes_beyond_l2", "vmas_beyond_l2")
 MODELS: dict[str, tuple[str, ...]] = {
     "constant": BASE_TERMS,
     "warm-cold": BASE_TERMS + COLD_TERMS,
-    "working-set": BASE_TERMS + COLD_TERMS + ("vmas_beyond_l2",),
+    "working-set": BASE_TERMS + COLD_TERMS + SPILL_TERMS,
 }
+TERM_WINDOW = {t: "tree" for t in ("tree_fixed", "nodes_copied", "cold_tree_fixed", "cold_nodes", "nodes_beyond_l2")}
 UNITS = {
-    "fixed": "fork",
+    "tree_fixed": "fork, in the tree window (__mt_dup's setup, the first VMA's copy before its store)",
+    "nodes_copied": "tree node copied by __mt_dup (its allocation, memcpy and walk)",
+    "fixed": "fork, outside the tree window",
     "vmas": "VMA (its copy: vm_area_dup, the loop's mas_store, the rest of the per-VMA work)",
-    "nodes_copied": "tree node copied by __mt_dup",
-    "traversal_steps": "slot or edge step (mas_find, __mt_dup's walk)",
+    "gapped_vmas": "VMA of the gapped layout, beyond an adjacent one (twice the slot steps, holes cut)",
     "touched_vmas": "extra VMA with a resident page (copy_page_range, anon_vma_fork)",
     "own_anon_vmas": "extra VMA with its own anon_vma (beyond a shared one)",
     "file_vmas": "file-backed extra VMA (get_file, i_mmap insert)",
-    "cold_fixed": "fork, extra when cold",
+    "cold_tree_fixed": "fork, extra in the tree window when cold",
+    "cold_nodes": "tree node, extra when cold",
+    "cold_fixed": "fork, extra outside the tree window when cold",
     "cold_vmas": "VMA, extra when cold",
+    "nodes_beyond_l2": "tree node times the share of the working set beyond L2",
     "vmas_beyond_l2": "VMA times the share of the working set beyond L2",
 }
+# Each per-unit cost and its cold increment (cold_vs_warm).
+COLD_OF = {"tree_fixed": "cold_tree_fixed", "nodes_copied": "cold_nodes", "fixed": "cold_fixed", "vmas": "cold_vmas"}
 BOOT = 400
 
 
@@ -90,12 +112,14 @@ BOOT = 400
 def run_row(rec, entry: dict[str, Any]) -> dict[str, Any]:
     """One run's observation: mean on-CPU dup_mmap per fork, its model counts and its weights."""
     from analysis.attribution.counts import recording_counts
+    from analysis.attribution.samples import window_times
 
     counts = recording_counts(rec)
     forks = rec.forks.join(counts.per_fork.add_prefix("model_"))
     forks = forks[forks["usable"] & (forks["stores"] > 0) & forks["model_vmas"].notna()]
     col = "dup_mmap_oncpu_ns" if "dup_mmap_oncpu_ns" in forks else "dup_mmap_ns"
     y = forks[col].to_numpy(dtype="float64")
+    tree = window_times(forks)["mt_dup"].to_numpy(dtype="float64") if len(forks) else y
     w = rec.meta.get("workload") or {}
     extra = int(w.get("extra_vmas") or 0)
     weight = "touch" if w.get("touch") else str(w.get("weight") or "none")
@@ -108,14 +132,21 @@ def run_row(rec, entry: dict[str, Any]) -> dict[str, Any]:
         "forks": int(len(y)),
         "mean_ns": float(y.mean()) if len(y) else float("nan"),
         "median_ns": float(np.median(y)) if len(y) else float("nan"),
+        # the windows' responses: mean_ns = tree_ns + rest_ns (the medians do not add up to median_ns)
+        "tree_ns": float(tree.mean()) if len(y) else float("nan"),
+        "rest_ns": float((y - tree).mean()) if len(y) else float("nan"),
+        "tree_median_ns": float(np.median(tree)) if len(y) else float("nan"),
+        "rest_median_ns": float(np.median(y - tree)) if len(y) else float("nan"),
         "cold": bool(w.get("cold")),
+        "gapped": w.get("layout", "gapped") != "adjacent",
         "touched_vmas": extra if weight in ("touch", "touch-each") else 0,
         "own_anon_vmas": extra if weight == "touch-each" else 0,
         "file_vmas": extra if weight == "file" else 0,
         "observed_leaves": float(forks["leaves"].median()) if len(forks) else None,
     }
-    for c in ("vmas", "stores", "nodes_copied", "traversal_steps", "predicted_leaves"):
+    for c in ("vmas", "stores", "nodes_copied", "find_steps", "cross_edges", "predicted_leaves"):
         row[c] = float(forks[f"model_{c}"].median()) if len(forks) else float("nan")
+    row["loop_steps"] = row["find_steps"] + row["cross_edges"]
     stacks = ((rec.meta.get("sample") or {}).get("stacks")) or []
     row["samples"] = int(sum(s.get("count", 0) for s in stacks))
     return row
@@ -146,13 +177,19 @@ def load_design_runs(directory: Path) -> pd.DataFrame:
 def _terms(runs: pd.DataFrame, l2_bytes: int | None) -> pd.DataFrame:
     cold = runs["cold"].astype(float)
     t = pd.DataFrame(index=runs.index)
+    t["tree_fixed"] = 1.0
     t["fixed"] = 1.0
-    for c in ("vmas", "nodes_copied", "traversal_steps", "touched_vmas", "own_anon_vmas", "file_vmas"):
+    for c in ("vmas", "nodes_copied", "touched_vmas", "own_anon_vmas", "file_vmas"):
         t[c] = runs[c].astype(float)
+    gapped = runs["gapped"] if "gapped" in runs else runs["level"] != "adjacent"
+    t["gapped_vmas"] = runs["vmas"].astype(float) * gapped.astype(float)
+    t["cold_tree_fixed"] = cold
+    t["cold_nodes"] = cold * runs["nodes_copied"].astype(float)
     t["cold_fixed"] = cold
     t["cold_vmas"] = cold * runs["vmas"].astype(float)
     ws = runs["vmas"] * WS_BYTES_PER_VMA + runs["nodes_copied"] * WS_BYTES_PER_NODE
     spill = (1 - float(l2_bytes) / ws).clip(lower=0) if l2_bytes else ws * 0
+    t["nodes_beyond_l2"] = runs["nodes_copied"] * spill
     t["vmas_beyond_l2"] = runs["vmas"] * spill
     return t
 
@@ -164,67 +201,98 @@ def _cells(runs: pd.DataFrame) -> pd.Series:
 # -- fitting ---------------------------------------------------------------------------
 
 
+def _cell_moments(y: np.ndarray, groups: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per cell: mean, run-to-run variance (floored: few runs estimate it poorly) and number of runs."""
+    means = np.array([y[g].mean() for g in groups])
+    sizes = np.array([len(g) for g in groups], dtype="float64")
+    var = np.array([y[g].var(ddof=1) if len(g) > 1 else np.nan for g in groups])
+    # Each cell's variance is taken as at least the median relative run-to-run
+    # variance of all cells (and a floor).
+    floor = (1e-3 * np.abs(means)) ** 2 + 1.0
+    pooled = np.nanmedian(var / np.maximum(means, 1) ** 2) * means**2 if np.isfinite(var).any() else floor
+    var = np.maximum(np.where(np.isfinite(var), var, pooled), np.maximum(pooled, floor))
+    return means, var, sizes
+
+
+def _separable(x: np.ndarray, cells: int) -> tuple[bool, float]:
+    """Can cells with these term values tell the terms apart? (and the condition number)."""
+    scaled = x / np.where(np.abs(x).max(axis=0) > 0, np.abs(x).max(axis=0), 1.0)
+    sv = np.linalg.svd(scaled, compute_uv=False)
+    cond = float(sv[0] / sv[-1]) if sv[-1] > 0 else float("inf")
+    return cells > x.shape[1] and cond <= COND_MAX, cond
+
+
 def fit_model(runs: pd.DataFrame, model: str, l2_bytes: int | None = None, boot: int = BOOT, seed: int = 0,
               response: str = "mean_ns") -> dict[str, Any]:
     """One declared model fitted to the runs: costs with intervals, R², residual per cell.
 
-    response: each run's mean_ns (the primary: components of a mean add up to
-    it) or median_ns (a robustness check against forks a loaded host slowed).
+    Each window's terms are fitted to that window's time; the cell's fitted
+    time is their sum, judged against the measured total. response: each run's
+    mean (the primary: the windows' means add up to it) or its median fork per
+    window (a robustness check against forks a loaded host slowed).
     """
     l2_bytes = l2_bytes if l2_bytes is not None else runs.attrs.get("l2_bytes")
     terms_all = _terms(runs, l2_bytes)
     out: dict[str, Any] = {"model": model, "response": response, "terms": [], "dropped": [], "costs": {}, "cells": []}
     names = []
     for name in MODELS[model]:
-        col = terms_all[name]
-        if name != "fixed" and not (col != 0).any():
+        if name not in ("fixed", "tree_fixed") and not (terms_all[name] != 0).any():
             out["dropped"].append({"term": name, "why": "zero in every run: the design does not vary it"})
         else:
             names.append(name)
     if model == "working-set" and not l2_bytes:
         out["missing"] = "the design does not say this host's L2 size"
         return out
+    columns = {"tree": "tree_ns", "rest": "rest_ns"} if response == "mean_ns" else \
+        {"tree": "tree_median_ns", "rest": "rest_median_ns"}
     cell_id = _cells(runs)
     order = list(dict.fromkeys(cell_id))
     groups = [np.flatnonzero(cell_id.to_numpy() == c) for c in order]
-    y = runs[response].to_numpy(dtype="float64")
     x_runs = terms_all[names].to_numpy(dtype="float64")
     x = np.array([x_runs[g[0]] for g in groups])
-    # Terms that never change between cells, or that move with others, cannot be told apart.
-    scaled = x / np.where(np.abs(x).max(axis=0) > 0, np.abs(x).max(axis=0), 1.0)
-    sv = np.linalg.svd(scaled, compute_uv=False)
-    cond = float(sv[0] / sv[-1]) if sv[-1] > 0 else float("inf")
-    out["condition"] = cond
-    if len(groups) <= len(names) or cond > COND_MAX:
-        out["missing"] = (f"{len(groups)} cells cannot separate {len(names)} terms (condition number {cond:.3g}): "
-                          "the design does not vary them independently")
-        return out
-    means = np.array([y[g].mean() for g in groups])
-    sizes = np.array([len(g) for g in groups], dtype="float64")
-    var = np.array([y[g].var(ddof=1) if len(g) > 1 else np.nan for g in groups])
-    # A few runs per cell estimate a variance poorly: each cell's is taken as at
-    # least the median relative run-to-run variance of all cells (and a floor).
-    floor = (1e-3 * np.abs(means)) ** 2 + 1.0
-    pooled = np.nanmedian(var / np.maximum(means, 1) ** 2) * means**2 if np.isfinite(var).any() else floor
-    var = np.maximum(np.where(np.isfinite(var), var, pooled), np.maximum(pooled, floor))
-    weights = np.sqrt(sizes / var)
-    scale = np.abs(x).max(axis=0)
-    scale[scale == 0] = 1.0
-
-    def solve(mu: np.ndarray) -> np.ndarray:
-        beta, _ = nnls((x / scale) * weights[:, None], mu * weights)
-        return beta / scale
-
-    beta = solve(means)
-    # Parametric bootstrap of the cell means from the runs' variance (resampling
-    # 3 runs gives only 10 distinct means, and intervals too narrow by (n-1)/n).
+    beta = np.zeros(len(names))
+    draws = np.zeros((boot, len(names)))
+    out["condition"], out["r2_windows"], out["window_misfits"] = {}, {}, {}
     rng = np.random.default_rng(seed)
-    se_cells = np.sqrt(var / sizes)
-    draws = np.array([solve(means + se_cells * rng.standard_normal(len(means))) for _ in range(boot)])
+    y = np.zeros(len(runs))
+    for window in WINDOWS:
+        idx = [j for j, n in enumerate(names) if TERM_WINDOW.get(n, "rest") == window]
+        xw = x[:, idx]
+        ok, cond = _separable(xw, len(groups))
+        out["condition"][window] = cond
+        if not ok:
+            out["missing"] = (f"{len(groups)} cells cannot separate the {window} window's {len(idx)} terms "
+                              f"(condition number {cond:.3g}): the design does not vary them independently")
+            return out
+        yw = runs[columns[window]].to_numpy(dtype="float64")
+        y += yw
+        means, var, sizes = _cell_moments(yw, groups)
+        weights = np.sqrt(sizes / var)
+        scale = np.abs(xw).max(axis=0)
+        scale[scale == 0] = 1.0
+
+        def solve(mu: np.ndarray) -> np.ndarray:
+            b, _ = nnls((xw / scale) * weights[:, None], mu * weights)
+            return b / scale
+
+        beta[idx] = solve(means)
+        # Parametric bootstrap of the cell means from the runs' variance (resampling
+        # 3 runs gives only 10 distinct means, and intervals too narrow by (n-1)/n).
+        # The windows are drawn independently.
+        se_cells = np.sqrt(var / sizes)
+        draws[:, idx] = np.array([solve(means + se_cells * rng.standard_normal(len(means))) for _ in range(boot)])
+        fitted_w = xw @ beta[idx]
+        ss = float(((means - means.mean()) ** 2).sum())
+        out["r2_windows"][window] = 1 - float(((means - fitted_w) ** 2).sum()) / ss if ss > 0 else None
+        # Judged as the total is, per window: a window the terms miss though the total is met.
+        resid = means - fitted_w
+        out["window_misfits"][window] = [
+            order[i] for i in np.flatnonzero((np.abs(resid) > MISFIT_SIGMAS * se_cells) & (np.abs(resid) > MISFIT_REL * np.abs(means)))]
+    means, var, sizes = _cell_moments(y, groups)
     lo, hi = np.percentile(draws, [2.5, 97.5], axis=0)
     out["terms"] = names
     out["costs"] = {
-        n: {"ns_per_unit": float(v), "ci95": [float(a), float(c)], "unit": UNITS[n]}
+        n: {"ns_per_unit": float(v), "ci95": [float(a), float(c)], "unit": UNITS[n], "window": TERM_WINDOW.get(n, "rest")}
         for n, v, a, c in zip(names, beta, lo, hi)
     }
     fitted = x @ beta
@@ -253,29 +321,42 @@ def fit_model(runs: pd.DataFrame, model: str, l2_bytes: int | None = None, boot:
     return out
 
 
-# Which fitted terms and which sampled components hold the same work.
-AGREEMENT_PAIRS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
-    "fixed": (("fixed", "cold_fixed"), ("fixed",)),
-    "copy": (("nodes_copied",), ("copy",)),
-    "traversal": (("traversal_steps",), ("traversal",)),
-    "per-VMA": (("vmas", "touched_vmas", "own_anon_vmas", "file_vmas", "cold_vmas", "vmas_beyond_l2"),
-                ("replace", "other", "tracer")),
+# Which fitted terms and which sampled stacks hold the same work: each part is
+# defined alike on both sides (the same window, the same kind of work). A key of
+# the samples is (window, work, how, component); their off-CPU part is left out,
+# as the fit's response is on-CPU time.
+AGREEMENT_PARTS: dict[str, tuple[tuple[str, ...], Callable[[tuple[str, str, str, str]], bool]]] = {
+    "tree copy": (("nodes_copied", "cold_nodes", "nodes_beyond_l2"),
+                  lambda k: k[0] == "mt_dup" and k[3] in ("copy", "traversal")),
 }
+REST_PART = "the rest"  # every other term (fixed, per VMA), and every other on-CPU sample (the loop's traversal too)
+# Shown beside the parts, not judged: the fit's per-fork terms are intercepts
+# (cost that does not grow with the counts), the samples' fixed component is the
+# functions that run once per fork; they are not the same quantity.
+INTERCEPTS = ("tree_fixed", "cold_tree_fixed", "fixed", "cold_fixed")
+
+
+def _part_of(key: tuple[str, str, str, str]) -> str | None:
+    if key[3] == "offcpu":
+        return None
+    return next((p for p, (_, member) in AGREEMENT_PARTS.items() if member(key)), REST_PART)
 
 
 def sample_agreement(directory: Path, runs: pd.DataFrame, fit: dict[str, Any]) -> dict[str, Any]:
     """Per cell: do the fit's components and the samples' split of the same work overlap in their 95% intervals?
 
-    The samples of a cell's runs are pooled (analysis.attribution.samples);
-    their off-CPU part is left out, as the fit's response is on-CPU time.
+    The samples of a cell's runs are pooled (analysis.attribution.samples),
+    with intervals from a bootstrap over the runs (the unit of replication).
     """
-    from analysis.attribution.components import COMPONENTS
     from analysis.attribution.samples import sample_counts, sample_estimate
     from analysis.recording import load_recording
 
     if fit.get("missing") or "_draws" not in fit:
         return {"missing": fit.get("missing") or "no fit"}
     draws, x, names = fit["_draws"], fit["_x"], fit["terms"]
+    part_terms = {p: [n for n in terms if n in names] for p, (terms, _) in AGREEMENT_PARTS.items()}
+    claimed = {n for terms in part_terms.values() for n in terms}
+    part_terms[REST_PART] = [n for n in names if n not in claimed]
     cell_id = _cells(runs)
     rows, agree = [], 0
     for i, cell in enumerate(fit["cells"]):
@@ -285,47 +366,55 @@ def sample_agreement(directory: Path, runs: pd.DataFrame, fit: dict[str, Any]) -
         if sc is None or sc.total == 0:
             rows.append({"cell": cell["cell"], "missing": "not sampled"})
             continue
-        forks = pd.concat([r.forks[r.forks["usable"] & (r.forks["stores"] > 0)] for r in recs], ignore_index=True)
+        # Each fork carries its run's index, so the interval resamples runs (the unit), not the pooled forks.
+        forks = pd.concat([r.forks[r.forks["usable"] & (r.forks["stores"] > 0)].assign(recording=k)
+                           for k, r in enumerate(recs)], ignore_index=True)
         est = sample_estimate(forks, sc, boot=BOOT)
-        parts, ok = {}, True
-        for what, (terms, comps) in AGREEMENT_PAIRS.items():
-            idx = [names.index(t) for t in terms if t in names]
-            f_draws = draws[:, idx] @ x[i, idx] if idx else np.zeros(len(draws))
-            f_point = float(sum(fit["costs"][names[j]]["ns_per_unit"] * x[i, j] for j in idx))
-            ci = [COMPONENTS.index(c) for c in comps]
-            s_draws = est.draws[:, ci].sum(axis=1)
-            s_point = float(sum(est.ns_per_fork[c] for c in comps))
+        sampled = est.aggregate(_part_of)
+        fixed_functions = est.aggregate(lambda k: "fixed" if k[3] == "fixed" else None).get("fixed")
+
+        def fit_part(terms: Sequence[str]) -> tuple[float, np.ndarray]:
+            idx = [names.index(t) for t in terms]
+            point = float(sum(fit["costs"][names[j]]["ns_per_unit"] * x[i, j] for j in idx))
+            return point, (draws[:, idx] @ x[i, idx] if idx else np.zeros(len(draws)))
+
+        def compare(f_point: float, f_draws: np.ndarray, s) -> dict[str, Any]:
             f_lo, f_hi = np.percentile(f_draws, [2.5, 97.5])
-            s_lo, s_hi = np.percentile(s_draws, [2.5, 97.5])
-            overlap = not (f_hi < s_lo or s_hi < f_lo)
-            ok &= overlap
-            parts[what] = {"fit_ns": f_point, "fit_ci95": [float(f_lo), float(f_hi)], "samples_ns": s_point,
-                           "samples_ci95": [float(s_lo), float(s_hi)], "agree": bool(overlap)}
+            s_point, (s_lo, s_hi) = (s.ns_per_fork, s.ci95) if s is not None else (0.0, (0.0, 0.0))
+            return {"fit_ns": f_point, "fit_ci95": [float(f_lo), float(f_hi)], "samples_ns": float(s_point),
+                    "samples_ci95": [float(s_lo), float(s_hi)], "agree": bool(not (f_hi < s_lo or s_hi < f_lo))}
+
+        parts = {p: compare(*fit_part(terms), sampled.get(p)) for p, terms in part_terms.items()}
+        ok = all(v["agree"] for v in parts.values())
         agree += ok
-        rows.append({"cell": cell["cell"], "samples": int(est.samples), "agree": bool(ok), "parts": parts})
+        rows.append({"cell": cell["cell"], "samples": int(est.samples), "agree": bool(ok), "parts": parts,
+                     "per_fork": compare(*fit_part([n for n in INTERCEPTS if n in names]), fixed_functions)})
     compared = [r for r in rows if "agree" in r]
-    return {"model": fit["model"], "cells": rows, "compared": len(compared), "agree": agree,
+    intercept = [r["per_fork"] for r in compared]
+    return {"model": fit["model"], "parts": list(part_terms), "cells": rows, "compared": len(compared), "agree": agree,
             "share": agree / len(compared) if compared else None,
-            "min_samples": min((r["samples"] for r in compared), default=0)}
+            "min_samples": min((r["samples"] for r in compared), default=0),
+            "per_fork": {"fit_intercept_ns": float(np.median([v["fit_ns"] for v in intercept])) if intercept else None,
+                         "fixed_functions_ns": float(np.median([v["samples_ns"] for v in intercept])) if intercept else None,
+                         "cells_overlapping": int(sum(v["agree"] for v in intercept))}}
 
 
 def cold_vs_warm(fit: dict[str, Any]) -> dict[str, Any]:
     """Per unit: the warm cost and the cold one (warm + its cold increment), with intervals."""
-    if "_draws" not in fit or "cold_vmas" not in fit["terms"]:
+    if "_draws" not in fit:
         return {}
     draws, names = fit["_draws"], fit["terms"]
     out = {}
-    for unit in ("fixed", "vmas"):
-        if unit not in names or f"cold_{unit}" not in names:
+    for unit, cold in COLD_OF.items():
+        if unit not in names or cold not in names:
             continue
         w = draws[:, names.index(unit)]
-        c = w + draws[:, names.index(f"cold_{unit}")]
-        d = draws[:, names.index(f"cold_{unit}")]
+        d = draws[:, names.index(cold)]
         out[unit] = {
             "warm": fit["costs"][unit]["ns_per_unit"],
             "warm_ci95": [float(v) for v in np.percentile(w, [2.5, 97.5])],
-            "cold": fit["costs"][unit]["ns_per_unit"] + fit["costs"][f"cold_{unit}"]["ns_per_unit"],
-            "cold_ci95": [float(v) for v in np.percentile(c, [2.5, 97.5])],
+            "cold": fit["costs"][unit]["ns_per_unit"] + fit["costs"][cold]["ns_per_unit"],
+            "cold_ci95": [float(v) for v in np.percentile(w + d, [2.5, 97.5])],
             "increment_ci95": [float(v) for v in np.percentile(d, [2.5, 97.5])],
         }
     return out
@@ -343,6 +432,12 @@ def predict_level(runs: pd.DataFrame, level: str, model: str, l2_bytes: int | No
     if fit.get("missing"):
         return {"level": level, "model": model, "missing": fit["missing"]}
     terms = _terms(runs[held], l2_bytes if l2_bytes is not None else runs.attrs.get("l2_bytes"))
+    # A term the training runs never varied was dropped: predicting with it would say it costs nothing.
+    unseen = [d["term"] for d in fit["dropped"] if (terms[d["term"]] != 0).any()]
+    if unseen:
+        return {"level": level, "model": model,
+                "missing": f"the fit never saw {', '.join(unseen)} (only {factor}={level} has it): "
+                           "it cannot say what that costs"}
     beta = np.array([fit["costs"][n]["ns_per_unit"] for n in fit["terms"]])
     x = terms[fit["terms"]].to_numpy(dtype="float64")
     sims = fit["_draws"] @ x.T
@@ -471,6 +566,12 @@ def render_design(doc: dict[str, Any]) -> str:
         for unit, v in cw.items():
             lines.append(f"  {unit:16} warm {v['warm']:8.2f} {_ci(v['warm_ci95'])}  cold {v['cold']:8.2f} "
                          f"{_ci(v['cold_ci95'])}  increment 95% {_ci(v['increment_ci95'])}")
+    bf = doc["models"].get(doc["best"] or "", {})
+    for window, cells in (bf.get("window_misfits") or {}).items():
+        if cells:
+            lines.append("")
+            lines.append(f"the {doc['best']} model misses the {window} window beyond its noise in {len(cells)} cells "
+                         f"(R² {bf['r2_windows'][window]:.4f}): {', '.join(cells[:6])}{' ...' if len(cells) > 6 else ''}")
     worst_misfit = [c for c in (doc["models"].get(doc["best"] or "", {}).get("cells") or []) if c["misfit"]]
     if worst_misfit:
         lines.append("")
@@ -495,8 +596,13 @@ def render_design(doc: dict[str, Any]) -> str:
     if sa and not sa.get("missing"):
         lines.append("")
         lines.append(f"fit ({sa['model']}) and samples agree within their 95% intervals in {sa['agree']} of "
-                     f"{sa['compared']} cells (every part: fixed, copy, traversal, per-VMA; fewest samples in a cell: "
-                     f"{sa['min_samples']})")
+                     f"{sa['compared']} cells (every part: {', '.join(sa['parts'])}; intervals over runs; "
+                     f"fewest samples in a cell: {sa['min_samples']})")
+        pf = sa["per_fork"]
+        lines.append(f"  per fork, not judged: the fit's intercepts (median over cells {pf['fit_intercept_ns'] / 1e3:.1f} us) "
+                     f"are cost that does not grow with the counts; the functions the samples find running once per "
+                     f"fork take {pf['fixed_functions_ns'] / 1e3:.1f} us; they overlap in {pf['cells_overlapping']} of "
+                     f"{sa['compared']} cells, the rest of the intercept is spent in per-VMA functions")
         for r in sa["cells"]:
             if r.get("agree") is False:
                 bad = [f"{k} fit {v['fit_ns'] / 1e3:.1f} {_ci([v['fit_ci95'][0] / 1e3, v['fit_ci95'][1] / 1e3])} us, "
