@@ -12,7 +12,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from analysis.attribution.design import MODELS, WS_BYTES_PER_NODE, WS_BYTES_PER_VMA, design_fit, fit_model
+from analysis.attribution.design import (
+    MODELS,
+    WS_BYTES_PER_NODE,
+    WS_BYTES_PER_OWN_ANON_VMA,
+    WS_BYTES_PER_TOUCHED_VMA,
+    WS_BYTES_PER_VMA,
+    design_fit,
+    fit_model,
+)
 from analysis.model.build import build_from_history
 from analysis.model.history import spawn_history
 from analysis.attribution.counts import _count
@@ -29,6 +37,7 @@ COST = {"tree_fixed": 500.0, "nodes_copied": 300.0, "fixed": 3000.0, "vmas": 120
 COLD = {"cold_tree_fixed": 800.0, "cold_nodes": 120.0, "cold_fixed": 2000.0, "cold_vmas": 80.0}
 SPILL = 150.0  # per VMA beyond L2 (working-set model)
 SPILL_NODE = 100.0  # per node beyond L2
+SPILL_TOUCHED = 300.0  # per touched VMA beyond L2
 
 
 def spawn_layout(extra: int, adjacent: bool = False) -> list[Vma]:
@@ -57,7 +66,8 @@ def counts(extra: int, level: str):
     return _count(tree, layout)
 
 
-def synthetic_runs(runs: int = 3, noise: float = 0.01, spill: float = 0.0, spill_node: float = 0.0, seed: int = 1,
+def synthetic_runs(runs: int = 3, noise: float = 0.01, spill: float = 0.0, spill_node: float = 0.0,
+                   spill_touched: float = 0.0, seed: int = 1,
                    vmas=(100, 400, 1600, 6400)) -> pd.DataFrame:
     rng = np.random.default_rng(seed)
     design = [("shape", lv) for lv in SHAPES] + [("cache", "warm"), ("cache", "cold")] + \
@@ -71,8 +81,11 @@ def synthetic_runs(runs: int = 3, noise: float = 0.01, spill: float = 0.0, spill
             weight = level if factor == "weight" else "none"
             cold = level == "cold"
             gapped = level != "adjacent"
-            ws = c.vmas * WS_BYTES_PER_VMA + c.nodes_copied * WS_BYTES_PER_NODE
-            share = max(0.0, 1 - L2 / ws)
+            touched = extra if weight in ("touch", "touch-each") else 0
+            own = extra if weight == "touch-each" else 0
+            ws = (c.vmas * WS_BYTES_PER_VMA + c.nodes_copied * WS_BYTES_PER_NODE
+                  + touched * WS_BYTES_PER_TOUCHED_VMA + own * WS_BYTES_PER_OWN_ANON_VMA)
+            share = 0.0 if cold else max(0.0, 1 - L2 / ws)  # a cold fork pays its cold increments instead
             x = {"tree_fixed": 1, "nodes_copied": c.nodes_copied, "fixed": 1, "vmas": c.vmas,
                  "gapped_vmas": c.vmas if gapped else 0,
                  "touched_vmas": extra if weight in ("touch", "touch-each") else 0,
@@ -80,8 +93,10 @@ def synthetic_runs(runs: int = 3, noise: float = 0.01, spill: float = 0.0, spill
                  "file_vmas": extra if weight == "file" else 0,
                  "cold_tree_fixed": cold, "cold_nodes": cold * c.nodes_copied, "cold_fixed": cold,
                  "cold_vmas": cold * c.vmas,
-                 "nodes_beyond_l2": c.nodes_copied * share, "vmas_beyond_l2": c.vmas * share}
-            cost = {**COST, **COLD, "nodes_beyond_l2": spill_node, "vmas_beyond_l2": spill}
+                 "nodes_beyond_l2": c.nodes_copied * share, "vmas_beyond_l2": c.vmas * share,
+                 "touched_vmas_beyond_l2": touched * share}
+            cost = {**COST, **COLD, "nodes_beyond_l2": spill_node, "vmas_beyond_l2": spill,
+                    "touched_vmas_beyond_l2": spill_touched}
             tree = sum(cost[k] * x[k] for k in TREE)
             rest = sum(cost[k] * v for k, v in x.items() if k not in TREE)
             for rep in range(runs):
@@ -132,10 +147,11 @@ def test_the_constant_model_is_refused_where_the_caches_matter():
 
 
 def test_a_working_set_bend_needs_the_working_set_model():
-    doc = design_fit(synthetic_runs(spill=SPILL, spill_node=SPILL_NODE))
+    doc = design_fit(synthetic_runs(spill=SPILL, spill_node=SPILL_NODE, spill_touched=SPILL_TOUCHED))
     assert doc["supported"] == "working-set"
     costs = doc["models"]["working-set"]["costs"]
-    for term, true in (("vmas_beyond_l2", SPILL), ("nodes_beyond_l2", SPILL_NODE)):
+    for term, true in (("vmas_beyond_l2", SPILL), ("nodes_beyond_l2", SPILL_NODE),
+                       ("touched_vmas_beyond_l2", SPILL_TOUCHED)):
         assert costs[term]["ci95"][0] <= true <= costs[term]["ci95"][1], (term, costs[term])
     assert {r["model"] for r in doc["refused"]} == {"constant", "warm-cold"}
 
@@ -170,3 +186,20 @@ def test_a_level_with_a_term_the_fit_never_saw_is_not_predicted():
 
 def test_models_are_declared_nested():
     assert set(MODELS["constant"]) < set(MODELS["warm-cold"]) < set(MODELS["working-set"])
+
+
+def test_agreement_parts_are_defined_alike_on_both_sides():
+    from analysis.attribution.design import AGREEMENT_PARTS, INTERCEPTS, REST_PART, _part_of
+
+    # A sampled stack goes to a part by its window and the kind of work it does.
+    assert _part_of(("mt_dup", "__mt_dup", "node copy", "copy")) == "tree copy"
+    assert _part_of(("mt_dup", "__mt_dup", "walk", "traversal")) == "tree copy"
+    assert _part_of(("mt_dup", "vm_area_dup", "slab", "other")) == REST_PART
+    assert _part_of(("vma_loop", "mas_find", "-", "traversal")) == REST_PART
+    assert _part_of(("-", "off CPU", "-", "offcpu")) is None
+    # The fit's tree copy is all of the tree window's terms (__mt_dup's per-call
+    # cost with its per-node work); the intercepts shown apart are the rest's.
+    tree_terms = set(AGREEMENT_PARTS["tree copy"][0])
+    assert tree_terms == {t for t in MODELS["working-set"] if t.endswith(("nodes", "nodes_copied", "nodes_beyond_l2"))
+                          or t in ("tree_fixed", "cold_tree_fixed")}
+    assert not tree_terms & set(INTERCEPTS)

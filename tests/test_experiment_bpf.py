@@ -50,6 +50,15 @@ def test_designed_sweep_records_every_run_and_the_model_replays_each(design_dir)
     for cell in fit["cells"]:
         assert math.isclose(sum(cell["components"].values()), cell["fitted_ns"], rel_tol=1e-9)
         assert cell["measured_ns"] > 0 and cell["residual_pct"] is not None
+        # The two windows the bracket times split the measured and the fitted time.
+        windows = cell["windows"]
+        assert 0 < windows["tree"]["measured_ns"] < cell["measured_ns"], windows
+        assert math.isclose(windows["tree"]["measured_ns"] + windows["rest"]["measured_ns"], cell["measured_ns"],
+                            rel_tol=1e-9)
+        assert math.isclose(windows["tree"]["fitted_ns"] + windows["rest"]["fitted_ns"], cell["fitted_ns"], rel_tol=1e-9)
+    # __mt_dup copies ~10x the nodes at 600 extra VMAs: its window takes longer.
+    tree = {(c["level"], c["extra_vmas"]): c["windows"]["tree"]["measured_ns"] for c in fit["cells"]}
+    assert tree[("gapped-ascending", 600)] > 2 * tree[("gapped-ascending", 60)], tree
     assert (design_dir / "design-fit.txt").read_text().startswith("designed experiment:")
 
 

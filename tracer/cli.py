@@ -146,7 +146,7 @@ def sweep(
     force: bool = typer.Option(False, "--force", help="Replace the sweep's files in a non-empty directory."),
     quiet: bool = typer.Option(False, "-q", "--quiet", help="Only one line per recording."),
     vary: Optional[str] = typer.Option(None, "--vary", metavar="FACTORS", help="A designed experiment instead: shape, cache, weight (comma-separated), one factor at a time at the same VMA counts."),
-    runs: Optional[int] = typer.Option(None, "--runs", "-r", help="Runs (fresh workload processes) per cell, the unit of replication, interleaved round by round with BPF loaded once (default 1; with --vary 3)."),
+    runs: Optional[int] = typer.Option(None, "--runs", "-r", help="Runs (fresh workload processes) per cell, the unit of replication, interleaved round by round with BPF loaded once (default 1; with --vary 8)."),
     seed: int = typer.Option(0, "--seed", help="With --vary: the seed of the run order within each block."),
 ) -> None:
     """Record the built-in workload at each VMA count in each layout, into one directory (--vary: a designed experiment)."""
@@ -154,7 +154,7 @@ def sweep(
     from tracer.sweep import sweep as run_sweep
 
     if vary is not None:
-        from tracer.experiment import DEFAULT_VMAS as DESIGN_VMAS
+        from tracer.experiment import DEFAULT_RUNS as DESIGN_RUNS, DEFAULT_VMAS as DESIGN_VMAS
         from tracer.experiment import ExperimentOptions, parse_factors, run_experiment
 
         if layout is not None:
@@ -163,7 +163,7 @@ def sweep(
             ExperimentOptions(
                 output=output, factors=parse_factors(vary),
                 vmas=parse_list(vmas, "--vmas", int) if vmas is not None else DESIGN_VMAS,
-                runs=runs if runs is not None else 3, forks=forks if forks is not None else 200, sample_hz=sample, cpu=cpu, force=force, seed=seed, quiet=quiet,
+                runs=runs if runs is not None else DESIGN_RUNS, forks=forks if forks is not None else 200, sample_hz=sample, cpu=cpu, force=force, seed=seed, quiet=quiet,
             ),
             log=lambda msg: typer.echo(msg, err=True),
         )

@@ -130,12 +130,18 @@ class Run:
         return f"{self.level.factor}-{self.level.name}-v{self.vmas:05d}-r{self.rep}.parquet"
 
 
+# Runs per cell by default: at 3 a cell's standard error on this host was 4-11%
+# and predictions to an unseen shape missed by 15-18%; at 8 it was 3-6% and
+# they held within 10% (docs/experiments.md).
+DEFAULT_RUNS = 8
+
+
 @dataclass
 class ExperimentOptions:
     output: Path
     factors: tuple[str, ...]
     vmas: tuple[int, ...] = DEFAULT_VMAS
-    runs: int = 3
+    runs: int = DEFAULT_RUNS
     forks: int = 200
     sample_hz: int = 0
     cpu: int | None = None

@@ -1,26 +1,32 @@
 """A cost model fitted across a designed experiment (tracer sweep --vary), runs as the unit.
 
 Each run (one workload process) gives one observation: its mean on-CPU
-dup_mmap time per fork, beside the replay model's counts for its parent tree
-and what its level put in each extra VMA. Runs of one (factor, level, VMA
-count) form a cell; the noise of a cell is the spread of its runs' means
-(the run is the unit of replication, not the fork).
+dup_mmap time per fork, split by the bracket's exact timestamps into the tree
+window (child lock -> first mas_store: __mt_dup) and the rest, beside the
+replay model's counts for its parent tree and what its level put in each
+extra VMA. Runs of one (factor, level, VMA count) form a cell; the noise of a
+cell is the spread of its runs' means (the run is the unit of replication,
+not the fork).
 
-The models are declared here, before any data, from least to most allowed:
+The models, from least to most allowed (tree-window terms | the rest):
 
-constant     fixed + per VMA + per node copied + per traversal step, and the
-             per-VMA weights where the design has them (a touched page with a
-             shared anon_vma, its own anon_vma, a file-backed VMA)
-warm-cold    constant, plus a cold increment of the fixed and the per-VMA
-             cost in the runs whose caches were evicted right before each
-             fork (at one shape nodes and steps move with the VMAs, so the
-             per-VMA increment holds theirs too)
-working-set  warm-cold, plus a per-VMA cost on the part of the fork's working
-             set that does not fit the CPU's L2 (VMAs and tree nodes, read in
-             the parent and written in the child: WS_BYTES_PER_VMA and
-             WS_BYTES_PER_NODE), for the bend of warm runs at large counts
+constant     tree_fixed + per node copied | fixed + per VMA + per gapped VMA,
+             and the per-VMA weights where the design has them (a touched
+             page with a shared anon_vma, its own anon_vma, a file-backed VMA)
+warm-cold    constant, plus cold increments of each window's fixed cost, the
+             per-node and the per-VMA cost, in the runs whose caches were
+             evicted right before each fork
+working-set  warm-cold, plus a cost per node, per VMA and per touched VMA on
+             the share of the fork's working set that does not fit the CPU's
+             L2 (VMAs and tree nodes, read in the parent and written in the
+             child, and what a touched VMA's copy touches: WS_BYTES_*), for
+             the bend at large counts
 
-Each is fitted by non-negative least squares of cell means (weights: runs /
+They were declared before the designs they were first fitted to; the windows,
+the gapped increment and the touched spill term were added after two designs
+(docs/experiments.md says which) and then tested on designs recorded after.
+
+Each window is fitted by non-negative least squares of cell means (weights: runs /
 variance of the runs' means), with intervals from a parametric bootstrap of
 the cell means (normal, each cell's run-to-run variance, taken as at least
 the median relative variance of all cells: three runs estimate a variance
@@ -59,6 +65,12 @@ __all__ = [
 # 256-byte slab objects), a tree node is read and written (256 bytes each).
 WS_BYTES_PER_VMA = 2 * 256
 WS_BYTES_PER_NODE = 2 * 256
+# A VMA with a resident page adds the lines its copy touches: the child's
+# anon_vma_chain, its anon_vma's lock and tree, the parent's and the child's
+# page-table entry and the page's struct page (five 64-byte lines); an anon_vma
+# of its own, rather than one all share, adds that object's two lines.
+WS_BYTES_PER_TOUCHED_VMA = 5 * 64
+WS_BYTES_PER_OWN_ANON_VMA = 2 * 64
 
 # The fit has two responses, both measured exactly per fork by the bracket
 # tracepoints: the tree window (child lock -> first mas_store: __mt_dup's node
@@ -78,13 +90,14 @@ BASE_TERMS = TREE_TERMS + REST_TERMS
 # The cache factor varies warm/cold at one shape: a cold increment per VMA stands for
 # everything per VMA in the rest, and one per node for the tree window.
 COLD_TERMS = ("cold_tree_fixed", "cold_nodes", "cold_fixed", "cold_vmas")
-SPILL_TERMS = ("nodes_beyond_l2", "vmas_beyond_l2")
+SPILL_TERMS = ("nodes_beyond_l2", "vmas_beyond_l2", "touched_vmas_beyond_l2")
 MODELS: dict[str, tuple[str, ...]] = {
     "constant": BASE_TERMS,
     "warm-cold": BASE_TERMS + COLD_TERMS,
     "working-set": BASE_TERMS + COLD_TERMS + SPILL_TERMS,
 }
-TERM_WINDOW = {t: "tree" for t in ("tree_fixed", "nodes_copied", "cold_tree_fixed", "cold_nodes", "nodes_beyond_l2")}
+TREE_WINDOW_TERMS = ("tree_fixed", "cold_tree_fixed", "nodes_copied", "cold_nodes", "nodes_beyond_l2")
+TERM_WINDOW = {t: "tree" for t in TREE_WINDOW_TERMS}
 UNITS = {
     "tree_fixed": "fork, in the tree window (__mt_dup's setup, the first VMA's copy before its store)",
     "nodes_copied": "tree node copied by __mt_dup (its allocation, memcpy and walk)",
@@ -100,6 +113,7 @@ UNITS = {
     "cold_vmas": "VMA, extra when cold",
     "nodes_beyond_l2": "tree node times the share of the working set beyond L2",
     "vmas_beyond_l2": "VMA times the share of the working set beyond L2",
+    "touched_vmas_beyond_l2": "extra VMA with a resident page times the share of the working set beyond L2",
 }
 # Each per-unit cost and its cold increment (cold_vs_warm).
 COLD_OF = {"tree_fixed": "cold_tree_fixed", "nodes_copied": "cold_nodes", "fixed": "cold_fixed", "vmas": "cold_vmas"}
@@ -187,11 +201,19 @@ def _terms(runs: pd.DataFrame, l2_bytes: int | None) -> pd.DataFrame:
     t["cold_nodes"] = cold * runs["nodes_copied"].astype(float)
     t["cold_fixed"] = cold
     t["cold_vmas"] = cold * runs["vmas"].astype(float)
-    ws = runs["vmas"] * WS_BYTES_PER_VMA + runs["nodes_copied"] * WS_BYTES_PER_NODE
-    spill = (1 - float(l2_bytes) / ws).clip(lower=0) if l2_bytes else ws * 0
+    # Beyond-L2 costs are a warm fork's: in a cold one every unit already pays its cold increment.
+    spill = spill_share(runs, l2_bytes) * (1 - cold)
     t["nodes_beyond_l2"] = runs["nodes_copied"] * spill
     t["vmas_beyond_l2"] = runs["vmas"] * spill
+    t["touched_vmas_beyond_l2"] = runs["touched_vmas"] * spill
     return t
+
+
+def spill_share(runs: pd.DataFrame, l2_bytes: int | None) -> pd.Series:
+    """The share of each run's fork working set that does not fit the CPU's L2 (0 without its size)."""
+    ws = (runs["vmas"] * WS_BYTES_PER_VMA + runs["nodes_copied"] * WS_BYTES_PER_NODE
+          + runs["touched_vmas"] * WS_BYTES_PER_TOUCHED_VMA + runs["own_anon_vmas"] * WS_BYTES_PER_OWN_ANON_VMA)
+    return (1 - float(l2_bytes) / ws).clip(lower=0) if l2_bytes else ws * 0
 
 
 def _cells(runs: pd.DataFrame) -> pd.Series:
@@ -253,6 +275,7 @@ def fit_model(runs: pd.DataFrame, model: str, l2_bytes: int | None = None, boot:
     beta = np.zeros(len(names))
     draws = np.zeros((boot, len(names)))
     out["condition"], out["r2_windows"], out["window_misfits"] = {}, {}, {}
+    window_cells: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     rng = np.random.default_rng(seed)
     y = np.zeros(len(runs))
     for window in WINDOWS:
@@ -284,6 +307,7 @@ def fit_model(runs: pd.DataFrame, model: str, l2_bytes: int | None = None, boot:
         fitted_w = xw @ beta[idx]
         ss = float(((means - means.mean()) ** 2).sum())
         out["r2_windows"][window] = 1 - float(((means - fitted_w) ** 2).sum()) / ss if ss > 0 else None
+        window_cells[window] = (means, fitted_w)
         # Judged as the total is, per window: a window the terms miss though the total is met.
         resid = means - fitted_w
         out["window_misfits"][window] = [
@@ -314,6 +338,7 @@ def fit_model(runs: pd.DataFrame, model: str, l2_bytes: int | None = None, boot:
             "components": {t: float(beta[j] * x[i, j]) for j, t in enumerate(names)},
             "fitted_ci95": [float(a), float(b)], "residual_pct": 100 * resid / m if m else None, "se_ns": se,
             "misfit": bool(abs(resid) > MISFIT_SIGMAS * se and abs(resid) > MISFIT_REL * abs(m)),
+            "windows": {w: {"measured_ns": float(wm[i]), "fitted_ns": float(wf[i])} for w, (wm, wf) in window_cells.items()},
         })
     out["misfits"] = [c["cell"] for c in out["cells"] if c["misfit"]]
     out["_draws"] = draws
@@ -322,18 +347,20 @@ def fit_model(runs: pd.DataFrame, model: str, l2_bytes: int | None = None, boot:
 
 
 # Which fitted terms and which sampled stacks hold the same work: each part is
-# defined alike on both sides (the same window, the same kind of work). A key of
-# the samples is (window, work, how, component); their off-CPU part is left out,
-# as the fit's response is on-CPU time.
+# defined alike on both sides. A key of the samples is (window, work, how,
+# component); their off-CPU part is left out, as the fit's response is on-CPU
+# time. The tree copy is all of __mt_dup: its per-node work and its per-call
+# cost (the tree window's intercepts), which the samples find in the same copy
+# and walk functions; the window's intercept also holds the first VMA's work
+# before its store (a microsecond or two), which the samples give to the rest.
 AGREEMENT_PARTS: dict[str, tuple[tuple[str, ...], Callable[[tuple[str, str, str, str]], bool]]] = {
-    "tree copy": (("nodes_copied", "cold_nodes", "nodes_beyond_l2"),
-                  lambda k: k[0] == "mt_dup" and k[3] in ("copy", "traversal")),
+    "tree copy": (TREE_WINDOW_TERMS, lambda k: k[0] == "mt_dup" and k[3] in ("copy", "traversal")),
 }
 REST_PART = "the rest"  # every other term (fixed, per VMA), and every other on-CPU sample (the loop's traversal too)
-# Shown beside the parts, not judged: the fit's per-fork terms are intercepts
-# (cost that does not grow with the counts), the samples' fixed component is the
-# functions that run once per fork; they are not the same quantity.
-INTERCEPTS = ("tree_fixed", "cold_tree_fixed", "fixed", "cold_fixed")
+# Shown beside the parts, not judged: the fit's per-fork terms outside the tree
+# window are intercepts (cost that does not grow with the counts), the samples'
+# fixed component is the functions that run once per fork; they are not the same quantity.
+INTERCEPTS = ("fixed", "cold_fixed")
 
 
 def _part_of(key: tuple[str, str, str, str]) -> str | None:
@@ -618,10 +645,11 @@ def render_design(doc: dict[str, Any]) -> str:
                      f"{sa['compared']} cells (every part: {', '.join(sa['parts'])}; intervals over runs; "
                      f"fewest samples in a cell: {sa['min_samples']})")
         pf = sa["per_fork"]
-        lines.append(f"  per fork, not judged: the fit's intercepts (median over cells {pf['fit_intercept_ns'] / 1e3:.1f} us) "
-                     f"are cost that does not grow with the counts; the functions the samples find running once per "
-                     f"fork take {pf['fixed_functions_ns'] / 1e3:.1f} us; they overlap in {pf['cells_overlapping']} of "
-                     f"{sa['compared']} cells, the rest of the intercept is spent in per-VMA functions")
+        lines.append(f"  per fork outside the tree window, not judged: the fit's intercepts (median over cells "
+                     f"{pf['fit_intercept_ns'] / 1e3:.1f} us) are cost that does not grow with the counts; the functions "
+                     f"the samples find running once per fork take {pf['fixed_functions_ns'] / 1e3:.1f} us; they overlap "
+                     f"in {pf['cells_overlapping']} of {sa['compared']} cells: the rest of the intercept is spent in "
+                     "per-VMA functions")
         if sa.get("loop_step_ns") is not None:
             lo, hi = sa["loop_step_ns_range"]
             lines.append(f"  the replace loop's traversal (mas_find, leaf crossings), which only the samples measure: "
