@@ -46,7 +46,7 @@ import numpy as np
 import pandas as pd
 
 from analysis.attribution.fit import COND_MAX, MISFIT_REL, MISFIT_SIGMAS
-from analysis.attribution.nnls import nnls
+from analysis.attribution.nnls import weighted_solver
 
 __all__ = [
     "MODELS",
@@ -290,14 +290,7 @@ def fit_model(runs: pd.DataFrame, model: str, l2_bytes: int | None = None, boot:
         yw = runs[columns[window]].to_numpy(dtype="float64")
         y += yw
         means, var, sizes = _cell_moments(yw, groups)
-        weights = np.sqrt(sizes / var)
-        scale = np.abs(xw).max(axis=0)
-        scale[scale == 0] = 1.0
-
-        def solve(mu: np.ndarray) -> np.ndarray:
-            b, _ = nnls((xw / scale) * weights[:, None], mu * weights)
-            return b / scale
-
+        solve = weighted_solver(xw, np.sqrt(sizes / var))
         beta[idx] = solve(means)
         # Parametric bootstrap of the cell means from the runs' variance (resampling
         # 3 runs gives only 10 distinct means, and intervals too narrow by (n-1)/n).

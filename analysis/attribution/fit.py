@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from analysis.attribution.components import REGRESSOR_ORDER, REGRESSORS
-from analysis.attribution.nnls import nnls
+from analysis.attribution.nnls import weighted_solver
 
 __all__ = ["FitResult", "fit_costs", "separable_regressors", "CORR_MAX", "COND_MAX"]
 
@@ -232,13 +232,7 @@ def fit_costs(
     means, var = cell_stats(groups_y)
     sizes = np.array([len(m) for m in members], dtype="float64")
     weights = np.sqrt(sizes / var)
-    scale = np.abs(x_cells).max(axis=0)
-    scale[scale == 0] = 1.0
-
-    def solve(mu: np.ndarray) -> np.ndarray:
-        beta, _ = nnls((x_cells / scale) * weights[:, None], mu * weights)
-        return beta / scale
-
+    solve = weighted_solver(x_cells, weights)
     beta = solve(means)
     rng = np.random.default_rng(seed)
     draws = np.empty((boot, len(beta)))

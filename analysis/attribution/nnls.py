@@ -8,9 +8,30 @@ not need gets exactly 0.
 
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 
-__all__ = ["nnls"]
+__all__ = ["nnls", "weighted_solver"]
+
+
+def weighted_solver(x: np.ndarray, weights: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
+    """A solver of x beta ~ y (beta >= 0) for any y with these row weights.
+
+    Each column is scaled to a maximum of 1 first, so one tolerance serves
+    terms counted in forks and in thousands of VMAs alike; the returned beta is
+    in the columns' own units. One matrix, many right-hand sides: the fit and
+    each of its bootstrap draws.
+    """
+    scale = np.abs(x).max(axis=0)
+    scale[scale == 0] = 1.0
+    a = (x / scale) * weights[:, None]
+
+    def solve(y: np.ndarray) -> np.ndarray:
+        beta, _ = nnls(a, y * weights)
+        return beta / scale
+
+    return solve
 
 
 def nnls(a: np.ndarray, b: np.ndarray, max_iter: int | None = None) -> tuple[np.ndarray, float]:
