@@ -162,17 +162,25 @@ def test_prediction_to_a_shape_the_fit_never_saw():
     assert set(by) == {"gapped-descending", "gapped-scatter", "adjacent"}
     for level in ("gapped-descending", "gapped-scatter"):
         assert by[level]["within_10pct"] and by[level]["worst_error_pct"] < 3, by[level]
-    # Without the adjacent runs every VMA is gapped: the fit says it cannot
-    # separate a gapped VMA's cost from any VMA's rather than guess.
-    assert "cannot separate" in by["adjacent"]["missing"]
+    # Without the adjacent runs every VMA is gapped: the fit says it never saw
+    # a VMA that is not, rather than guess what the gap costs.
+    assert "never saw gapped_vmas" in by["adjacent"]["missing"], by["adjacent"]
 
 
-def test_a_design_without_the_shape_factor_cannot_separate_the_layouts():
+def test_a_design_without_the_shape_factor_fits_with_the_layout_term_folded_in():
     runs = synthetic_runs()
     only = runs[runs["factor"] != "shape"].copy()
     only.attrs = runs.attrs
-    fit = fit_model(only, "constant")
-    assert "cannot separate the rest window" in fit["missing"]
+    fit = fit_model(only, "warm-cold")
+    assert not fit.get("missing"), fit.get("missing")
+    assert {"term": "gapped_vmas", "equal_to": "vmas",
+            "why": "equal to vmas in every run: the design cannot tell them apart"} in fit["dropped"]
+    # Every VMA here is gapped: the per-VMA cost holds the gap's, and the tree window still gives the node's.
+    vmas = fit["costs"]["vmas"]["ci95"]
+    assert vmas[0] <= COST["vmas"] + COST["gapped_vmas"] <= vmas[1], fit["costs"]["vmas"]
+    nodes = fit["costs"]["nodes_copied"]["ci95"]
+    assert nodes[0] <= COST["nodes_copied"] <= nodes[1], fit["costs"]["nodes_copied"]
+    assert fit["misfits"] == []
 
 
 def test_a_level_with_a_term_the_fit_never_saw_is_not_predicted():

