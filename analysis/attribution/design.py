@@ -22,9 +22,10 @@ working-set  warm-cold, plus a cost per node, per VMA and per touched VMA on
              child, and what a touched VMA's copy touches: WS_BYTES_*), for
              the bend at large counts
 
-They were declared before the designs they were first fitted to; the windows,
-the gapped increment and the touched spill term were added after two designs
-(docs/experiments.md says which) and then tested on designs recorded after.
+The first models were declared before any design was recorded; the windows,
+the gapped increment, the touched spill term and warm-only beyond-L2 costs
+were settled on the designs docs/experiments.md names, then tested on designs
+recorded after.
 
 Each window is fitted by non-negative least squares of cell means (weights: runs /
 variance of the runs' means), with intervals from a parametric bootstrap of
