@@ -46,7 +46,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import pandas as pd
 
-from analysis.attribution.fit import COND_MAX, MISFIT_REL, MISFIT_SIGMAS
+from analysis.attribution.fit import COND_MAX, MISFIT_SIGMAS, missed
 from analysis.attribution.nnls import weighted_solver
 
 __all__ = [
@@ -312,8 +312,7 @@ def fit_model(runs: pd.DataFrame, model: str, l2_bytes: int | None = None, boot:
         window_cells[window] = (means, fitted_w)
         # Judged as the total is, per window: a window the terms miss though the total is met.
         resid = means - fitted_w
-        out["window_misfits"][window] = [
-            order[i] for i in np.flatnonzero((np.abs(resid) > MISFIT_SIGMAS * se_cells) & (np.abs(resid) > MISFIT_REL * np.abs(means)))]
+        out["window_misfits"][window] = [order[i] for i in np.flatnonzero(missed(resid, se_cells, means))]
     means, var, sizes = _cell_moments(y, groups)
     lo, hi = np.percentile(draws, [2.5, 97.5], axis=0)
     out["terms"] = names
@@ -339,7 +338,7 @@ def fit_model(runs: pd.DataFrame, model: str, l2_bytes: int | None = None, boot:
             # ns per fork per term: they sum to fitted_ns; the residual is what they leave of the measured mean.
             "components": {t: float(beta[j] * x[i, j]) for j, t in enumerate(names)},
             "fitted_ci95": [float(a), float(b)], "residual_pct": 100 * resid / m if m else None, "se_ns": se,
-            "misfit": bool(abs(resid) > MISFIT_SIGMAS * se and abs(resid) > MISFIT_REL * abs(m)),
+            "misfit": bool(missed(resid, se, m)),
             "windows": {w: {"measured_ns": float(wm[i]), "fitted_ns": float(wf[i])} for w, (wm, wf) in window_cells.items()},
         })
     out["misfits"] = [c["cell"] for c in out["cells"] if c["misfit"]]

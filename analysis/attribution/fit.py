@@ -26,12 +26,17 @@ import pandas as pd
 from analysis.attribution.components import REGRESSOR_ORDER, REGRESSORS
 from analysis.attribution.nnls import weighted_solver
 
-__all__ = ["FitResult", "fit_costs", "separable_regressors", "CORR_MAX", "COND_MAX"]
+__all__ = ["FitResult", "fit_costs", "separable_regressors", "missed", "CORR_MAX", "COND_MAX"]
 
 CORR_MAX = 0.995  # |correlation| across cells above which two counts count as moving together
 COND_MAX = 1e4  # condition number of the scaled cell design above which the fit is ill-posed
 MISFIT_SIGMAS = 3.0
 MISFIT_REL = 0.05  # and off by more than 5% of the cell's mean
+
+
+def missed(resid, se, mean):
+    """A cell (or array of cells) missed beyond its noise: off by more than MISFIT_SIGMAS standard errors and MISFIT_REL of its mean."""
+    return (np.abs(resid) > MISFIT_SIGMAS * se) & (np.abs(resid) > MISFIT_REL * np.abs(mean))
 
 
 @dataclass
@@ -258,7 +263,7 @@ def fit_costs(
     for c in np.argsort(cells[main].to_numpy(), kind="stable"):
         se = float(np.sqrt(var[c] / sizes[c]))
         resid = float(means[c] - fitted[c])
-        bad = abs(resid) > MISFIT_SIGMAS * se and abs(resid) > MISFIT_REL * abs(means[c])
+        bad = bool(missed(resid, se, means[c]))
         res.residuals.append(
             {
                 **{k: float(cells.iloc[c][k]) for k in ("vmas", "stores")},
