@@ -98,7 +98,12 @@ MODELS: dict[str, tuple[str, ...]] = {
     "working-set": BASE_TERMS + COLD_TERMS + SPILL_TERMS,
 }
 TREE_WINDOW_TERMS = ("tree_fixed", "cold_tree_fixed", "nodes_copied", "cold_nodes", "nodes_beyond_l2")
-TERM_WINDOW = {t: "tree" for t in TREE_WINDOW_TERMS}
+
+
+def window_of(term: str) -> str:
+    """The window whose time a term is fitted to."""
+    return "tree" if term in TREE_WINDOW_TERMS else "rest"
+
 UNITS = {
     "tree_fixed": "fork, in the tree window (__mt_dup's setup, the first VMA's copy before its store)",
     "nodes_copied": "tree node copied by __mt_dup (its allocation, memcpy and walk)",
@@ -261,7 +266,7 @@ def fit_model(runs: pd.DataFrame, model: str, l2_bytes: int | None = None, boot:
     names = []
     for name in MODELS[model]:
         col = terms_all[name]
-        twin = next((n for n in names if TERM_WINDOW.get(n, "rest") == TERM_WINDOW.get(name, "rest")
+        twin = next((n for n in names if window_of(n) == window_of(name)
                      and n not in ("fixed", "tree_fixed") and np.array_equal(terms_all[n].to_numpy(), col.to_numpy())), None)
         if name not in ("fixed", "tree_fixed") and not (col != 0).any():
             out["dropped"].append({"term": name, "why": "zero in every run: the design does not vary it"})
@@ -288,7 +293,7 @@ def fit_model(runs: pd.DataFrame, model: str, l2_bytes: int | None = None, boot:
     rng = np.random.default_rng(seed)
     y = np.zeros(len(runs))
     for window in WINDOWS:
-        idx = [j for j, n in enumerate(names) if TERM_WINDOW.get(n, "rest") == window]
+        idx = [j for j, n in enumerate(names) if window_of(n) == window]
         xw = x[:, idx]
         ok, cond = _separable(xw, len(groups))
         out["condition"][window] = cond
@@ -317,7 +322,7 @@ def fit_model(runs: pd.DataFrame, model: str, l2_bytes: int | None = None, boot:
     lo, hi = np.percentile(draws, [2.5, 97.5], axis=0)
     out["terms"] = names
     out["costs"] = {
-        n: {"ns_per_unit": float(v), "ci95": [float(a), float(c)], "unit": UNITS[n], "window": TERM_WINDOW.get(n, "rest")}
+        n: {"ns_per_unit": float(v), "ci95": [float(a), float(c)], "unit": UNITS[n], "window": window_of(n)}
         for n, v, a, c in zip(names, beta, lo, hi)
     }
     fitted = x @ beta
@@ -417,8 +422,8 @@ def sample_agreement(directory: Path, runs: pd.DataFrame, fit: dict[str, Any]) -
         parts = {p: compare(*fit_part(terms), sampled.get(p)) for p, terms in part_terms.items()}
         for p, v in parts.items():
             # A part the fit's own window misses in this cell: the fit's interval (noise only) is too narrow there.
-            window = "tree" if p == "tree copy" else "rest"
-            v["fit_misses_window"] = cell["cell"] in (fit.get("window_misfits") or {}).get(window, [])
+            v["fit_misses_window"] = any(cell["cell"] in (fit.get("window_misfits") or {}).get(w, [])
+                                         for w in {window_of(t) for t in part_terms[p]})
         ok = all(v["agree"] for v in parts.values())
         agree += ok
         rows.append({"cell": cell["cell"], "samples": int(est.samples), "agree": bool(ok), "parts": parts,
